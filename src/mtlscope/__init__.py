@@ -1,0 +1,26 @@
+"""mtlscope: see how multi-task learning changes optimization, and whether that explains transfer.
+
+The flow (DESIGN.md): config -> setting -> model -> method -> trainer (+ probes) -> run directory ->
+results DataFrames -> analysis -> report.
+
+    import mtlscope
+    config = mtlscope.validate_config({"setting": {"name": "digits-mtl", "tasks": ["digits1", "digits2"]}})
+    outcome = mtlscope.execute(config, "runs-out")
+    results = mtlscope.load("runs-out")
+"""
+
+from mtlscope import methods, probes, settings  # noqa: F401  (registers every built-in component)
+from mtlscope.runs import ConfigError, RunConfig, RunResults, execute, load, load_config, validate_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "RunResults",
+    "__version__",
+    "execute",
+    "load",
+    "load_config",
+    "validate_config",
+]

@@ -1,0 +1,17 @@
+"""Analyses of stored results, as pure functions of the results DataFrames (SPEC §6)."""
+
+from mtlscope.analysis.binning import assign_bins, bin_centers, geometric_edges
+from mtlscope.analysis.trajectories import checkpoint_table, generalization
+from mtlscope.analysis.transfer import TRANSFER_COLUMNS, generalization_by_run, significant, transfer_table
+
+__all__ = [
+    "TRANSFER_COLUMNS",
+    "assign_bins",
+    "bin_centers",
+    "checkpoint_table",
+    "generalization",
+    "generalization_by_run",
+    "geometric_edges",
+    "significant",
+    "transfer_table",
+]

@@ -1,0 +1,33 @@
+"""Per-trajectory views of stored records (SPEC §6).
+
+A *trajectory* is one (run, task): its checkpoints in step order. ``checkpoint_table`` pivots the long
+records into one row per checkpoint with columns ``train_loss``, ``val``, ``test`` (the task's primary
+metric) and any probe values. ``generalization`` is the single value the main paper reports: the mean
+test metric of the ``top`` checkpoints with the best validation metric (Mueller et al. 2025, App. B.4).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from mtlscope.settings.task import HIGHER_IS_BETTER
+
+
+def checkpoint_table(records: pd.DataFrame, run_id: str, task: str, metric: str) -> pd.DataFrame:
+    """One row per checkpoint of (``run_id``, ``task``): step, epoch, train_loss, val, test (``metric``)."""
+    rows = records[(records["run_id"] == run_id) & (records["task"] == task)]
+    loss = rows[(rows["split"] == "train") & (rows["metric"] == "loss")].set_index("step")["value"]
+    val = rows[(rows["split"] == "val") & (rows["metric"] == metric)].set_index("step")["value"]
+    test = rows[(rows["split"] == "test") & (rows["metric"] == metric)].set_index("step")["value"]
+    epoch = rows.drop_duplicates("step").set_index("step")["epoch"]
+    table = pd.DataFrame({"epoch": epoch, "train_loss": loss, "val": val, "test": test}).sort_index()
+    return table.reset_index().rename(columns={"index": "step"})
+
+
+def generalization(table: pd.DataFrame, metric: str, top: int = 10) -> float:
+    """Mean test ``metric`` over the ``top`` checkpoints with the best validation ``metric``."""
+    valid = table.dropna(subset=["val", "test"])
+    if valid.empty:
+        return float("nan")
+    best = valid.sort_values("val", ascending=not HIGHER_IS_BETTER.get(metric, True), kind="stable").head(top)
+    return float(best["test"].mean())

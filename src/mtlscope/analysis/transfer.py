@@ -1,0 +1,91 @@
+"""Transfer tables: multi-task minus single-task generalization per task, with significance (SPEC §6).
+
+``Delta E_k = mean_seeds E_k(MT) - mean_seeds E_k(ST)`` where E_k is the generalization of a trajectory
+(``mtlscope.analysis.trajectories.generalization``). A delta is *significant* when the intervals
+``mean +- 2 std`` (sample standard deviation over seeds) of the two variants do not overlap — the rule of
+Table 1 in Mueller et al. (TMLR 2025).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from mtlscope.analysis.trajectories import checkpoint_table, generalization
+from mtlscope.runs.results import RunResults
+
+TRANSFER_COLUMNS: tuple[str, ...] = (
+    "task", "variant", "st_mean", "st_std", "mt_mean", "mt_std", "delta", "significant",
+)
+
+
+def significant(a_mean: float, a_std: float, b_mean: float, b_std: float, width: float = 2.0) -> bool:
+    """True when ``[mean - width*std, mean + width*std]`` of a and b do not overlap."""
+    return bool(abs(a_mean - b_mean) > width * (a_std + b_std))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def generalization_by_run(results: RunResults, metric: str | None = None, top: int = 10) -> pd.DataFrame:
+    """One row per (run, task): variant, seed, task, metric, generalization.
+
+    ``metric`` defaults to each task's primary metric as recorded (``accuracy`` for classification,
+    ``r2`` for regression). Only completed runs count.
+    """
+    rows = []
+    completed = results.runs[results.runs["status"] == "completed"]
+    for run in completed.itertuples():
+        for task in str(run.tasks).split("+"):
+            task_metric = metric or _primary_metric(results, run.run_id, task)
+            table = checkpoint_table(results.records, run.run_id, task, task_metric)
+            rows.append(
+                {
+                    "run_id": run.run_id,
+                    "variant": run.variant,
+                    "tasks": run.tasks,
+                    "seed": run.seed,
+                    "task": task,
+                    "metric": task_metric,
+                    "generalization": generalization(table, task_metric, top),
+                }
+            )
+    return pd.DataFrame(rows, columns=["run_id", "variant", "tasks", "seed", "task", "metric", "generalization"])
+
+
+def _primary_metric(results: RunResults, run_id: str, task: str) -> str:
+    recorded = set(results.records.loc[(results.records["run_id"] == run_id) & (results.records["task"] == task), "metric"])
+    return "accuracy" if "accuracy" in recorded else "r2"
+
+
+def transfer_table(results: RunResults, metric: str | None = None, top: int = 10) -> pd.DataFrame:
+    """One row per (task, multi-task variant) whose task also has single-task runs.
+
+    The single-task reference of task k is the variant whose tasks are exactly ``[k]``.
+    """
+    per_run = generalization_by_run(results, metric, top)
+    rows = []
+    single = per_run[per_run["tasks"] == per_run["task"]]
+    multi = per_run[per_run["tasks"] != per_run["task"]]
+    for (task, variant), group in multi.groupby(["task", "variant"], sort=False):
+        reference = single[single["task"] == task]["generalization"].dropna().tolist()
+        values = group["generalization"].dropna().tolist()
+        if not reference or not values:
+            continue
+        st_mean, st_std = _mean_std(reference)
+        mt_mean, mt_std = _mean_std(values)
+        rows.append(
+            {
+                "task": task,
+                "variant": variant,
+                "st_mean": st_mean,
+                "st_std": st_std,
+                "mt_mean": mt_mean,
+                "mt_std": mt_std,
+                "delta": mt_mean - st_mean,
+                "significant": significant(st_mean, st_std, mt_mean, mt_std),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(TRANSFER_COLUMNS))

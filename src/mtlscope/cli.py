@@ -1,0 +1,142 @@
+"""The ``mtlscope`` command line.
+
+    mtlscope run CONFIG [key=value ...] [--out DIR] [--force]
+    mtlscope demo [--out DIR] [--seeds N] [--epochs N]
+    mtlscope settings
+    mtlscope runs DIR
+
+Exit codes: 0 success (a diverged run is a result, not an error), 1 a run failed, 2 bad input (config,
+arguments or paths) — in which case nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import pandas as pd
+
+import mtlscope
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit code 2)."""
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mtlscope.runs.config import load_config
+    from mtlscope.runs.launch import execute, prepare
+
+    config = load_config(args.config, args.overrides)
+    steps = prepare(config, args.config).schedule.steps
+    from tqdm import tqdm
+
+    with tqdm(total=steps, desc=config.variant, unit="step") as bar:
+        done = 0
+
+        def advance(step: int) -> None:
+            nonlocal done
+            bar.update(step - done)
+            done = step
+
+        outcome = execute(config, args.out, force=args.force, on_step=advance, source=args.config)
+    if outcome.skipped:
+        print(f"{outcome.path}: already completed (use --force to run it again)")
+        return 0
+    print(f"{outcome.path}: {outcome.status}" + (f" ({outcome.message})" if outcome.message else ""))
+    return 1 if outcome.status == "failed" else 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from mtlscope.demo import run_demo
+
+    output = run_demo(args.out, seeds=args.seeds, epochs=args.epochs)
+    statuses = pd.Series([o.status for o in output.outcomes]).value_counts().to_dict()
+    print(f"runs: {len(output.outcomes)} in {output.out / 'runs'} ({', '.join(f'{v} {k}' for k, v in statuses.items())})")
+    for path in output.files:
+        print(f"wrote {path}")
+    print((output.out / "transfer.md").read_text())
+    print(f"demo finished in {output.elapsed_s:.1f} s")
+    return 1 if "failed" in statuses else 0
+
+
+def _cmd_settings(args: argparse.Namespace) -> int:
+    from mtlscope.settings import SETTINGS_REGISTRY
+
+    for name in SETTINGS_REGISTRY.available():
+        entry = SETTINGS_REGISTRY.entry(name)
+        setting = entry.builder()
+        options = ", ".join(f"{k}={v!r}" for k, v in entry.options().items())
+        print(f"{name} ({setting.layout}): {entry.description}")
+        print(f"  options: {options}")
+        for line in setting.summary().splitlines():
+            print(f"  - {line}")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from mtlscope.runs.results import load
+
+    try:
+        results = load(args.directory)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from None
+    if results.runs.empty:
+        print(f"{args.directory}: no runs")
+        return 0
+    columns = ["run_id", "status", "variant", "method", "optimizer", "lr", "batch_size", "loss_scale", "seed", "steps"]
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 48):
+        print(results.runs[columns].to_string(index=False))
+    counts = results.runs["status"].value_counts().to_dict()
+    print(f"{len(results.runs)} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtlscope", description="See how multi-task learning changes optimization.")
+    parser.add_argument("--version", action="version", version=f"mtlscope {mtlscope.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train one run config")
+    run.add_argument("config", help="YAML run config")
+    run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optimizer.lr=0.01")
+    run.add_argument("--out", default="runs-out", help="results directory (default: runs-out)")
+    run.add_argument("--force", action="store_true", help="run again even when already completed")
+    run.set_defaults(handler=_cmd_run)
+
+    demo = commands.add_parser("demo", help="the transfer demo on the embedded digits data")
+    demo.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")
+    demo.add_argument("--seeds", type=int, default=3, help="seeds per variant (default: 3)")
+    demo.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's)")
+    demo.set_defaults(handler=_cmd_demo)
+
+    settings = commands.add_parser("settings", help="list the settings and their tasks")
+    settings.set_defaults(handler=_cmd_settings)
+
+    runs = commands.add_parser("runs", help="list the runs stored under a directory")
+    runs.add_argument("directory")
+    runs.set_defaults(handler=_cmd_runs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from mtlscope.runs.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    if getattr(args, "seeds", 1) is not None and getattr(args, "seeds", 1) < 2 and args.command == "demo":
+        print("error: --seeds: expected at least 2 (the transfer table needs a standard deviation)", file=sys.stderr)
+        return 2
+    if args.command == "demo" and args.epochs is not None and args.epochs < 1:
+        print("error: --epochs: expected a positive integer", file=sys.stderr)
+        return 2
+    try:
+        code: int = args.handler(args)
+        return code
+    except (ConfigError, UsageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Optimizers of a run (SPEC §3): Adam (default, constant learning rate), AdamW, SGD and SGD with
+momentum (``name: sgd`` with ``momentum > 0``; the temperature paper uses momentum 0.9)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
+
+
+def build_optimizer(
+    parameters: Iterable[nn.Parameter],
+    name: str,
+    lr: float,
+    *,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.Optimizer:
+    """The torch optimizer ``name`` over ``parameters`` with a constant learning rate ``lr``."""
+    params = list(parameters)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    raise ValueError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}, got {name!r}")

@@ -1,0 +1,187 @@
+"""The training loop (SPEC §3): steps, checkpoints, probes and divergence, for any method and probe.
+
+At step 0, every ``eval_every`` steps and at the last step, the trainer records for every task the
+metrics on train (the full training set, or its first ``train_eval_limit`` examples), val and test, the
+optimizer's learning rate, the batch size and the temperature lr/B (split ``optim``), and the values of
+the run's probes (split ``probe``). Records go to a ``RecordSink`` as soon as a checkpoint is complete.
+
+A non-finite task loss (at a step or at a checkpoint) ends the run with status ``diverged``; the records
+written so far stay. The loop never branches on the method or the probes it runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple, Protocol
+
+import torch
+
+from mtlscope.engine.evaluation import Scores, evaluate
+from mtlscope.engine.sampling import BatchSampler
+from mtlscope.engine.step import TrainingStep
+from mtlscope.methods.base import Method
+from mtlscope.models.multitask import MultiTaskModel, derived_seed
+from mtlscope.probes.base import Probe, ProbeContext
+from mtlscope.settings.setting import Setting
+
+
+class Record(NamedTuple):
+    """One row of a run's long records table."""
+
+    step: int
+    epoch: float
+    task: str
+    split: str
+    metric: str
+    value: float
+
+
+RECORD_COLUMNS: tuple[str, ...] = Record._fields
+
+
+class RecordSink(Protocol):
+    def write(self, records: Sequence[Record]) -> None: ...
+
+
+class ListSink:
+    """Keeps records in memory (tests, notebooks)."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def write(self, records: Sequence[Record]) -> None:
+        self.records.extend(records)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long to train and when to take checkpoints (in optimizer steps)."""
+
+    steps: int
+    steps_per_epoch: int
+    eval_every: int
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.steps_per_epoch, self.eval_every) < 1:
+            raise ValueError(f"schedule values must be >= 1, got {self}")
+
+    def is_checkpoint(self, step: int) -> bool:
+        return step == 0 or step == self.steps or step % self.eval_every == 0
+
+    def epoch(self, step: int) -> float:
+        return step / self.steps_per_epoch
+
+
+@dataclass
+class TrainingOutcome:
+    status: Literal["completed", "diverged"]
+    steps: int
+    message: str = ""
+    final_scores: Scores = field(default_factory=dict)
+
+
+class Trainer:
+    """Trains ``model`` on ``setting`` with ``method`` and ``optimizer`` according to ``schedule``."""
+
+    def __init__(
+        self,
+        setting: Setting,
+        model: MultiTaskModel,
+        method: Method,
+        optimizer: torch.optim.Optimizer,
+        *,
+        schedule: Schedule,
+        batch_size: int,
+        loss_scale: float,
+        seed: int,
+        sink: RecordSink,
+        probes: Sequence[Probe] = (),
+        train_eval_limit: int | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
+        self.setting = setting
+        self.model = model
+        self.method = method
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.batch_size = batch_size
+        self.loss_scale = loss_scale
+        self.seed = seed
+        self.sink = sink
+        self.probes = list(probes)
+        self.train_eval_limit = train_eval_limit
+        self.on_step = on_step
+        self.sampler = BatchSampler(setting, batch_size, seed)
+        method_generator = torch.Generator().manual_seed(derived_seed(seed, "method"))
+        self.step_fn = TrainingStep(model, setting, method, optimizer, loss_scale, method_generator)
+        self.probe_generators = {
+            probe.name: torch.Generator().manual_seed(derived_seed(seed, "probe", probe.name)) for probe in self.probes
+        }
+
+    def run(self) -> TrainingOutcome:
+        self.model.train()
+        scores = self._checkpoint(0)
+        diverged = self._non_finite_train_loss(scores, 0)
+        if diverged:
+            return TrainingOutcome("diverged", 0, diverged, scores)
+        for step in range(1, self.schedule.steps + 1):
+            result = self.step_fn(self.sampler.next(), step - 1)
+            if not result.finite:
+                bad = [
+                    f"{task}={float(value)}"
+                    for task, value in zip(self.setting.task_names, result.losses)
+                    if not math.isfinite(float(value))
+                ]
+                return TrainingOutcome(
+                    "diverged", step - 1, f"non-finite training loss at step {step}: {', '.join(bad)}", scores
+                )
+            if self.on_step is not None:
+                self.on_step(step)
+            if self.schedule.is_checkpoint(step):
+                scores = self._checkpoint(step)
+                diverged = self._non_finite_train_loss(scores, step)
+                if diverged:
+                    return TrainingOutcome("diverged", step, diverged, scores)
+        return TrainingOutcome("completed", self.schedule.steps, "", scores)
+
+    def _non_finite_train_loss(self, scores: Scores, step: int) -> str:
+        bad = [
+            f"{task}={scores[(task, 'train')]['loss']}"
+            for task in self.setting.task_names
+            if not math.isfinite(scores[(task, "train")]["loss"])
+        ]
+        return f"non-finite full training loss at step {step}: {', '.join(bad)}" if bad else ""
+
+    def _checkpoint(self, step: int) -> Scores:
+        epoch = self.schedule.epoch(step)
+        scores = evaluate(self.model, self.setting, train_limit=self.train_eval_limit)
+        records = [
+            Record(step, epoch, task, split, metric, value)
+            for (task, split), metrics in scores.items()
+            for metric, value in metrics.items()
+        ]
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        for task in self.setting.task_names:
+            records += [
+                Record(step, epoch, task, "optim", "lr", lr),
+                Record(step, epoch, task, "optim", "batch_size", float(self.batch_size)),
+                Record(step, epoch, task, "optim", "temperature", lr / self.batch_size),
+            ]
+        for probe in self.probes:
+            context = ProbeContext(
+                model=self.model,
+                setting=self.setting,
+                step=step,
+                epoch=epoch,
+                scores=scores,
+                optimizer=self.optimizer,
+                loss_scale=self.loss_scale,
+                batch_size=self.batch_size,
+                generator=self.probe_generators[probe.name],
+            )
+            for task, values in probe(context).items():
+                records += [Record(step, epoch, task, "probe", metric, value) for metric, value in values.items()]
+        self.sink.write(records)
+        return scores

@@ -1,0 +1,7 @@
+"""Models: shared encoders, task heads and the ``MultiTaskModel`` that joins them."""
+
+from mtlscope.models.encoders import ENCODERS, Encoder
+from mtlscope.models.heads import HEADS
+from mtlscope.models.multitask import MultiTaskModel, build_model, derived_seed
+
+__all__ = ["ENCODERS", "HEADS", "Encoder", "MultiTaskModel", "build_model", "derived_seed"]

@@ -1,0 +1,115 @@
+"""Shared encoders ``g_theta`` (SPEC §1). Each exposes ``output_dim``, the size of the representation.
+
+- ``mlp``: flatten, then ``Linear -> activation`` per entry of ``hidden``.
+- ``lenet``: LeNet-style CNN (LeCun et al. 1998) as used for FashionMTL in Mueller et al. (TMLR 2025):
+  ``Conv(k) -> ReLU -> MaxPool(2)`` per entry of ``channels``, flatten, ``Linear -> ReLU`` per entry of
+  ``hidden``. Padding keeps the spatial size through each convolution (so it works on 8x8 digits and
+  28x28 FashionMNIST alike); pooling halves it while it is at least 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtlscope.registry import Registry
+
+
+class Encoder(nn.Module):
+    """Base class: a module mapping a batch of inputs to ``[batch, output_dim]`` representations."""
+
+    output_dim: int
+
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(_ACTIVATIONS)}, got {name!r}")
+    return _ACTIVATIONS[name]()
+
+
+def _check_sizes(field: str, sizes: Sequence[int], allow_empty: bool = True) -> list[int]:
+    values = list(sizes)
+    if (not values and not allow_empty) or any(int(v) != v or v < 1 for v in values):
+        raise ValueError(f"{field} must be a list of positive integers, got {values}")
+    return [int(v) for v in values]
+
+
+class MLPEncoder(Encoder):
+    def __init__(
+        self, input_shape: Sequence[int], hidden: Sequence[int], activation: str, dropout: float
+    ) -> None:
+        super().__init__()
+        widths = _check_sizes("encoder.hidden", hidden, allow_empty=False)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"encoder.dropout must be in [0, 1), got {dropout}")
+        layers: list[nn.Module] = [nn.Flatten()]
+        previous = int(torch.tensor(list(input_shape)).prod())
+        for width in widths:
+            layers += [nn.Linear(previous, width), _activation(activation)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            previous = width
+        self.layers = nn.Sequential(*layers)
+        self.output_dim = previous
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        out: Tensor = self.layers(inputs)
+        return out
+
+
+class LeNetEncoder(Encoder):
+    def __init__(
+        self, input_shape: Sequence[int], channels: Sequence[int], kernel_size: int, hidden: Sequence[int]
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"encoder 'lenet' needs image inputs [channels, height, width], got {list(input_shape)}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"encoder.kernel_size must be a positive odd integer, got {kernel_size}")
+        conv_channels = _check_sizes("encoder.channels", channels, allow_empty=False)
+        widths = _check_sizes("encoder.hidden", hidden)
+        layers: list[nn.Module] = []
+        in_channels, height, width = (int(v) for v in input_shape)
+        for out_channels in conv_channels:
+            layers += [nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2), nn.ReLU()]
+            if min(height, width) >= 2:
+                layers.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+            in_channels = out_channels
+        layers.append(nn.Flatten())
+        previous = in_channels * height * width
+        for size in widths:
+            layers += [nn.Linear(previous, size), nn.ReLU()]
+            previous = size
+        self.layers = nn.Sequential(*layers)
+        self.output_dim = previous
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        out: Tensor = self.layers(inputs)
+        return out
+
+
+ENCODERS: Registry[Encoder] = Registry("encoder")
+
+
+@ENCODERS.register("mlp", "multi-layer perceptron on flattened inputs")
+def mlp(
+    input_shape: Sequence[int], *, hidden: Sequence[int] = (128, 128), activation: str = "relu", dropout: float = 0.0
+) -> Encoder:
+    return MLPEncoder(input_shape, hidden, activation, dropout)
+
+
+@ENCODERS.register("lenet", "LeNet-style CNN: conv-relu-pool blocks, then fully connected layers")
+def lenet(
+    input_shape: Sequence[int],
+    *,
+    channels: Sequence[int] = (16, 32),
+    kernel_size: int = 3,
+    hidden: Sequence[int] = (64,),
+) -> Encoder:
+    return LeNetEncoder(input_shape, channels, kernel_size, hidden)

@@ -1,0 +1,30 @@
+"""Task heads ``h_phi_k`` mapping the shared representation to task outputs (SPEC §1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from mtlscope.registry import Registry
+
+HEADS: Registry[nn.Module] = Registry("head")
+
+
+@HEADS.register("linear", "one linear layer")
+def linear(input_dim: int, output_size: int) -> nn.Module:
+    return nn.Linear(input_dim, output_size)
+
+
+@HEADS.register("mlp", "Linear -> ReLU per entry of hidden, then a linear output layer")
+def mlp(input_dim: int, output_size: int, *, hidden: Sequence[int] = (64,)) -> nn.Module:
+    widths = list(hidden)
+    if any(int(w) != w or w < 1 for w in widths):
+        raise ValueError(f"head.hidden must be a list of positive integers, got {widths}")
+    layers: list[nn.Module] = []
+    previous = input_dim
+    for width in widths:
+        layers += [nn.Linear(previous, int(width)), nn.ReLU()]
+        previous = int(width)
+    layers.append(nn.Linear(previous, output_size))
+    return nn.Sequential(*layers)

@@ -1,0 +1,105 @@
+"""``MultiTaskModel``: a shared encoder with one head per task (SPEC §1, DESIGN contracts).
+
+``f_{theta, phi_k} = h_{phi_k} o g_theta``. A single-task model is the same class with one head, so
+single-task and multi-task runs share one code path.
+
+Construction is seeded per part: the encoder's initial weights depend only on the seed, and each head's
+only on the seed and the task name. The single-task and multi-task models of one seed therefore start
+from the same encoder and the same head for every task they share.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mtlscope.models.encoders import ENCODERS, Encoder
+from mtlscope.models.heads import HEADS
+from mtlscope.settings.setting import Setting
+
+
+class MultiTaskModel(nn.Module):
+    """Shared ``encoder`` and per-task ``heads`` (an ``nn.ModuleDict`` keyed by task name)."""
+
+    def __init__(self, encoder: Encoder, heads: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        if not heads:
+            raise ValueError("a MultiTaskModel needs at least one head")
+        self.encoder = encoder
+        self.heads = nn.ModuleDict(dict(heads))
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(self.heads.keys())
+
+    def forward(self, inputs: Tensor, task: str) -> Tensor:
+        """Outputs of task ``task``'s predictor on ``inputs``."""
+        out: Tensor = self.heads[task](self.encoder(inputs))
+        return out
+
+    def forward_all(self, inputs: Tensor) -> dict[str, Tensor]:
+        """Outputs of every head on one encoding of ``inputs`` (shared-input layout)."""
+        representation = self.encoder(inputs)
+        return {task: head(representation) for task, head in self.heads.items()}
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters ``theta`` of the shared encoder."""
+        return self.encoder.parameters()
+
+    def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
+        """Parameters ``phi_k`` of task ``task``'s head."""
+        if task not in self.heads:
+            raise KeyError(f"model has no head {task!r}; heads: {', '.join(self.task_names)}")
+        return self.heads[task].parameters()
+
+    def predictor_parameters(self, task: str) -> list[nn.Parameter]:
+        """Parameters of task ``task``'s predictor: shared encoder plus its head."""
+        return [*self.shared_parameters(), *self.task_parameters(task)]
+
+
+def derived_seed(seed: int, *parts: str) -> int:
+    """A stable 63-bit seed from ``seed`` and names (CRC32 based: identical across processes)."""
+    value = seed & 0xFFFFFFFF
+    for part in parts:
+        value = (value * 1_000_003 + zlib.crc32(part.encode())) & 0x7FFFFFFFFFFFFFFF
+    return value
+
+
+def _seeded(seed: int, build: Any) -> Any:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def build_model(
+    setting: Setting,
+    encoder: Mapping[str, Any],
+    head: Mapping[str, Any],
+    seed: int,
+    tasks: Sequence[str] | None = None,
+) -> MultiTaskModel:
+    """Build the model for ``setting`` from encoder/head specs ``{"name": ..., **options}``.
+
+    The global torch RNG is left as it was (initialization draws from forked, seeded generators).
+    """
+    encoder_options = {k: v for k, v in encoder.items() if k != "name"}
+    head_options = {k: v for k, v in head.items() if k != "name"}
+    shared = _seeded(
+        derived_seed(seed, "encoder"),
+        lambda: ENCODERS.build(str(encoder["name"]), setting.input_shape, **encoder_options),
+    )
+    names = list(tasks) if tasks is not None else list(setting.task_names)
+    heads = {
+        name: _seeded(
+            derived_seed(seed, "head", name),
+            lambda name=name: HEADS.build(
+                str(head["name"]), shared.output_dim, setting.task(name).output_size, **head_options
+            ),
+        )
+        for name in names
+    }
+    return MultiTaskModel(shared, heads)

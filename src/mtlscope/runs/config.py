@@ -1,0 +1,296 @@
+"""Run configuration: the YAML schema, validation with one-line errors, overrides and resolution.
+
+A run config names a setting (and optionally a task subset), a model, a method, an optimizer and the
+training schedule. ``load_config`` validates a YAML file (plus ``key=value`` overrides) and raises
+``ConfigError`` with a single line naming the key and what was expected. ``resolve`` fills in every default
+that depends on the setting (the task list, the setting's default model), giving the *resolved* config the
+run id is derived from. See docs/configuration.md for every key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mtlscope.engine.loss_scale import parse_loss_scale
+from mtlscope.engine.optimizers import OPTIMIZERS
+from mtlscope.methods.registry import METHODS
+from mtlscope.models.encoders import ENCODERS
+from mtlscope.models.heads import HEADS
+from mtlscope.probes.base import PROBES
+from mtlscope.registry import Registry
+from mtlscope.settings.registry import SETTINGS
+
+
+class ConfigError(ValueError):
+    """An invalid run configuration; the message is one line naming the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _component(registry: Registry[Any], value: Any, *, field: str) -> dict[str, Any]:
+    """Validate ``{"name": ..., **options}`` against ``registry``."""
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, Mapping) or not isinstance(value.get("name"), str):
+        raise ValueError(f"expected a mapping with a 'name' ({', '.join(registry.available())})")
+    options = {k: v for k, v in value.items() if k != "name"}
+    try:
+        registry.check_options(value["name"], options)
+    except KeyError as error:
+        raise ValueError(str(error.args[0])) from None
+    return dict(value)
+
+
+class SettingConfig(_Strict):
+    name: str
+    tasks: list[str] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in SETTINGS.available():
+            raise ValueError(f"unknown setting {name!r}; available: {', '.join(SETTINGS.available())}")
+        return name
+
+    @model_validator(mode="after")
+    def _options(self) -> SettingConfig:
+        SETTINGS.check_options(self.name, self.options)
+        if self.tasks is not None and not self.tasks:
+            raise ValueError("tasks must name at least one task (or be left out for all tasks)")
+        return self
+
+
+class ModelConfig(_Strict):
+    encoder: dict[str, Any] | None = None
+    head: dict[str, Any] | None = None
+
+    @field_validator("encoder", mode="before")
+    @classmethod
+    def _encoder(cls, value: Any) -> dict[str, Any] | None:
+        return None if value is None else _component(ENCODERS, value, field="encoder")
+
+    @field_validator("head", mode="before")
+    @classmethod
+    def _head(cls, value: Any) -> dict[str, Any] | None:
+        return None if value is None else _component(HEADS, value, field="head")
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+
+    @model_validator(mode="after")
+    def _sgd_only(self) -> OptimizerConfig:
+        if self.name != "sgd" and (self.momentum != 0 or self.nesterov):
+            raise ValueError(f"momentum and nesterov apply to sgd only, not {self.name}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        return self
+
+
+class TrainingConfig(_Strict):
+    batch_size: int = Field(default=32, ge=1)
+    epochs: int | None = Field(default=None, ge=1)
+    steps: int | None = Field(default=None, ge=1)
+    loss_scale: float | str = 1.0
+    eval_every: int | Literal["epoch"] = "epoch"
+    train_eval_limit: int | None = Field(default=None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("loss_scale", mode="before")
+    @classmethod
+    def _loss_scale(cls, value: Any) -> float | str:
+        return parse_loss_scale(value)
+
+    @field_validator("eval_every")
+    @classmethod
+    def _eval_every(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("expected 'epoch' or a positive number of steps")
+        return value
+
+    @model_validator(mode="after")
+    def _length(self) -> TrainingConfig:
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError("give either epochs or steps, not both")
+        if self.epochs is None and self.steps is None:
+            object.__setattr__(self, "epochs", 20)
+        return self
+
+
+class RunConfig(_Strict):
+    """A whole run. ``name`` labels the variant (default: its tasks joined by '+', plus the method)."""
+
+    name: str | None = None
+    seed: int = Field(default=0, ge=0)
+    setting: SettingConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: dict[str, Any] = Field(default_factory=lambda: {"name": "umtg"})
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    probes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, value: Any) -> dict[str, Any]:
+        return _component(METHODS, value, field="method")
+
+    @field_validator("probes", mode="before")
+    @classmethod
+    def _probes(cls, value: Any) -> dict[str, dict[str, Any]]:
+        if value is None:
+            return {}
+        if isinstance(value, list):
+            value = {name: {} for name in value}
+        if not isinstance(value, Mapping):
+            raise ValueError("expected a mapping {probe name: options} or a list of probe names")
+        checked = {}
+        for name, options in value.items():
+            checked[name] = {k: v for k, v in _component(PROBES, {"name": name, **(options or {})}, field="probes").items() if k != "name"}
+        return checked
+
+    @property
+    def variant(self) -> str:
+        """The label of this run's variant: ``name`` if given, else tasks joined by '+' (+ method)."""
+        if self.name:
+            return self.name
+        label = "+".join(self.setting.tasks or [self.setting.name])
+        return label if self.method["name"] == "umtg" else f"{label}:{self.method['name']}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain (JSON/YAML-ready) dict of this config."""
+        data: dict[str, Any] = json.loads(self.model_dump_json())
+        return data
+
+    def run_id(self) -> str:
+        """Stable id: a readable prefix and a hash of the canonical JSON of the config."""
+        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", self.variant)[:60]
+        return f"{slug}-s{self.seed}-{digest}"
+
+
+# -- errors ---------------------------------------------------------------------------------------------
+
+
+def _model_at(location: Sequence[Any]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = RunConfig
+    for key in location:
+        if model is None or key not in model.model_fields:
+            return None
+        annotation = model.model_fields[key].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    location = [str(part) for part in error["loc"]]
+    key = ".".join(location) or "config"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = _model_at(error["loc"][:-1])
+        known = ", ".join(parent.model_fields) if parent is not None else ""
+        return f"{key}: unknown key" + (f"; expected one of: {known}" if known else "")
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    message = message.replace("Input should be", "expected")
+    value = error.get("input")
+    shown = "" if isinstance(value, Mapping) or value is None or repr(value) in message else f" (got {value!r})"
+    return f"{key}: {message}{shown}"
+
+
+def validate_config(data: Any, source: str = "config") -> RunConfig:
+    """Validate a config mapping; raises ``ConfigError`` with a one-line message."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(dict(data))
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {_describe(error.errors()[0])}") from None
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a copy of ``data``."""
+    result: dict[str, Any] = json.loads(json.dumps(data, default=list))
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {override!r}: expected key=value, e.g. optimizer.lr=0.01")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = result
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {override!r}: {part} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read, override and validate a YAML run config."""
+    path = Path(path)
+    data = read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return validate_config(apply_overrides(data, overrides), str(path))
+
+
+def resolve(config: RunConfig, source: str = "config") -> RunConfig:
+    """Fill in the defaults that depend on the setting: its task list and its default model.
+
+    Raises ``ConfigError`` when the setting cannot be built from the config (bad task name or option
+    value).
+    """
+    from mtlscope.settings.registry import get as get_setting
+
+    try:
+        setting = get_setting(config.setting.name, **config.setting.options)
+        if config.setting.tasks is not None:
+            setting = setting.subset(config.setting.tasks)
+    except (KeyError, ValueError) as error:
+        message = error.args[0] if error.args else str(error)
+        raise ConfigError(f"{source}: setting: {message}") from None
+    data = config.to_dict()
+    data["setting"]["tasks"] = list(setting.task_names)
+    data["setting"]["options"] = dict(setting.options)
+    data["model"]["encoder"] = data["model"]["encoder"] or dict(setting.default_model["encoder"])
+    data["model"]["head"] = data["model"]["head"] or dict(setting.default_model["head"])
+    return validate_config(data, source)

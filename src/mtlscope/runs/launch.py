@@ -1,0 +1,165 @@
+"""Running one config end to end: resolve, build, train, store (``mtlscope run``).
+
+Everything that can fail because of the config (setting options, task names, model and method options)
+is built *before* the run directory is created, so a bad config writes nothing. An exception during
+training marks the run ``failed`` with the error message; a non-finite loss marks it ``diverged``.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mtlscope.engine.loss_scale import resolve_loss_scale
+from mtlscope.engine.optimizers import build_optimizer
+from mtlscope.engine.trainer import Schedule, Trainer
+from mtlscope.methods.base import Method
+from mtlscope.methods.registry import METHODS
+from mtlscope.models.multitask import MultiTaskModel, build_model
+from mtlscope.probes.base import PROBES, Probe
+from mtlscope.runs.config import ConfigError, RunConfig, resolve
+from mtlscope.runs.environment import describe_environment
+from mtlscope.runs.store import STATUS_FILE, RunDirectory, read_status
+from mtlscope.settings.registry import get as get_setting
+from mtlscope.settings.setting import Setting
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ``ConfigError``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training.device: 'cuda' was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built from a resolved config."""
+
+    config: RunConfig
+    setting: Setting
+    model: MultiTaskModel
+    method: Method
+    optimizer: torch.optim.Optimizer
+    probes: list[Probe]
+    schedule: Schedule
+    loss_scale: float
+    device: torch.device
+
+
+def prepare(config: RunConfig, source: str = "config") -> Prepared:
+    """Resolve ``config`` and build its setting, model, method, optimizer and probes (writes nothing)."""
+    resolved = resolve(config, source)
+    device = resolve_device(resolved.training.device)
+    setting = get_setting(resolved.setting.name, tasks=resolved.setting.tasks, **resolved.setting.options)
+    method_options = {k: v for k, v in resolved.method.items() if k != "name"}
+    try:
+        method = METHODS.build(resolved.method["name"], setting.task_names, **method_options)
+        model = build_model(
+            setting, resolved.model.encoder or {}, resolved.model.head or {}, resolved.seed
+        ).to(device)
+        probes = [PROBES.build(name, **options) for name, options in resolved.probes.items()]
+    except (KeyError, ValueError) as error:
+        raise ConfigError(f"{source}: {error.args[0] if error.args else error}") from None
+    optimizer_config = resolved.optimizer
+    optimizer = build_optimizer(
+        model.parameters(),
+        optimizer_config.name,
+        optimizer_config.lr,
+        momentum=optimizer_config.momentum,
+        nesterov=optimizer_config.nesterov,
+        weight_decay=optimizer_config.weight_decay,
+        betas=optimizer_config.betas,
+        eps=optimizer_config.eps,
+    )
+    training = resolved.training
+    steps_per_epoch = setting.steps_per_epoch(training.batch_size)
+    steps = training.steps if training.steps is not None else (training.epochs or 1) * steps_per_epoch
+    eval_every = steps_per_epoch if training.eval_every == "epoch" else int(training.eval_every)
+    return Prepared(
+        config=resolved,
+        setting=setting.to(device),
+        model=model,
+        method=method,
+        optimizer=optimizer,
+        probes=probes,
+        schedule=Schedule(steps=steps, steps_per_epoch=steps_per_epoch, eval_every=eval_every),
+        loss_scale=resolve_loss_scale(training.loss_scale, len(setting.tasks)),
+        device=device,
+    )
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    path: Path
+    status: str
+    message: str = ""
+    skipped: bool = False
+
+
+def execute(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    force: bool = False,
+    on_step: Callable[[int], None] | None = None,
+    source: str = "config",
+) -> RunOutcome:
+    """Run ``config`` into ``out/<run_id>``. A run already completed there is skipped unless ``force``.
+
+    Raises ``ConfigError`` (nothing written) for a config that cannot be built.
+    """
+    prepared = prepare(config, source)
+    run_id = prepared.config.run_id()
+    path = Path(out) / run_id
+    if not force and (path / STATUS_FILE).exists() and read_status(path)["status"] == "completed":
+        return RunOutcome(run_id, path, "completed", "already completed", skipped=True)
+    directory = RunDirectory.create(path, prepared.config.to_dict(), describe_environment(prepared.device))
+    started = time.monotonic()
+    base = {"run_id": run_id, "variant": prepared.config.variant, "tasks": list(prepared.setting.task_names)}
+    try:
+        trainer = Trainer(
+            prepared.setting,
+            prepared.model,
+            prepared.method,
+            prepared.optimizer,
+            schedule=prepared.schedule,
+            batch_size=prepared.config.training.batch_size,
+            loss_scale=prepared.loss_scale,
+            seed=prepared.config.seed,
+            sink=directory,
+            probes=prepared.probes,
+            train_eval_limit=prepared.config.training.train_eval_limit,
+            on_step=on_step,
+        )
+        outcome = trainer.run()
+    except Exception as error:  # recorded, never lost: the run is marked failed with the message
+        message = f"{type(error).__name__}: {error}"
+        directory.finish(
+            "failed",
+            {**base, "status": "failed", "error": message, "traceback": traceback.format_exc()},
+            message=message,
+        )
+        return RunOutcome(run_id, path, "failed", message)
+    summary = {
+        **base,
+        "status": outcome.status,
+        "steps": outcome.steps,
+        "planned_steps": prepared.schedule.steps,
+        "loss_scale": prepared.loss_scale,
+        "wall_time_s": round(time.monotonic() - started, 3),
+        "message": outcome.message,
+        "final": {
+            task: {split: metrics for (name, split), metrics in outcome.final_scores.items() if name == task}
+            for task in prepared.setting.task_names
+        },
+    }
+    directory.finish(outcome.status, summary, steps=outcome.steps, message=outcome.message)
+    return RunOutcome(run_id, path, outcome.status, outcome.message)
