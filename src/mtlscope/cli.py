@@ -53,7 +53,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     output = run_demo(args.out, seeds=args.seeds, epochs=args.epochs)
     statuses = pd.Series([o.status for o in output.outcomes]).value_counts().to_dict()
-    print(f"runs: {len(output.outcomes)} in {output.out / 'runs'} ({', '.join(f'{v} {k}' for k, v in statuses.items())})")
+    print(
+        f"runs: {len(output.outcomes)} in {output.out / 'runs'} ({', '.join(f'{v} {k}' for k, v in statuses.items())})"
+    )
     for path in output.files:
         print(f"wrote {path}")
     print((output.out / "transfer.md").read_text())
@@ -85,7 +87,18 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     if results.runs.empty:
         print(f"{args.directory}: no runs")
         return 0
-    columns = ["run_id", "status", "variant", "method", "optimizer", "lr", "batch_size", "loss_scale", "seed", "steps"]
+    columns = [
+        "run_id",
+        "status",
+        "variant",
+        "method",
+        "optimizer",
+        "lr",
+        "batch_size",
+        "loss_scale",
+        "seed",
+        "steps",
+    ]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 48):
         print(results.runs[columns].to_string(index=False))
     counts = results.runs["status"].value_counts().to_dict()
@@ -125,7 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     if getattr(args, "seeds", 1) is not None and getattr(args, "seeds", 1) < 2 and args.command == "demo":
-        print("error: --seeds: expected at least 2 (the transfer table needs a standard deviation)", file=sys.stderr)
+        print(
+            "error: --seeds: expected at least 2 (the transfer table needs a standard deviation)",
+            file=sys.stderr,
+        )
         return 2
     if args.command == "demo" and args.epochs is not None and args.epochs < 1:
         print("error: --epochs: expected a positive integer", file=sys.stderr)

@@ -58,7 +58,11 @@ class DemoOutput:
 
 
 def run_demo(
-    out: str | Path, seeds: int = 3, epochs: int | None = None, overrides: Sequence[str] = (), progress: bool = True
+    out: str | Path,
+    seeds: int = 3,
+    epochs: int | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
 ) -> DemoOutput:
     started = time.monotonic()
     out = Path(out)

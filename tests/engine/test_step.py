@@ -63,9 +63,15 @@ def test_one_sgd_step_equals_hand_computation(loss_scale: float) -> None:
     lr = 0.05
     optimizer = build_optimizer(model.parameters(), "sgd", lr)
     trainer = Trainer(
-        setting, model, methods.get("umtg", setting.task_names), optimizer,
-        schedule=Schedule(steps=1, steps_per_epoch=1, eval_every=1), batch_size=8,
-        loss_scale=loss_scale, seed=0, sink=ListSink(),
+        setting,
+        model,
+        methods.get("umtg", setting.task_names),
+        optimizer,
+        schedule=Schedule(steps=1, steps_per_epoch=1, eval_every=1),
+        batch_size=8,
+        loss_scale=loss_scale,
+        seed=0,
+        sink=ListSink(),
     )
     assert trainer.run().status == "completed"
     expected_w, expected_heads = _hand_step(setting, weight, heads_w, lr, loss_scale)
@@ -92,9 +98,15 @@ def test_shared_gradient_path_equals_loss_weight_path(loss_scale: float) -> None
         setting, model, _, _ = _tiny()
         optimizer = build_optimizer(model.parameters(), "adam", 0.01)
         Trainer(
-            setting, model, method(setting.task_names), optimizer,
-            schedule=Schedule(steps=5, steps_per_epoch=5, eval_every=5), batch_size=4,
-            loss_scale=loss_scale, seed=0, sink=ListSink(),
+            setting,
+            model,
+            method(setting.task_names),
+            optimizer,
+            schedule=Schedule(steps=5, steps_per_epoch=5, eval_every=5),
+            batch_size=4,
+            loss_scale=loss_scale,
+            seed=0,
+            sink=ListSink(),
         ).run()
         finals.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*finals, strict=True):
@@ -105,10 +117,19 @@ def test_umtg_task_weights_scale_the_gradient() -> None:
     setting, model, weight, heads_w = _tiny()
     method = methods.get("umtg", setting.task_names, weights={"task1": 0.0})
     optimizer = build_optimizer(model.parameters(), "sgd", 0.05)
-    Trainer(setting, model, method, optimizer, schedule=Schedule(1, 1, 1), batch_size=8,
-            loss_scale=1.0, seed=0, sink=ListSink()).run()
+    Trainer(
+        setting,
+        model,
+        method,
+        optimizer,
+        schedule=Schedule(1, 1, 1),
+        batch_size=8,
+        loss_scale=1.0,
+        seed=0,
+        sink=ListSink(),
+    ).run()
     only_first = setting.subset(["task0"])
-    expected_w, expected_heads = _hand_step(only_first, weight, heads_w[:1], 0.05, 1.0)
+    expected_w, _ = _hand_step(only_first, weight, heads_w[:1], 0.05, 1.0)
     assert np.allclose(model.encoder.linear.weight.detach().numpy(), expected_w, atol=1e-5)
     assert np.allclose(model.heads["task1"].weight.detach().numpy()[0], heads_w[1][0])
     with pytest.raises(ValueError, match="not in this run"):

@@ -13,15 +13,30 @@ from mtlscope.models import build_model
 from mtlscope.probes.base import PROBES
 
 
-def _train(setting_name: str = "digits-mtl", tasks=None, steps: int = 12, lr: float = 1e-3, optimizer: str = "adam",
-           seed: int = 0, probes=(), **options):
+def _train(
+    setting_name: str = "digits-mtl",
+    tasks=None,
+    steps: int = 12,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    seed: int = 0,
+    probes=(),
+    **options,
+):
     setting = settings.get(setting_name, tasks=tasks, **options)
     model = build_model(setting, dict(setting.default_model["encoder"]), dict(setting.default_model["head"]), seed)
     sink = ListSink()
     trainer = Trainer(
-        setting, model, methods.get("umtg", setting.task_names), build_optimizer(model.parameters(), optimizer, lr),
-        schedule=Schedule(steps=steps, steps_per_epoch=4, eval_every=4), batch_size=8, loss_scale=1.0,
-        seed=seed, sink=sink, probes=[PROBES.build(p) for p in probes],
+        setting,
+        model,
+        methods.get("umtg", setting.task_names),
+        build_optimizer(model.parameters(), optimizer, lr),
+        schedule=Schedule(steps=steps, steps_per_epoch=4, eval_every=4),
+        batch_size=8,
+        loss_scale=1.0,
+        seed=seed,
+        sink=sink,
+        probes=[PROBES.build(p) for p in probes],
     )
     return trainer.run(), pd.DataFrame(sink.records), model
 

@@ -50,7 +50,7 @@ def test_shapes_on_every_setting() -> None:
 
 def test_bad_encoder_options() -> None:
     setting = settings.get("digits-mtl")
-    with pytest.raises(ValueError, match="encoder.hidden"):
+    with pytest.raises(ValueError, match=r"encoder\.hidden"):
         build_model(setting, {"name": "mlp", "hidden": [0]}, {"name": "linear"}, 0)
     with pytest.raises(ValueError, match="no option 'depth'"):
         build_model(setting, {"name": "lenet", "depth": 3}, {"name": "linear"}, 0)

@@ -48,7 +48,10 @@ def test_digits2_and_digits1_share_evaluation_data_and_labels_are_true() -> None
     for task in (d1, d2):
         for split in ("train", "val", "test"):
             data = task.split(split)
-            agree = [lookup[row.numpy().tobytes()] == int(y) for row, y in zip(data.inputs.reshape(len(data), -1), data.targets)]
+            agree = [
+                lookup[row.numpy().tobytes()] == int(y)
+                for row, y in zip(data.inputs.reshape(len(data), -1), data.targets)
+            ]
             assert np.mean(agree) > 0.99  # duplicated images with other labels are rare
 
 

@@ -29,8 +29,11 @@ def test_regression_labels_follow_teacher_with_noise() -> None:
     assert np.allclose(t0.train.inputs.numpy() @ solution, t0.train.targets.numpy(), atol=1e-4)
     assert abs(np.linalg.norm(solution) - 1) < 1e-4
     noisy = settings.get("synthetic", noise=1.0, train_size=2000).tasks[0]
-    residual = noisy.train.targets.numpy() - noisy.train.inputs.numpy() @ np.linalg.lstsq(
-        noisy.train.inputs.numpy(), noisy.train.targets.numpy(), rcond=None)[0]
+    residual = (
+        noisy.train.targets.numpy()
+        - noisy.train.inputs.numpy()
+        @ np.linalg.lstsq(noisy.train.inputs.numpy(), noisy.train.targets.numpy(), rcond=None)[0]
+    )
     assert 0.8 < residual.std() < 1.2
 
 

@@ -15,7 +15,14 @@ from mtlscope.analysis.trajectories import checkpoint_table, generalization
 from mtlscope.runs.results import RunResults
 
 TRANSFER_COLUMNS: tuple[str, ...] = (
-    "task", "variant", "st_mean", "st_std", "mt_mean", "mt_std", "delta", "significant",
+    "task",
+    "variant",
+    "st_mean",
+    "st_std",
+    "mt_mean",
+    "mt_std",
+    "delta",
+    "significant",
 )
 
 
@@ -39,8 +46,9 @@ def generalization_by_run(results: RunResults, metric: str | None = None, top: i
     completed = results.runs[results.runs["status"] == "completed"]
     for run in completed.itertuples():
         for task in str(run.tasks).split("+"):
-            task_metric = metric or _primary_metric(results, run.run_id, task)
-            table = checkpoint_table(results.records, run.run_id, task, task_metric)
+            run_id = str(run.run_id)
+            task_metric = metric or _primary_metric(results, run_id, task)
+            table = checkpoint_table(results.records, run_id, task, task_metric)
             rows.append(
                 {
                     "run_id": run.run_id,
@@ -56,7 +64,9 @@ def generalization_by_run(results: RunResults, metric: str | None = None, top: i
 
 
 def _primary_metric(results: RunResults, run_id: str, task: str) -> str:
-    recorded = set(results.records.loc[(results.records["run_id"] == run_id) & (results.records["task"] == task), "metric"])
+    recorded = set(
+        results.records.loc[(results.records["run_id"] == run_id) & (results.records["task"] == task), "metric"]
+    )
     return "accuracy" if "accuracy" in recorded else "r2"
 
 

@@ -48,7 +48,9 @@ def shared_jacobian(losses: Tensor, shared: list[torch.nn.Parameter]) -> Tensor:
     rows = []
     for loss in losses:
         grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, shared)]))
+        rows.append(
+            torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, shared)])
+        )
     return torch.stack(rows)
 
 

@@ -40,9 +40,7 @@ def _check_sizes(field: str, sizes: Sequence[int], allow_empty: bool = True) -> 
 
 
 class MLPEncoder(Encoder):
-    def __init__(
-        self, input_shape: Sequence[int], hidden: Sequence[int], activation: str, dropout: float
-    ) -> None:
+    def __init__(self, input_shape: Sequence[int], hidden: Sequence[int], activation: str, dropout: float) -> None:
         super().__init__()
         widths = _check_sizes("encoder.hidden", hidden, allow_empty=False)
         if not 0.0 <= dropout < 1.0:
@@ -99,7 +97,11 @@ ENCODERS: Registry[Encoder] = Registry("encoder")
 
 @ENCODERS.register("mlp", "multi-layer perceptron on flattened inputs")
 def mlp(
-    input_shape: Sequence[int], *, hidden: Sequence[int] = (128, 128), activation: str = "relu", dropout: float = 0.0
+    input_shape: Sequence[int],
+    *,
+    hidden: Sequence[int] = (128, 128),
+    activation: str = "relu",
+    dropout: float = 0.0,
 ) -> Encoder:
     return MLPEncoder(input_shape, hidden, activation, dropout)
 

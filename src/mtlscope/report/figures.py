@@ -11,29 +11,39 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from mtlscope.analysis.binning import assign_bins, bin_centers, geometric_edges  # noqa: E402
-from mtlscope.analysis.trajectories import checkpoint_table  # noqa: E402
-from mtlscope.runs.results import RunResults  # noqa: E402
+from mtlscope.analysis.binning import assign_bins, bin_centers, geometric_edges
+from mtlscope.analysis.trajectories import checkpoint_table
+from mtlscope.runs.results import RunResults
 
-STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False}
+STYLE: dict[str, Any] = {
+    "figure.dpi": 110,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
 
 
 def binned_curves(
     results: RunResults, task: str, metric: str, variants: Sequence[str] | None = None, bins: int = 25
 ) -> pd.DataFrame:
     """Rows (variant, loss, mean, std, seeds) of ``metric`` on test per loss bin, for ``task``."""
-    runs = results.runs[(results.runs["status"] == "completed") & results.runs["tasks"].str.split("+").apply(lambda t: task in t)]
+    runs = results.runs[
+        (results.runs["status"] == "completed") & results.runs["tasks"].str.split("+").apply(lambda t: task in t)
+    ]
     if variants is not None:
         runs = runs[runs["variant"].isin(variants)]
-    tables = {run.run_id: checkpoint_table(results.records, run.run_id, task, metric) for run in runs.itertuples()}
+    runs = runs.sort_values(["num_tasks", "variant"], kind="stable")  # single-task reference first
+    tables = {str(run_id): checkpoint_table(results.records, str(run_id), task, metric) for run_id in runs["run_id"]}
     losses = pd.concat([t["train_loss"] for t in tables.values()]) if tables else pd.Series(dtype=float)
     losses = losses[np.isfinite(losses) & (losses > 0)]
     if losses.empty or losses.max() <= losses.min():
@@ -53,7 +63,7 @@ def binned_curves(
             rows.append(
                 {
                     "variant": variant,
-                    "loss": centers[int(bin_number) - 1],
+                    "loss": centers[int(str(bin_number)) - 1],
                     "mean": float(present.mean()),
                     "std": float(present.std(ddof=1)) if len(present) > 1 else float("nan"),
                     "seeds": len(present),
@@ -71,15 +81,19 @@ def generalization_vs_loss(
 ) -> list[Path]:
     """Write Figure 1 for ``task`` to ``path`` (PNG) and a sibling SVG; returns the written paths."""
     curves = binned_curves(results, task, metric, variants)
-    with plt.rc_context(STYLE):
+    with plt.rc_context(STYLE):  # type: ignore[arg-type]
         figure, axes = plt.subplots(figsize=(6.4, 4.2))
         for variant, curve in curves.groupby("variant", sort=False):
             curve = curve.sort_values("loss", ascending=False)
             (line,) = axes.plot(curve["loss"], curve["mean"], marker="o", markersize=3, label=str(variant))
             band = curve.dropna(subset=["std"])
             axes.fill_between(
-                band["loss"], band["mean"] - 2 * band["std"], band["mean"] + 2 * band["std"],
-                color=line.get_color(), alpha=0.2, linewidth=0,
+                band["loss"],
+                band["mean"] - 2 * band["std"],
+                band["mean"] + 2 * band["std"],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
             )
         axes.set_xscale("log")
         axes.invert_xaxis()

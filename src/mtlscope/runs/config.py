@@ -20,7 +20,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtlscope.engine.loss_scale import parse_loss_scale
-from mtlscope.engine.optimizers import OPTIMIZERS
 from mtlscope.methods.registry import METHODS
 from mtlscope.models.encoders import ENCODERS
 from mtlscope.models.heads import HEADS
@@ -162,7 +161,11 @@ class RunConfig(_Strict):
             raise ValueError("expected a mapping {probe name: options} or a list of probe names")
         checked = {}
         for name, options in value.items():
-            checked[name] = {k: v for k, v in _component(PROBES, {"name": name, **(options or {})}, field="probes").items() if k != "name"}
+            checked[name] = {
+                k: v
+                for k, v in _component(PROBES, {"name": name, **(options or {})}, field="probes").items()
+                if k != "name"
+            }
         return checked
 
     @property

@@ -19,15 +19,20 @@ def git_commit(start: Path | None = None) -> str | None:
     where = start or Path(__file__).resolve().parent
     try:
         result = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and commit else None
 
 
 def describe_environment(device: torch.device) -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in PACKAGES:
         try:
             versions[package] = metadata.version(package)

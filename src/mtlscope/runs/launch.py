@@ -61,9 +61,7 @@ def prepare(config: RunConfig, source: str = "config") -> Prepared:
     method_options = {k: v for k, v in resolved.method.items() if k != "name"}
     try:
         method = METHODS.build(resolved.method["name"], setting.task_names, **method_options)
-        model = build_model(
-            setting, resolved.model.encoder or {}, resolved.model.head or {}, resolved.seed
-        ).to(device)
+        model = build_model(setting, resolved.model.encoder or {}, resolved.model.head or {}, resolved.seed).to(device)
         probes = [PROBES.build(name, **options) for name, options in resolved.probes.items()]
     except (KeyError, ValueError) as error:
         raise ConfigError(f"{source}: {error.args[0] if error.args else error}") from None

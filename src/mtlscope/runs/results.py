@@ -27,8 +27,25 @@ from mtlscope.engine.trainer import RECORD_COLUMNS
 from mtlscope.runs.store import CONFIG_FILE, RECORDS_FILE, STATUS_FILE, SUMMARY_FILE, read_status
 
 RUN_COLUMNS: tuple[str, ...] = (
-    "run_id", "path", "status", "variant", "setting", "tasks", "num_tasks", "method", "optimizer", "lr",
-    "batch_size", "temperature", "loss_scale", "momentum", "seed", "steps", "planned_steps", "message", "config",
+    "run_id",
+    "path",
+    "status",
+    "variant",
+    "setting",
+    "tasks",
+    "num_tasks",
+    "method",
+    "optimizer",
+    "lr",
+    "batch_size",
+    "temperature",
+    "loss_scale",
+    "momentum",
+    "seed",
+    "steps",
+    "planned_steps",
+    "message",
+    "config",
 )
 
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import yaml
 
@@ -69,7 +69,7 @@ class RunDirectory:
         self.path = path
         self._started = time.monotonic()
         self._started_at = now()
-        self._records = None if not (path / RECORDS_FILE).exists() else open(path / RECORDS_FILE, "a")
+        self._records: TextIO | None = None
 
     @classmethod
     def create(cls, path: Path, config: Mapping[str, Any], environment: Mapping[str, Any]) -> RunDirectory:
@@ -88,12 +88,20 @@ class RunDirectory:
     def write(self, records: Sequence[Record]) -> None:
         """Append records (one checkpoint) and flush them to the file."""
         if self._records is None:
-            self._records = open(self.path / RECORDS_FILE, "a")
+            self._records = open(self.path / RECORDS_FILE, "a")  # noqa: SIM115  (kept open across checkpoints)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         for record in records:
-            writer.writerow([record.step, repr(float(record.epoch)), record.task, record.split, record.metric,
-                             repr(float(record.value))])
+            writer.writerow(
+                [
+                    record.step,
+                    repr(float(record.epoch)),
+                    record.task,
+                    record.split,
+                    record.metric,
+                    repr(float(record.value)),
+                ]
+            )
         self._records.write(buffer.getvalue())
         self._records.flush()
 

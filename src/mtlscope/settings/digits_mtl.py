@@ -30,9 +30,7 @@ REFERENCE = "Mueller, Dredze, Andrews. Can Optimization Trajectories Explain Mul
 
 
 @register("digits-mtl", "digits1 + digits2 (more data) + noisy-digits (permuted labels); FashionMTL analogue")
-def digits_mtl(
-    *, test_size: int = 500, val_size: int = 300, digits1_size: int = 150, split_seed: int = 0
-) -> Setting:
+def digits_mtl(*, test_size: int = 500, val_size: int = 300, digits1_size: int = 150, split_seed: int = 0) -> Setting:
     images, labels = digit_images()
     for option, value in (("test_size", test_size), ("val_size", val_size), ("digits1_size", digits1_size)):
         if value < 1:
@@ -53,12 +51,33 @@ def digits_mtl(
     noisy_val = Split(val.inputs, val.targets[noise.permutation(len(val_idx))])
     noisy_test = Split(test.inputs, test.targets[noise.permutation(len(test_idx))])
     tasks = (
-        Task("digits1", "classification", 10, Split(images[d1_idx], labels[d1_idx]), val, test,
-             description="digit classification on the target split"),
-        Task("digits2", "classification", 10, Split(images[d2_idx], labels[d2_idx]), val, test,
-             description="digit classification on the disjoint second split (more in-distribution data)"),
-        Task("noisy-digits", "classification", 10, Split(images[d2_idx], noisy_train), noisy_val, noisy_test,
-             description="digits2's images with randomly permuted labels (pure noise to memorize)"),
+        Task(
+            "digits1",
+            "classification",
+            10,
+            Split(images[d1_idx], labels[d1_idx]),
+            val,
+            test,
+            description="digit classification on the target split",
+        ),
+        Task(
+            "digits2",
+            "classification",
+            10,
+            Split(images[d2_idx], labels[d2_idx]),
+            val,
+            test,
+            description="digit classification on the disjoint second split (more in-distribution data)",
+        ),
+        Task(
+            "noisy-digits",
+            "classification",
+            10,
+            Split(images[d2_idx], noisy_train),
+            noisy_val,
+            noisy_test,
+            description="digits2's images with randomly permuted labels (pure noise to memorize)",
+        ),
     )
     return Setting(
         name="digits-mtl",
@@ -68,6 +87,10 @@ def digits_mtl(
         default_model={"encoder": {"name": "lenet"}, "head": {"name": "linear"}},
         description=__doc__.strip().splitlines()[0] if __doc__ else "",
         reference=REFERENCE,
-        options={"test_size": test_size, "val_size": val_size, "digits1_size": digits1_size,
-                 "split_seed": split_seed},
+        options={
+            "test_size": test_size,
+            "val_size": val_size,
+            "digits1_size": digits1_size,
+            "split_seed": split_seed,
+        },
     )

@@ -65,8 +65,7 @@ class Setting:
                 for split in SPLITS:
                     if task.split(split).inputs is not first.split(split).inputs:
                         raise ValueError(
-                            f"setting {self.name!r} is shared-input but task {task.name!r} has its own "
-                            f"{split} inputs"
+                            f"setting {self.name!r} is shared-input but task {task.name!r} has its own {split} inputs"
                         )
         if self.epoch_examples <= 0:
             object.__setattr__(self, "epoch_examples", max(len(task.train) for task in self.tasks))
@@ -88,27 +87,26 @@ class Setting:
             raise ValueError(f"setting {self.name!r}: a task subset needs at least one task")
         unknown = [name for name in wanted if name not in self.task_names]
         if unknown:
-            raise KeyError(
-                f"setting {self.name!r} has no task {unknown[0]!r}; tasks: {', '.join(self.task_names)}"
-            )
+            raise KeyError(f"setting {self.name!r} has no task {unknown[0]!r}; tasks: {', '.join(self.task_names)}")
         if len(set(wanted)) != len(wanted):
             raise ValueError(f"setting {self.name!r}: task subset repeats a task: {wanted}")
         return replace(self, tasks=tuple(self.task(name) for name in wanted))
 
     def to(self, device: torch.device | str) -> Setting:
         """The setting with all data on ``device`` (inputs shared between tasks stay shared)."""
-        moved: dict[int, torch.Tensor] = {}
+        copies: dict[int, torch.Tensor] = {}
 
         def move(tensor: torch.Tensor) -> torch.Tensor:
-            if id(tensor) not in moved:
-                moved[id(tensor)] = tensor.to(device)
-            return moved[id(tensor)]
+            if id(tensor) not in copies:
+                copies[id(tensor)] = tensor.to(device)
+            return copies[id(tensor)]
+
+        def moved(task: Task, split: str) -> Split:
+            data = task.split(split)
+            return Split(move(data.inputs), move(data.targets))
 
         tasks = tuple(
-            replace(
-                task,
-                **{split: Split(move(task.split(split).inputs), move(task.split(split).targets)) for split in SPLITS},
-            )
+            replace(task, train=moved(task, "train"), val=moved(task, "val"), test=moved(task, "test"))
             for task in self.tasks
         )
         return replace(self, tasks=tasks)

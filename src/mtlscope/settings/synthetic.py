@@ -57,8 +57,13 @@ def synthetic(
         raise ValueError(f"synthetic option task_type must be 'regression' or 'classification', got {task_type!r}")
     if layout not in LAYOUTS:
         raise ValueError(f"synthetic option layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    for option, value in (("num_tasks", num_tasks), ("dim", dim), ("train_size", train_size),
-                          ("val_size", val_size), ("test_size", test_size)):
+    for option, value in (
+        ("num_tasks", num_tasks),
+        ("dim", dim),
+        ("train_size", train_size),
+        ("val_size", val_size),
+        ("test_size", test_size),
+    ):
         if value < 1:
             raise ValueError(f"synthetic option {option} must be >= 1, got {value}")
     if noise < 0:
@@ -103,7 +108,16 @@ def synthetic(
         default_model={"encoder": {"name": "mlp", "hidden": [64, 64]}, "head": {"name": "linear"}},
         description="teacher-student tasks with controlled relatedness and noise",
         reference="Mueller, Dredze, Andrews. TMLR 2025 (conflict studies, §5)",
-        options={"num_tasks": num_tasks, "task_type": task_type, "layout": layout, "dim": dim,
-                 "train_size": train_size, "val_size": val_size, "test_size": test_size,
-                 "relatedness": relatedness, "noise": noise, "seed": seed},
+        options={
+            "num_tasks": num_tasks,
+            "task_type": task_type,
+            "layout": layout,
+            "dim": dim,
+            "train_size": train_size,
+            "val_size": val_size,
+            "test_size": test_size,
+            "relatedness": relatedness,
+            "noise": noise,
+            "seed": seed,
+        },
     )

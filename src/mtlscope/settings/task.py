@@ -37,9 +37,7 @@ class Split:
 
     def __post_init__(self) -> None:
         if self.inputs.shape[0] != self.targets.shape[0]:
-            raise ValueError(
-                f"split has {self.inputs.shape[0]} inputs but {self.targets.shape[0]} targets"
-            )
+            raise ValueError(f"split has {self.inputs.shape[0]} inputs but {self.targets.shape[0]} targets")
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -111,9 +109,9 @@ def task_metrics(kind: TaskKind, output_size: int, outputs: Tensor, targets: Ten
     loss = float(task_loss(kind, outputs, targets))
     if kind == "classification":
         predicted = outputs.argmax(dim=1)
-        confusion = torch.bincount(
-            targets * output_size + predicted, minlength=output_size * output_size
-        ).reshape(output_size, output_size)
+        confusion = torch.bincount(targets * output_size + predicted, minlength=output_size * output_size).reshape(
+            output_size, output_size
+        )
         true_positive = confusion.diagonal().to(torch.float64)
         support = confusion.sum(dim=1).to(torch.float64)
         predicted_count = confusion.sum(dim=0).to(torch.float64)

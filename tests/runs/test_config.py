@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtlscope.runs.config import ConfigError, load_config, resolve, validate_config
+
+BASE = "setting:\n  name: digits-mtl\n  tasks: [digits1]\n"
+
+BAD_CONFIGS = {
+    "unknown top-level key": (BASE + "learning_rate: 0.1\n", "learning_rate: unknown key"),
+    "unknown nested key": (
+        BASE + "training:\n  batchsize: 4\n",
+        "training.batchsize: unknown key; expected one of: batch_size",
+    ),
+    "wrong type": (BASE + "training:\n  batch_size: many\n", "training.batch_size: expected a valid integer"),
+    "bad value": (BASE + "optimizer:\n  lr: -0.1\n", "optimizer.lr: expected greater than 0"),
+    "unknown optimizer": (
+        BASE + "optimizer:\n  name: rmsprop\n",
+        "optimizer.name: expected 'adam', 'adamw' or 'sgd'",
+    ),
+    "bad loss scale": (
+        BASE + "training:\n  loss_scale: KK\n",
+        "training.loss_scale: expected a positive number, 'K' or 'sqrt(K)'",
+    ),
+    "unknown setting": ("setting:\n  name: fashion\n", "setting.name: unknown setting 'fashion'"),
+    "unknown task": ("setting:\n  name: digits-mtl\n  tasks: [digits3]\n", "no task 'digits3'"),
+    "unknown setting option": (BASE.replace("tasks", "options: {size: 3}\n  tasks"), "has no option 'size'"),
+    "unknown method": (BASE + "method:\n  name: pcgradd\n", "method: unknown method 'pcgradd'; available: "),
+    "unknown method option": (
+        BASE + "method:\n  name: umtg\n  alpha: 1\n",
+        "method 'umtg' has no option 'alpha'",
+    ),
+    "unknown encoder option": (
+        BASE + "model:\n  encoder: {name: mlp, width: 3}\n",
+        "model.encoder: encoder 'mlp' has no option 'width'",
+    ),
+    "momentum with adam": (
+        BASE + "optimizer:\n  momentum: 0.9\n",
+        "optimizer: momentum and nesterov apply to sgd only",
+    ),
+    "epochs and steps": (
+        BASE + "training:\n  epochs: 2\n  steps: 3\n",
+        "training: give either epochs or steps",
+    ),
+    "missing setting": ("seed: 1\n", "setting: required key is missing"),
+    "not a mapping": ("- 1\n- 2\n", "expected a mapping of keys at the top level"),
+    "invalid yaml": ("setting: [\n", "invalid YAML at line"),
+    "bad method weight task": (BASE + "method:\n  name: umtg\n  weights: {digits2: 1}\n", "not in this run"),
+    "bad encoder value": (
+        BASE + "model:\n  encoder: {name: mlp, hidden: [0]}\n",
+        "encoder.hidden must be a list of positive integers",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_is_one_line_error_exit_2_and_nothing_written(case: str, tmp_path: Path) -> None:
+    text, expected = BAD_CONFIGS[case]
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "mtlscope.cli", "run", str(config), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert str(config) in lines[0]
+    assert not out.exists()
+
+
+def test_overrides_apply_and_are_validated(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE)
+    config = load_config(path, ["optimizer.lr=0.05", "training.loss_scale=sqrt(K)", "setting.tasks=[digits1,digits2]"])
+    assert config.optimizer.lr == 0.05
+    assert config.training.loss_scale == "sqrt(K)"
+    assert config.setting.tasks == ["digits1", "digits2"]
+    with pytest.raises(ConfigError, match=r"optimizer\.lr"):
+        load_config(path, ["optimizer.lr=fast"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(path, ["optimizer.lr"])
+
+
+def test_run_id_is_derived_from_the_resolved_config() -> None:
+    implicit = resolve(validate_config({"setting": {"name": "digits-mtl"}}))
+    explicit = resolve(
+        validate_config(
+            {
+                "setting": {"name": "digits-mtl", "tasks": ["digits1", "digits2", "noisy-digits"]},
+                "model": {"encoder": {"name": "lenet"}, "head": "linear"},
+                "training": {"epochs": 20, "loss_scale": 1},
+            }
+        )
+    )
+    assert implicit.run_id() == explicit.run_id()
+    other = resolve(validate_config({"setting": {"name": "digits-mtl"}, "seed": 1}))
+    assert other.run_id() != implicit.run_id()
+    assert implicit.run_id().startswith("digits1+digits2+noisy-digits-s0-")
