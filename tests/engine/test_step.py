@@ -65,7 +65,7 @@ def test_one_sgd_step_equals_hand_computation(loss_scale: float) -> None:
     trainer = Trainer(
         setting,
         model,
-        methods.get("umtg", setting.task_names),
+        methods.get("umtg"),
         optimizer,
         schedule=Schedule(steps=1, steps_per_epoch=1, eval_every=1),
         batch_size=8,
@@ -94,13 +94,13 @@ class JacobianSum(Method):
 @pytest.mark.parametrize("loss_scale", [1.0, 2.0])
 def test_shared_gradient_path_equals_loss_weight_path(loss_scale: float) -> None:
     finals = []
-    for method in (lambda names: methods.get("umtg", names), JacobianSum):
+    for method in (lambda: methods.get("umtg"), JacobianSum):
         setting, model, _, _ = _tiny()
         optimizer = build_optimizer(model.parameters(), "adam", 0.01)
         Trainer(
             setting,
             model,
-            method(setting.task_names),
+            method(),
             optimizer,
             schedule=Schedule(steps=5, steps_per_epoch=5, eval_every=5),
             batch_size=4,
@@ -115,7 +115,7 @@ def test_shared_gradient_path_equals_loss_weight_path(loss_scale: float) -> None
 
 def test_umtg_task_weights_scale_the_gradient() -> None:
     setting, model, weight, heads_w = _tiny()
-    method = methods.get("umtg", setting.task_names, weights={"task1": 0.0})
+    method = methods.get("umtg", weights={"task1": 0.0})
     optimizer = build_optimizer(model.parameters(), "sgd", 0.05)
     Trainer(
         setting,
@@ -133,4 +133,4 @@ def test_umtg_task_weights_scale_the_gradient() -> None:
     assert np.allclose(model.encoder.linear.weight.detach().numpy(), expected_w, atol=1e-5)
     assert np.allclose(model.heads["task1"].weight.detach().numpy()[0], heads_w[1][0])
     with pytest.raises(ValueError, match="not in this run"):
-        methods.get("umtg", setting.task_names, weights={"task7": 1.0})
+        methods.get("umtg", weights={"task7": 1.0}).setup(setting.task_names)

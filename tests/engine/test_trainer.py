@@ -29,7 +29,7 @@ def _train(
     trainer = Trainer(
         setting,
         model,
-        methods.get("umtg", setting.task_names),
+        methods.get("umtg"),
         build_optimizer(model.parameters(), optimizer, lr),
         schedule=Schedule(steps=steps, steps_per_epoch=4, eval_every=4),
         batch_size=8,

@@ -113,6 +113,7 @@ class Trainer:
         self.probes = list(probes)
         self.train_eval_limit = train_eval_limit
         self.on_step = on_step
+        method.setup(setting.task_names)
         self.sampler = BatchSampler(setting, batch_size, seed)
         method_generator = torch.Generator().manual_seed(derived_seed(seed, "method"))
         self.step_fn = TrainingStep(model, setting, method, optimizer, loss_scale, method_generator)

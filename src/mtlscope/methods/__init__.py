@@ -4,7 +4,7 @@
 """
 
 from mtlscope.methods import umtg  # noqa: F401  (registration)
-from mtlscope.methods.base import NEEDS, Combination, Method, StepInput
+from mtlscope.methods.base import NEEDS, Combination, Lookahead, Method, StepInput
 from mtlscope.methods.registry import METHODS, available, get
 
-__all__ = ["METHODS", "NEEDS", "Combination", "Method", "StepInput", "available", "get"]
+__all__ = ["METHODS", "NEEDS", "Combination", "Lookahead", "Method", "StepInput", "available", "get"]

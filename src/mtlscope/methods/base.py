@@ -1,19 +1,28 @@
 """The method contract: how per-task losses (and, when asked for, gradients) become the shared update.
 
-A method declares in ``needs`` what the engine must compute for it (nothing beyond the task losses by
-default; ``"jacobian"``: the K x P matrix of task-loss gradients on the shared parameters). The trainer
-computes only what is declared and never branches on which method it runs.
+A method is built from its options alone (``mtlscope.methods.get(name, **options)``) and bound to a run's
+tasks by ``setup(task_names)``, which (re)initializes its state. It declares in ``needs`` what the engine
+must compute for it each step; the engine computes only that, and never branches on the method:
+
+| need                     | ``StepInput`` field          | what it is                                             |
+|--------------------------|------------------------------|--------------------------------------------------------|
+| (always)                 | ``losses``                   | [K] detached task losses on the step's batch           |
+| ``"jacobian"``           | ``jacobian``                 | [K, P] task-loss gradients on the shared parameters    |
+| ``"representation"``     | ``representation_jacobian``  | [K, R] task-loss gradients on the encoder output of the batch (flattened; MGDA-UB) |
+| ``"last_shared_jacobian"`` | ``last_shared_jacobian``   | [K, P_last] task-loss gradients on the parameters of the encoder's last parameterized layer (GradNorm) |
+| ``"lookahead"``          | ``lookahead``                | a ``Lookahead``: the optimizer's update for a candidate shared gradient, and the task losses after it (IT-MTL) |
+| ``"post_step_losses"``   | ``after_step`` is called     | [K] task losses on the same batch after the update (FAMO) |
 
 ``combine`` returns a ``Combination``, exactly one of:
 
-- ``loss_weights`` (shape [K]): the engine back-propagates ``sum_k loss_weights[k] * L_k`` through the
-  whole model, heads included. Loss-weighting methods (UMTG, uncertainty weighting, DWA, ...) use this:
-  one backward pass, the cheapest possible step. The weights are final: they already contain 1/C.
-- ``shared_gradient`` (shape [P], P = number of shared parameters, in ``shared_parameters()`` order):
-  the engine writes it as the gradient of the shared parameters; every head receives its own task
-  gradient divided by C (SPEC §2). Gradient-combination methods (PCGrad, MGDA, ...) use this.
+- ``loss_weights`` [K]: the engine back-propagates ``sum_k loss_weights[k] * L_k`` through the whole model,
+  heads included (one backward). The weights are final: they already contain 1/C where the method uses C.
+- ``shared_gradient`` [P] (``shared_parameters()`` order): written as the shared parameters' gradient; every
+  head receives its own task gradient divided by C (SPEC §2).
 
-Stateful methods keep their state in ``state_dict`` so a resumed run continues identically.
+plus ``diagnostics``: named floats stored with the run's per-step records (e.g. ``weight/<task>``,
+``chosen_candidate``). Stateful methods keep their state in ``state_dict``/``load_state_dict`` (tensors,
+numbers, lists, dicts) so a resumed run continues identically; every random draw uses ``step.generator``.
 """
 
 from __future__ import annotations
@@ -21,27 +30,40 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
 #: What a method may ask the engine for.
-NEEDS: frozenset[str] = frozenset({"jacobian"})
+NEEDS: frozenset[str] = frozenset(
+    {"jacobian", "representation", "last_shared_jacobian", "lookahead", "post_step_losses"}
+)
+
+
+class Lookahead(Protocol):
+    """Simulated optimizer steps on the shared parameters (SPEC §4.5); the real state is never touched."""
+
+    def update(self, shared_gradient: Tensor) -> Tensor:
+        """[P] the change the run's optimizer would make to the shared parameters from this gradient."""
+        ...
+
+    def losses(self, delta: Tensor) -> Tensor:
+        """[K] task losses on this step's batch at shared parameters + ``delta`` (heads unchanged)."""
+        ...
 
 
 @dataclass(frozen=True)
 class StepInput:
-    """What a method sees at one training step.
+    """What a method sees at one training step (see the module docstring for the optional fields).
 
     Attributes:
         losses: detached task losses on this step's batch, shape [K], in ``task_names`` order.
         task_names: the run's tasks.
-        loss_scale: C, the scaling of the multi-task objective (SPEC §2), already resolved to a number.
+        loss_scale: C, the scaling of the multi-task objective (SPEC §2), resolved to a number.
         step: index of the step (0-based).
+        epoch: number of completed epochs before this step (``step // steps_per_epoch``).
         generator: the run's method generator (every random draw of a method comes from it).
-        jacobian: [K, P] task-loss gradients on the shared parameters, present when ``"jacobian"`` is in
-            the method's ``needs``.
     """
 
     losses: Tensor
@@ -49,7 +71,11 @@ class StepInput:
     loss_scale: float
     step: int
     generator: torch.Generator
+    epoch: int = 0
     jacobian: Tensor | None = None
+    representation_jacobian: Tensor | None = None
+    last_shared_jacobian: Tensor | None = None
+    lookahead: Lookahead | None = None
 
 
 @dataclass(frozen=True)
@@ -66,19 +92,31 @@ class Combination:
 
 
 class Method(ABC):
-    """Base class of multi-task methods."""
+    """Base class of multi-task methods. Subclasses take their options as keyword arguments."""
 
     #: Registry name, set by each method class.
     name: ClassVar[str] = ""
     #: What the engine must compute for this method (a subset of ``NEEDS``).
     needs: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, task_names: tuple[str, ...]) -> None:
+    task_names: tuple[str, ...] = ()
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    def setup(self, task_names: tuple[str, ...]) -> None:
+        """Bind to the run's tasks and (re)initialize state. Raise ``ValueError`` for options that do not
+        fit these tasks (e.g. a weight for a task that is not in the run). Subclasses call ``super()``."""
         self.task_names = tuple(task_names)
 
     @abstractmethod
     def combine(self, step: StepInput) -> Combination:
         """The shared update for one step."""
+
+    def after_step(self, losses_after: Tensor) -> None:  # noqa: B027  (optional hook)
+        """Called after the optimizer step with the [K] task losses on the same batch, when
+        ``"post_step_losses"`` is in ``needs``."""
 
     def state_dict(self) -> dict[str, Any]:
         """State to checkpoint (empty for stateless methods)."""
@@ -88,3 +126,10 @@ class Method(ABC):
         """Restore what ``state_dict`` returned."""
         if state:
             raise ValueError(f"method {self.name!r} is stateless but got state keys {sorted(state)}")
+
+
+def check_jacobian(jacobian: Tensor) -> Tensor:
+    """Validate a [K, P] Jacobian argument of a pure ``aggregate``/``weights`` function."""
+    if jacobian.dim() != 2 or jacobian.shape[0] < 1:
+        raise ValueError(f"expected a [K, P] jacobian with K >= 1, got shape {tuple(jacobian.shape)}")
+    return jacobian

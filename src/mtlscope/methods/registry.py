@@ -1,8 +1,7 @@
-"""The methods registry: builders ``f(task_names, *, option=default, ...) -> Method``."""
+"""The methods registry: builders ``f(*, option=default, ...) -> Method``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from mtlscope.methods.base import Method
@@ -16,6 +15,6 @@ def available() -> list[str]:
     return METHODS.available()
 
 
-def get(name: str, task_names: Sequence[str], **options: Any) -> Method:
-    """Build method ``name`` for the tasks ``task_names`` with ``options``."""
-    return METHODS.build(name, tuple(task_names), **options)
+def get(name: str, **options: Any) -> Method:
+    """Build method ``name`` with ``options`` (bind it to tasks with ``setup(task_names)``)."""
+    return METHODS.build(name, **options)

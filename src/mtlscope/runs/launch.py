@@ -60,7 +60,8 @@ def prepare(config: RunConfig, source: str = "config") -> Prepared:
     setting = get_setting(resolved.setting.name, tasks=resolved.setting.tasks, **resolved.setting.options)
     method_options = {k: v for k, v in resolved.method.items() if k != "name"}
     try:
-        method = METHODS.build(resolved.method["name"], setting.task_names, **method_options)
+        method = METHODS.build(resolved.method["name"], **method_options)
+        method.setup(setting.task_names)
         model = build_model(setting, resolved.model.encoder or {}, resolved.model.head or {}, resolved.seed).to(device)
         probes = [PROBES.build(name, **options) for name, options in resolved.probes.items()]
     except (KeyError, ValueError) as error:
