@@ -42,7 +42,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         outcome = execute(config, args.out, force=args.force, on_step=advance, source=args.config)
     if outcome.skipped:
-        print(f"{outcome.path}: already completed (use --force to run it again)")
+        print(f"{outcome.path}: {outcome.message} (use --force to run it again)")
         return 0
     print(f"{outcome.path}: {outcome.status}" + (f" ({outcome.message})" if outcome.message else ""))
     return 1 if outcome.status == "failed" else 0

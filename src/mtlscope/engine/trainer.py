@@ -3,7 +3,14 @@
 At step 0, every ``eval_every`` steps and at the last step, the trainer records for every task the
 metrics on train (the full training set, or its first ``train_eval_limit`` examples), val and test, the
 optimizer's learning rate, the batch size and the temperature lr/B (split ``optim``), and the values of
-the run's probes (split ``probe``). Records go to a ``RecordSink`` as soon as a checkpoint is complete.
+the run's probes (split ``probe``). Per-step diagnostics (split ``step``; see ``mtlscope.engine.step``)
+are kept in memory and written with the next checkpoint. Records go to a ``RecordSink`` as soon as a
+checkpoint is complete; after them, the whole training state goes to the ``StateSink`` (if any), so a run
+can resume from its last checkpoint and continue exactly as if it had not stopped.
+
+Randomness: every stream is seeded from the run seed — model initialization, one batch stream per task,
+the method generator, one generator per probe — and torch's global generator (used by dropout) is seeded
+at the start of training; all of them are part of the saved state.
 
 A non-finite task loss (at a step or at a checkpoint) ends the run with status ``diverged``; the records
 written so far stay. The loop never branches on the method or the probes it runs.
@@ -14,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
 
@@ -43,6 +50,10 @@ RECORD_COLUMNS: tuple[str, ...] = Record._fields
 
 class RecordSink(Protocol):
     def write(self, records: Sequence[Record]) -> None: ...
+
+
+class StateSink(Protocol):
+    def save_state(self, state: dict[str, Any]) -> None: ...
 
 
 class ListSink:
@@ -100,6 +111,10 @@ class Trainer:
         probes: Sequence[Probe] = (),
         train_eval_limit: int | None = None,
         on_step: Callable[[int], None] | None = None,
+        state_sink: StateSink | None = None,
+        diagnostics_every: int | None = None,
+        jacobian_mode: str = "auto",
+        jacobian_chunk: int | None = None,
     ) -> None:
         self.setting = setting
         self.model = model
@@ -113,28 +128,86 @@ class Trainer:
         self.probes = list(probes)
         self.train_eval_limit = train_eval_limit
         self.on_step = on_step
+        self.state_sink = state_sink
         method.setup(setting.task_names)
         self.sampler = BatchSampler(setting, batch_size, seed)
-        method_generator = torch.Generator().manual_seed(derived_seed(seed, "method"))
-        self.step_fn = TrainingStep(model, setting, method, optimizer, loss_scale, method_generator)
+        self.method_generator = torch.Generator().manual_seed(derived_seed(seed, "method"))
+        self.step_fn = TrainingStep(
+            model,
+            setting,
+            method,
+            optimizer,
+            loss_scale,
+            self.method_generator,
+            steps_per_epoch=schedule.steps_per_epoch,
+            jacobian_mode=jacobian_mode,
+            jacobian_chunk=jacobian_chunk,
+            diagnostics_every=diagnostics_every,
+        )
         self.probe_generators = {
             probe.name: torch.Generator().manual_seed(derived_seed(seed, "probe", probe.name)) for probe in self.probes
         }
+        self.step = 0
+        self.restored = False
+        self.scores: Scores = {}
+        self.pending: list[Record] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly from the current step."""
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "method_generator": self.method_generator.get_state(),
+            "probe_generators": {name: g.get_state() for name, g in self.probe_generators.items()},
+            "probes": {probe.name: probe.state_dict() for probe in self.probes},
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "scores": self.scores,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict``; ``run`` then continues after ``state["step"]``."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.method.load_state_dict(state["method"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.method_generator.set_state(state["method_generator"])
+        for name, generator_state in state["probe_generators"].items():
+            self.probe_generators[name].set_state(generator_state)
+        for probe in self.probes:
+            probe.load_state_dict(state["probes"].get(probe.name, {}))
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.scores = state["scores"]
+        self.step = int(state["step"])
+        self.restored = True
 
     def run(self) -> TrainingOutcome:
+        """Train from the current step (0, or the restored one) to the end of the schedule."""
         self.model.train()
-        scores = self._checkpoint(0)
-        diverged = self._non_finite_train_loss(scores, 0)
-        if diverged:
-            return TrainingOutcome("diverged", 0, diverged, scores)
-        for step in range(1, self.schedule.steps + 1):
+        if not self.restored:
+            torch.manual_seed(derived_seed(self.seed, "dropout"))
+            scores = self._checkpoint(0)
+            diverged = self._non_finite_train_loss(scores, 0)
+            if diverged:
+                return TrainingOutcome("diverged", 0, diverged, scores)
+        scores = self.scores
+        for step in range(self.step + 1, self.schedule.steps + 1):
             result = self.step_fn(self.sampler.next(), step - 1)
+            if result.diagnostics:
+                self.pending += self._diagnostic_records(step - 1, result.diagnostics)
             if not result.finite:
                 bad = [
                     f"{task}={float(value)}"
                     for task, value in zip(self.setting.task_names, result.losses)
                     if not math.isfinite(float(value))
                 ]
+                self.sink.write(self.pending)
+                self.pending = []
                 return TrainingOutcome(
                     "diverged", step - 1, f"non-finite training loss at step {step}: {', '.join(bad)}", scores
                 )
@@ -154,6 +227,15 @@ class Trainer:
             if not math.isfinite(scores[(task, "train")]["loss"])
         ]
         return f"non-finite full training loss at step {step}: {', '.join(bad)}" if bad else ""
+
+    def _diagnostic_records(self, step: int, diagnostics: dict[str, float]) -> list[Record]:
+        """``name/task`` keys become per-task records, plain names run-level records (task ``*``)."""
+        epoch = self.schedule.epoch(step)
+        records = []
+        for key, value in diagnostics.items():
+            metric, _, task = key.partition("/")
+            records.append(Record(step, epoch, task or "*", "step", metric, float(value)))
+        return records
 
     def _checkpoint(self, step: int) -> Scores:
         epoch = self.schedule.epoch(step)
@@ -184,5 +266,9 @@ class Trainer:
             )
             for task, values in probe(context).items():
                 records += [Record(step, epoch, task, "probe", metric, value) for metric, value in values.items()]
-        self.sink.write(records)
+        self.sink.write([*self.pending, *records])
+        self.pending = []
+        self.step, self.scores = step, scores
+        if self.state_sink is not None and step < self.schedule.steps:
+            self.state_sink.save_state(self.state_dict())
         return scores

@@ -4,14 +4,16 @@ A method is built from its options alone (``mtlscope.methods.get(name, **options
 tasks by ``setup(task_names)``, which (re)initializes its state. It declares in ``needs`` what the engine
 must compute for it each step; the engine computes only that, and never branches on the method:
 
-| need                     | ``StepInput`` field          | what it is                                             |
-|--------------------------|------------------------------|--------------------------------------------------------|
-| (always)                 | ``losses``                   | [K] detached task losses on the step's batch           |
-| ``"jacobian"``           | ``jacobian``                 | [K, P] task-loss gradients on the shared parameters    |
-| ``"representation"``     | ``representation_jacobian``  | [K, R] task-loss gradients on the encoder output of the batch (flattened; MGDA-UB) |
-| ``"last_shared_jacobian"`` | ``last_shared_jacobian``   | [K, P_last] task-loss gradients on the parameters of the encoder's last parameterized layer (GradNorm) |
-| ``"lookahead"``          | ``lookahead``                | a ``Lookahead``: the optimizer's update for a candidate shared gradient, and the task losses after it (IT-MTL) |
-| ``"post_step_losses"``   | ``after_step`` is called     | [K] task losses on the same batch after the update (FAMO) |
+- always: ``StepInput.losses``, the [K] detached task losses on the step's batch;
+- ``"jacobian"``: ``jacobian``, [K, P] task-loss gradients on the shared parameters;
+- ``"representation"``: ``representation_jacobian``, [K, R] task-loss gradients on the encoder output of
+  the batch, flattened (MGDA-UB);
+- ``"last_shared_jacobian"``: ``last_shared_jacobian``, [K, P_last] task-loss gradients on the parameters
+  of the encoder's last parameterized layer (GradNorm);
+- ``"lookahead"``: ``lookahead``, a ``Lookahead``: the optimizer's update for a candidate shared gradient
+  and the task losses after it (IT-MTL);
+- ``"post_step_losses"``: ``after_step`` is called with the [K] task losses on the same batch after the
+  update (FAMO).
 
 ``combine`` returns a ``Combination``, exactly one of:
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -44,6 +45,13 @@ class Probe(ABC):
     @abstractmethod
     def __call__(self, context: ProbeContext) -> ProbeValues:
         """Values per task at this checkpoint."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State carried across checkpoints (saved with the run's training state)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027  (stateless by default)
+        """Restore what ``state_dict`` returned."""
 
 
 PROBES: Registry[Probe] = Registry("probe")

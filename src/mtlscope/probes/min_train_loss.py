@@ -4,6 +4,7 @@ the factor most SMTOs aim at). Reads the checkpoint's training loss; costs nothi
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues
 
@@ -13,6 +14,12 @@ class MinTrainLoss(Probe):
 
     def __init__(self) -> None:
         self.lowest: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lowest": dict(self.lowest)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lowest = dict(state.get("lowest", {}))
 
     def __call__(self, context: ProbeContext) -> ProbeValues:
         values: ProbeValues = {}

@@ -111,6 +111,10 @@ class TrainingConfig(_Strict):
     eval_every: int | Literal["epoch"] = "epoch"
     train_eval_limit: int | None = Field(default=None, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    diagnostics_every: int | None = Field(default=None, ge=1)
+    jacobian_mode: Literal["auto", "per_task", "batched", "loop"] = "auto"
+    jacobian_chunk: int | None = Field(default=None, ge=1)
+    save_state: bool = True
 
     @field_validator("loss_scale", mode="before")
     @classmethod

@@ -24,7 +24,7 @@ from mtlscope.models.multitask import MultiTaskModel, build_model
 from mtlscope.probes.base import PROBES, Probe
 from mtlscope.runs.config import ConfigError, RunConfig, resolve
 from mtlscope.runs.environment import describe_environment
-from mtlscope.runs.store import STATUS_FILE, RunDirectory, read_status
+from mtlscope.runs.store import STATUS_FILE, RunDirectory, read_state, read_status
 from mtlscope.settings.registry import get as get_setting
 from mtlscope.settings.setting import Setting
 
@@ -108,19 +108,27 @@ def execute(
     out: str | Path,
     *,
     force: bool = False,
+    resume: bool = True,
     on_step: Callable[[int], None] | None = None,
     source: str = "config",
 ) -> RunOutcome:
-    """Run ``config`` into ``out/<run_id>``. A run already completed there is skipped unless ``force``.
+    """Run ``config`` into ``out/<run_id>``.
 
-    Raises ``ConfigError`` (nothing written) for a config that cannot be built.
+    A run already completed (or diverged) there is skipped unless ``force``; an unfinished one (killed or failed) with
+    a saved training state continues from its last checkpoint when ``resume`` (the default), else starts
+    over. Raises ``ConfigError`` (nothing written) for a config that cannot be built.
     """
     prepared = prepare(config, source)
     run_id = prepared.config.run_id()
     path = Path(out) / run_id
-    if not force and (path / STATUS_FILE).exists() and read_status(path)["status"] == "completed":
-        return RunOutcome(run_id, path, "completed", "already completed", skipped=True)
-    directory = RunDirectory.create(path, prepared.config.to_dict(), describe_environment(prepared.device))
+    status = read_status(path)["status"] if (path / STATUS_FILE).exists() else None
+    if not force and status in ("completed", "diverged"):
+        return RunOutcome(run_id, path, str(status), f"already {status}", skipped=True)
+    state = read_state(path) if resume and not force and status in ("running", "failed") else None
+    if state is not None:
+        directory = RunDirectory.reopen(path, int(state["step"]))
+    else:
+        directory = RunDirectory.create(path, prepared.config.to_dict(), describe_environment(prepared.device))
     started = time.monotonic()
     base = {"run_id": run_id, "variant": prepared.config.variant, "tasks": list(prepared.setting.task_names)}
     try:
@@ -137,7 +145,13 @@ def execute(
             probes=prepared.probes,
             train_eval_limit=prepared.config.training.train_eval_limit,
             on_step=on_step,
+            state_sink=directory if prepared.config.training.save_state else None,
+            diagnostics_every=prepared.config.training.diagnostics_every,
+            jacobian_mode=prepared.config.training.jacobian_mode,
+            jacobian_chunk=prepared.config.training.jacobian_chunk,
         )
+        if state is not None:
+            trainer.load_state_dict(state)
         outcome = trainer.run()
     except Exception as error:  # recorded, never lost: the run is marked failed with the message
         message = f"{type(error).__name__}: {error}"

@@ -7,7 +7,12 @@
   records.csv       long table step, epoch, task, split, metric, value; appended at every checkpoint
   summary.json      final summary (written before the run is marked completed)
   status.json       {"status": running | completed | failed | diverged, ...}; replaced atomically
+  state.pt          training state at the last checkpoint (model, optimizer, method, samplers, RNGs);
+                    replaced atomically, removed when the run completes
 ```
+
+An unfinished run (killed, failed) with a ``state.pt`` resumes from it: ``reopen`` drops the records
+after the saved step and training continues exactly as if it had not stopped.
 
 Crash safety: records are appended and flushed a whole checkpoint at a time, so a run killed at any
 moment leaves a readable partial trajectory (a torn last line is dropped on load). ``status.json`` and
@@ -29,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+import torch
 import yaml
 
 from mtlscope.engine.trainer import RECORD_COLUMNS, Record
@@ -41,6 +47,7 @@ ENVIRONMENT_FILE = "environment.json"
 RECORDS_FILE = "records.csv"
 STATUS_FILE = "status.json"
 SUMMARY_FILE = "summary.json"
+STATE_FILE = "state.pt"
 
 
 def now() -> str:
@@ -55,6 +62,14 @@ def write_atomic(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """The saved training state of the run at ``path``, if any."""
+    if not (path / STATE_FILE).exists():
+        return None
+    state: dict[str, Any] = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    return state
 
 
 def read_status(path: Path) -> dict[str, Any]:
@@ -84,6 +99,23 @@ class RunDirectory:
         directory = cls(path)
         directory.set_status("running")
         return directory
+
+    @classmethod
+    def reopen(cls, path: Path, step: int) -> RunDirectory:
+        """Continue an unfinished run: keep the records up to ``step`` (rewritten atomically)."""
+        lines = (path / RECORDS_FILE).read_text().splitlines(keepends=True)
+        kept = [lines[0]] + [line for line in lines[1:] if line.endswith("\n") and int(line.split(",", 1)[0]) <= step]
+        write_atomic(path / RECORDS_FILE, "".join(kept))
+        (path / SUMMARY_FILE).unlink(missing_ok=True)
+        directory = cls(path)
+        directory.set_status("running", resumed_from_step=step)
+        return directory
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        """Save the training state through a temporary file and a rename."""
+        temporary = self.path / f".{STATE_FILE}.tmp"
+        torch.save(state, temporary)
+        os.replace(temporary, self.path / STATE_FILE)
 
     def write(self, records: Sequence[Record]) -> None:
         """Append records (one checkpoint) and flush them to the file."""
@@ -121,6 +153,8 @@ class RunDirectory:
         write_atomic(self.path / SUMMARY_FILE, json.dumps(dict(summary), indent=2))
         self.close()
         self.set_status(status, **fields)
+        if status == "completed":
+            (self.path / STATE_FILE).unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._records is not None:

@@ -1,0 +1,151 @@
+"""Per-task gradients: the K x P Jacobian on the shared parameters and its relatives (SPEC §5).
+
+Jacobian modes (``training.jacobian_mode``):
+
+- ``per_task`` (multi-input layout only): every task's examples go through the encoder in their own
+  graph, and each task's gradient is one backward of that graph. Task k's loss depends only on its own
+  sub-batch, so the K backwards together cost the arithmetic of one backward of the summed loss — the
+  physical floor.
+- ``batched``: one graph for the whole batch; the K vector-Jacobian products run as one batched backward
+  (``torch.autograd.grad(..., is_grads_batched=True)``, vmap over the cotangents), in chunks of
+  ``jacobian_chunk`` tasks for large K. In the multi-input layout this costs about K backwards.
+- ``loop``: one graph, K backwards with ``retain_graph`` (the fallback when vmap cannot handle a model).
+- ``auto`` (default): ``per_task`` for multi-input, ``batched`` for shared-input (falling back to
+  ``loop`` if the batched backward raises). See docs/methods.md for the measurements behind the choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mtlscope.engine.sampling import Batch
+from mtlscope.models.multitask import MultiTaskModel
+from mtlscope.settings.setting import Setting
+
+JACOBIAN_MODES: tuple[str, ...] = ("auto", "per_task", "batched", "loop")
+
+
+def task_losses(model: MultiTaskModel, setting: Setting, batch: Batch) -> tuple[Tensor, Tensor]:
+    """The [K] task losses on ``batch`` from one encoder pass, and the representation (graph attached)."""
+    representation = model.encoder(batch.inputs)
+    losses = torch.stack(
+        [
+            task.loss(model.heads[task.name](representation[batch.rows[task.name]]), batch.targets[task.name])
+            for task in setting.tasks
+        ]
+    )
+    return losses, representation
+
+
+def _flat(grads: Sequence[Tensor | None], like: Sequence[Tensor]) -> Tensor:
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, like)])
+
+
+def jacobian_loop(losses: Tensor, inputs: Sequence[Tensor]) -> Tensor:
+    """[K, P] gradients of each loss on ``inputs`` by K backwards of one graph (graph kept)."""
+    return torch.stack(
+        [_flat(torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True), inputs) for loss in losses]
+    )
+
+
+def jacobian_batched(losses: Tensor, inputs: Sequence[Tensor], chunk: int | None = None) -> Tensor:
+    """[K, P] gradients of each loss on ``inputs`` by batched backwards over chunks of tasks (graph kept)."""
+    num_tasks = losses.shape[0]
+    size = num_tasks if chunk is None else max(1, chunk)
+    rows = []
+    for start in range(0, num_tasks, size):
+        stop = min(num_tasks, start + size)
+        cotangents = torch.zeros(stop - start, num_tasks, dtype=losses.dtype, device=losses.device)
+        cotangents[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+        grads = torch.autograd.grad(
+            losses, inputs, grad_outputs=cotangents, retain_graph=True, is_grads_batched=True, allow_unused=True
+        )
+        rows.append(
+            torch.cat(
+                [
+                    (
+                        g if g is not None else torch.zeros(stop - start, *p.shape, dtype=p.dtype, device=p.device)
+                    ).reshape(stop - start, -1)
+                    for g, p in zip(grads, inputs)
+                ],
+                dim=1,
+            )
+        )
+    return torch.cat(rows)
+
+
+def joint_jacobian(losses: Tensor, inputs: Sequence[Tensor], mode: str, chunk: int | None = None) -> Tensor:
+    """[K, P] Jacobian from one graph in ``mode`` (``batched`` falls back to ``loop`` if vmap fails)."""
+    if mode == "loop":
+        return jacobian_loop(losses, inputs)
+    try:
+        return jacobian_batched(losses, inputs, chunk)
+    except RuntimeError:
+        return jacobian_loop(losses, inputs)
+
+
+@dataclass
+class PerTaskGradients:
+    """Everything the ``per_task`` mode computes: detached losses, the shared Jacobian, each head's own
+    gradient, and (when asked) the Jacobian on the last shared layer."""
+
+    losses: Tensor
+    jacobian: Tensor
+    head_grads: list[list[Tensor]]
+    last_shared_jacobian: Tensor | None
+
+
+def per_task_gradients(
+    model: MultiTaskModel, setting: Setting, batch: Batch, last_shared: Sequence[nn.Parameter] | None = None
+) -> PerTaskGradients:
+    """Task-by-task forward and backward (multi-input layout; see the module docstring)."""
+    shared = list(model.shared_parameters())
+    losses, rows, heads, last_rows = [], [], [], []
+    for task in setting.tasks:
+        index = batch.rows[task.name]
+        head = list(model.task_parameters(task.name))
+        loss = task.loss(model(batch.inputs[index], task.name), batch.targets[task.name])
+        wanted = shared + head + (list(last_shared) if last_shared is not None else [])
+        grads = torch.autograd.grad(loss, wanted, allow_unused=True)
+        losses.append(loss.detach())
+        rows.append(_flat(grads[: len(shared)], shared))
+        heads.append(
+            [
+                g if g is not None else torch.zeros_like(p)
+                for g, p in zip(grads[len(shared) : len(shared) + len(head)], head)
+            ]
+        )
+        if last_shared is not None:
+            last_rows.append(_flat(grads[len(shared) + len(head) :], list(last_shared)))
+    return PerTaskGradients(
+        losses=torch.stack(losses),
+        jacobian=torch.stack(rows),
+        head_grads=heads,
+        last_shared_jacobian=torch.stack(last_rows) if last_shared is not None else None,
+    )
+
+
+def last_shared_parameters(model: MultiTaskModel) -> list[nn.Parameter]:
+    """Parameters of the encoder's last module that has parameters of its own (GradNorm's layer)."""
+    last: list[nn.Parameter] = []
+    for module in model.encoder.modules():
+        own = list(module.parameters(recurse=False))
+        if own:
+            last = own
+    if not last:
+        raise ValueError("the encoder has no parameters")
+    return last
+
+
+def resolve_mode(mode: str, setting: Setting) -> str:
+    if mode not in JACOBIAN_MODES:
+        raise ValueError(f"training.jacobian_mode must be one of {', '.join(JACOBIAN_MODES)}, got {mode!r}")
+    if mode == "auto":
+        return "per_task" if setting.layout == "multi-input" else "batched"
+    if mode == "per_task" and setting.layout != "multi-input":
+        raise ValueError("training.jacobian_mode 'per_task' needs the multi-input layout")
+    return mode
