@@ -1,0 +1,214 @@
+"""Per-step time and peak memory of every multi-task method, as ratios measured side by side.
+
+For each model (MLP, LeNet), data layout and number of tasks K, three steps run interleaved in one process
+on identical models and batches:
+
+- ``hand``: a hand-written PyTorch step of the summed loss (one forward, one backward, optimizer step);
+- ``mtlscope``: mtlscope's ``TrainingStep`` with the method;
+- ``torchjd``: TorchJD's ``mtl_backward`` + ``jac_to_grad`` with the same aggregator, where TorchJD has one.
+
+Time is the median over ``--repeats`` steps after warm-up; peak memory is the maximum of the CPU memory
+timeline of one step from the PyTorch profiler (or ``torch.cuda.max_memory_allocated`` on CUDA).
+
+    .venv/bin/python benchmarks/methods_step.py --out benchmarks/results           # full grid
+    .venv/bin/python benchmarks/methods_step.py --quick --methods umtg,pcgrad,mgda  # a quick look
+
+Writes ``methods_step.csv`` and ``methods_step.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+import mtlscope
+from mtlscope import methods
+from mtlscope.engine.sampling import BatchSampler
+from mtlscope.engine.step import TrainingStep
+from mtlscope.models import build_model
+from mtlscope.models.multitask import MultiTaskModel
+from mtlscope.report.tables import to_markdown
+from mtlscope.settings import Setting, Split, Task
+
+# mtlscope method -> TorchJD aggregator factory (K -> aggregator)
+TORCHJD: dict[str, Callable[[int], Any]] = {}
+
+
+def _torchjd_aggregators() -> None:
+    try:
+        from torchjd import aggregation as agg
+    except ImportError:
+        return
+    TORCHJD.update(
+        {
+            "umtg": lambda k: agg.Sum(),
+            "pcgrad": lambda k: agg.PCGrad(),
+            "mgda": lambda k: agg.MGDA(),
+            "imtl_g": lambda k: agg.IMTLG(),
+            "cagrad": lambda k: agg.CAGrad(c=0.5),
+            "nash_mtl": lambda k: agg.NashMTL(n_tasks=k),
+            "aligned_mtl": lambda k: agg.AlignedMTL(),
+            "graddrop": lambda k: agg.GradDrop(),
+            "rlw": lambda k: agg.Random(),
+        }
+    )
+    if hasattr(agg, "GradVac"):
+        TORCHJD["gradvac"] = lambda k: agg.GradVac()
+
+
+def random_setting(num_tasks: int, model: str, layout: str, size: int = 256) -> Setting:
+    generator = torch.Generator().manual_seed(0)
+    shape = (64,) if model == "mlp" else (1, 28, 28)
+
+    def split() -> Split:
+        return Split(torch.randn(size, *shape, generator=generator), torch.randint(0, 10, (size,), generator=generator))
+
+    if layout == "shared-input":
+        inputs = {s: torch.randn(size, *shape, generator=generator) for s in ("train", "val", "test")}
+        tasks = tuple(
+            Task(
+                f"t{k}", "classification", 10,
+                *(Split(inputs[s], torch.randint(0, 10, (size,), generator=generator)) for s in ("train", "val", "test")),
+            )
+            for k in range(num_tasks)
+        )
+    else:
+        tasks = tuple(Task(f"t{k}", "classification", 10, split(), split(), split()) for k in range(num_tasks))
+    encoder = {"name": "mlp", "hidden": [256, 256]} if model == "mlp" else {"name": "lenet"}
+    return Setting("bench", tasks, layout, shape, {"encoder": encoder, "head": {"name": "linear"}})  # type: ignore[arg-type]
+
+
+def hand_step(model: MultiTaskModel, optimizer: torch.optim.Optimizer, batch: Any, names: list[str]) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    z = model.encoder(batch.inputs)
+    loss = sum(F.cross_entropy(model.heads[n](z[batch.rows[n]]), batch.targets[n]) for n in names)
+    loss.backward()  # type: ignore[union-attr]
+    optimizer.step()
+
+
+def torchjd_step(model: MultiTaskModel, optimizer: torch.optim.Optimizer, batch: Any, names: list[str], aggregator: Any) -> None:
+    from torchjd.autojac import jac_to_grad, mtl_backward
+
+    optimizer.zero_grad(set_to_none=True)
+    z = model.encoder(batch.inputs)
+    losses = [F.cross_entropy(model.heads[n](z[batch.rows[n]]), batch.targets[n]) for n in names]
+    mtl_backward(losses, features=z)
+    jac_to_grad(list(model.encoder.parameters()), aggregator)
+    optimizer.step()
+
+
+def peak_memory(step: Callable[[], None]) -> float:
+    """Peak memory of one step in MiB."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        return torch.cuda.max_memory_allocated() / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(folder) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    return max(sum(s) for s in sizes) / 2**20 if sizes else float("nan")
+
+
+def measure(method: str, num_tasks: int, model_name: str, layout: str, repeats: int, batch_size: int) -> dict[str, Any]:
+    setting = random_setting(num_tasks, model_name, layout)
+    base = build_model(setting, dict(setting.default_model["encoder"]), {"name": "linear"}, 0)
+    names = list(setting.task_names)
+    batches = BatchSampler(setting, batch_size, seed=0)
+    batch = batches.next()
+    variants: dict[str, Callable[[], None]] = {}
+    hand_model = copy.deepcopy(base)
+    hand_optimizer = torch.optim.Adam(hand_model.parameters(), lr=1e-3)
+    variants["hand"] = lambda: hand_step(hand_model, hand_optimizer, batch, names)
+    ours_model = copy.deepcopy(base)
+    ours_optimizer = torch.optim.Adam(ours_model.parameters(), lr=1e-3)
+    ours_method = methods.get(method)
+    ours_method.setup(setting.task_names)
+    ours = TrainingStep(ours_model, setting, ours_method, ours_optimizer, 1.0, torch.Generator().manual_seed(0))
+    counter = iter(range(10**9))
+    variants["mtlscope"] = lambda: ours(batch, next(counter)) and None
+    if method in TORCHJD:
+        jd_model = copy.deepcopy(base)
+        jd_optimizer = torch.optim.Adam(jd_model.parameters(), lr=1e-3)
+        aggregator = TORCHJD[method](num_tasks)
+        variants["torchjd"] = lambda: torchjd_step(jd_model, jd_optimizer, batch, names, aggregator)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(2):  # warm-up
+        for run in variants.values():
+            run()
+    for _ in range(repeats):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    row: dict[str, Any] = {"model": model_name, "layout": layout, "K": num_tasks, "method": method}
+    for name, run in variants.items():
+        row[f"{name}_ms"] = statistics.median(times[name]) * 1e3
+        row[f"{name}_mib"] = peak_memory(run)
+    row["time_vs_hand"] = row["mtlscope_ms"] / row["hand_ms"]
+    row["memory_vs_hand"] = row["mtlscope_mib"] / row["hand_mib"]
+    if "torchjd" in variants:
+        row["time_vs_torchjd"] = row["mtlscope_ms"] / row["torchjd_ms"]
+        row["memory_vs_torchjd"] = row["mtlscope_mib"] / row["torchjd_mib"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default="all", help="comma-separated method names, or 'all'")
+    parser.add_argument("--ks", default="2,3,10,40", help="numbers of tasks")
+    parser.add_argument("--models", default="mlp,lenet")
+    parser.add_argument("--layouts", default="multi-input,shared-input")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="K in {2, 10}, MLP only, 5 repeats")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    _torchjd_aggregators()
+    chosen = methods.available() if args.methods == "all" else args.methods.split(",")
+    ks = [2, 10] if args.quick else [int(k) for k in args.ks.split(",")]
+    models = ["mlp"] if args.quick else args.models.split(",")
+    repeats = 5 if args.quick else args.repeats
+    rows = []
+    for model_name in models:
+        for layout in args.layouts.split(","):
+            for num_tasks in ks:
+                for method in chosen:
+                    row = measure(method, num_tasks, model_name, layout, repeats, args.batch_size)
+                    rows.append(row)
+                    print(
+                        f"{model_name:5s} {layout:12s} K={num_tasks:<3d} {method:12s} "
+                        f"{row['mtlscope_ms']:8.2f} ms  x{row['time_vs_hand']:.2f} hand"
+                        + (f"  x{row['time_vs_torchjd']:.2f} torchjd" if "time_vs_torchjd" in row else ""),
+                        flush=True,
+                    )
+    frame = pd.DataFrame(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "methods_step.csv", index=False)
+    header = f"mtlscope {mtlscope.__version__}, torch {torch.__version__}, {args.threads} threads, B={args.batch_size}\n\n"
+    (out / "methods_step.md").write_text(header + to_markdown(frame.round(3), digits=3))
+    print(f"wrote {out / 'methods_step.csv'} and {out / 'methods_step.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Every Python example in the README and docs/ runs (in a temporary directory)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+EXAMPLES = [
+    pytest.param(block, id=f"{path.relative_to(ROOT)}#{number}")
+    for path in DOCS
+    for number, block in enumerate(BLOCK.findall(path.read_text()))
+    if "register(" not in block  # sketches of how to extend mtlscope, not runnable examples
+]
+
+
+@pytest.mark.parametrize("code", EXAMPLES)
+def test_example_runs(code: str, tmp_path: Path) -> None:
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(code, "<docs example>", "exec"), {"__name__": "__docs__"})
+    finally:
+        os.chdir(cwd)
+
+
+def test_examples_were_found() -> None:
+    assert len(EXAMPLES) >= 3
