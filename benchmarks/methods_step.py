@@ -79,8 +79,13 @@ def random_setting(num_tasks: int, model: str, layout: str, size: int = 256) -> 
         inputs = {s: torch.randn(size, *shape, generator=generator) for s in ("train", "val", "test")}
         tasks = tuple(
             Task(
-                f"t{k}", "classification", 10,
-                *(Split(inputs[s], torch.randint(0, 10, (size,), generator=generator)) for s in ("train", "val", "test")),
+                f"t{k}",
+                "classification",
+                10,
+                *(
+                    Split(inputs[s], torch.randint(0, 10, (size,), generator=generator))
+                    for s in ("train", "val", "test")
+                ),
             )
             for k in range(num_tasks)
         )
@@ -98,7 +103,9 @@ def hand_step(model: MultiTaskModel, optimizer: torch.optim.Optimizer, batch: An
     optimizer.step()
 
 
-def torchjd_step(model: MultiTaskModel, optimizer: torch.optim.Optimizer, batch: Any, names: list[str], aggregator: Any) -> None:
+def torchjd_step(
+    model: MultiTaskModel, optimizer: torch.optim.Optimizer, batch: Any, names: list[str], aggregator: Any
+) -> None:
     from torchjd.autojac import jac_to_grad, mtl_backward
 
     optimizer.zero_grad(set_to_none=True)
@@ -205,7 +212,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "methods_step.csv", index=False)
-    header = f"mtlscope {mtlscope.__version__}, torch {torch.__version__}, {args.threads} threads, B={args.batch_size}\n\n"
+    header = (
+        f"mtlscope {mtlscope.__version__}, torch {torch.__version__}, {args.threads} threads, B={args.batch_size}\n\n"
+    )
     (out / "methods_step.md").write_text(header + to_markdown(frame.round(3), digits=3))
     print(f"wrote {out / 'methods_step.csv'} and {out / 'methods_step.md'}")
 

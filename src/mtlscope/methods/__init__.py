@@ -1,9 +1,25 @@
 """Multi-task methods: how task losses and gradients combine into the shared update (SPEC §5).
 
-``mtlscope.methods.get(name, task_names, **options)`` builds one; ``available()`` lists them.
+``mtlscope.methods.get(name, **options)`` builds one; ``available()`` lists them. See docs/methods.md.
 """
 
-from mtlscope.methods import umtg  # noqa: F401  (registration)
+from mtlscope.methods import (  # noqa: F401  (registration)
+    aligned_mtl,
+    cagrad,
+    dwa,
+    famo,
+    graddrop,
+    gradnorm,
+    gradvac,
+    imtl,
+    itmtl,
+    mgda,
+    nash_mtl,
+    pcgrad,
+    rlw,
+    umtg,
+    uncertainty,
+)
 from mtlscope.methods.base import NEEDS, Combination, Lookahead, Method, StepInput
 from mtlscope.methods.registry import METHODS, available, get
 

@@ -1,0 +1,238 @@
+"""IMTL: impartial multi-task learning — IMTL-G (gradient balance), IMTL-L (loss balance) and both.
+
+Reference: Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, *Towards Impartial Multi-task Learning*, ICLR 2021
+(§3.1 IMTL-L, §3.2 IMTL-G, Algorithm 1 "IMTL" = both).
+
+**IMTL-G** (``imtl_g``) finds the combination ``g = Σ_k α_k g_k`` with ``Σ_k α_k = 1`` whose projections on all
+unit task gradients ``u_k = g_k / |g_k|`` are equal: ``g · u_1 = ... = g · u_K``. The paper's closed form is
+``α_{2:K} = g_1 Uᵀ (D Uᵀ)⁻¹``, ``α_1 = 1 - Σ α_{2:K}`` with ``D = [g_1 - g_k]``, ``U = [u_1 - u_k]``. We compute the
+same weights from the Gramian ``G = J Jᵀ``: ``α ∝ G⁺ n`` with ``n_k = |g_k|``, normalized to sum to 1 (equal to
+the closed form when the gradients are linearly independent — a test checks it — and, through the
+pseudo-inverse, defined for linearly dependent gradients too, as TorchJD's ``IMTLG``). When ``Σ G⁺ n`` is
+zero (e.g. all gradients zero) the weights are zero, as in TorchJD. Caveat of the paper's normalization
+(kept): when ``Σ G⁺ n < 0`` — possible only when the gradients nearly span their space, K close to P — the
+combination has a *negative* projection on every task gradient. The paper computes IMTL-G on the gradients
+at the shared representation for speed; here it uses the gradients on the shared parameters (as the
+reference implementations LibMTL, with ``rep_grad=False``, and Senushkin et al.'s code do). Heads receive
+their own gradients, as in the paper.
+
+**IMTL-L** (``imtl_l``) learns one log-scale ``s_k`` per task (init 0) and trains on the scaled losses
+``e^{s_k} L_k - s_k``: the loss weights are ``e^{s_k}``, and ``s`` descends ``∂/∂s_k (e^{s_k} L_k - s_k) =
+e^{s_k} L_k - 1`` (its fixed point makes every scaled loss equal to 1). The paper trains ``s`` jointly with the
+network's optimizer; the method cannot reach the run's optimizer, so it keeps its own: options ``optimizer``
+(``"adam"``, default, with PyTorch's default betas (0.9, 0.999) and eps 1e-8; or ``"sgd"``) and ``lr``
+(default 1e-3). The weights used at a step are those before the step's update of ``s`` (a joint gradient
+step). The gradient of ``s`` does not include 1/C (with Adam this makes no difference; with SGD ``lr`` keeps
+its meaning at every C).
+
+**IMTL** (``imtl``, the paper's hybrid) applies IMTL-G to the gradients of the scaled losses, ``e^{s_k} g_k``,
+and learns ``s`` as IMTL-L does. (IMTL-G's direction does not change when the rows are rescaled; the scales
+change its length.) The paper's heads receive ``e^{s_k} grad L_k``; the contract's ``shared_gradient`` gives
+heads ``grad L_k / C`` — a documented departure (it would need per-head weights in ``Combination``).
+
+**How C enters.** IMTL-G's ``α`` sums to 1: ``Σ α_k g_k`` equals the common gradient when all task gradients
+are equal (the UMTG at C = K). ``imtl_g`` and ``imtl`` return the shared gradient ``(K / C) Σ_k α_k g_k``
+(``imtl``: ``(K / C) Σ_k α_k e^{s_k} g_k``), which equals the UMTG at every C when all task gradients are
+equal (``imtl``: at initialization, ``s = 0``, and whenever the gradients are equal the direction is the
+UMTG's). ``imtl_l`` returns the loss weights ``e^{s_k} / C`` — the UMTG at its initialization ``s = 0``.
+Heads receive ``grad L_k / C`` (``imtl_g``, ``imtl``) or ``(e^{s_k} / C) grad L_k`` (``imtl_l``).
+
+**Cost.** ``imtl_g`` and ``imtl`` need the [K, P] Jacobian (K per-task gradients, SPEC §5), the K x K Gramian
+and its pseudo-inverse (O(K²P + K³), on the Jacobian's device) and one [K] x [K, P] product. ``imtl_l`` needs
+only the losses: one backward of the weighted loss, plus O(K) work.
+
+**Diagnostics.** ``weight/<task>``: the coefficient of ``g_k`` in the shared update (``imtl_l``: the loss
+weight); ``log_scale/<task>``: ``s_k`` (``imtl_l``, ``imtl``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal, cast
+
+import torch
+from torch import Tensor
+
+from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
+from mtlscope.methods.registry import METHODS
+
+ScaleOptimizer = Literal["adam", "sgd"]
+SCALE_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def _solve_dtype(tensor: Tensor) -> torch.dtype:
+    """float64 for the small K x K algebra, except where the device has none (MPS)."""
+    return torch.float32 if tensor.device.type == "mps" else torch.float64
+
+
+def weights_from_gramian(gramian: Tensor) -> Tensor:
+    """IMTL-G's weights [K] from the Gramian ``J Jᵀ``: ``α = G⁺ n / Σ G⁺ n``, ``n_k = sqrt(G_kk)``."""
+    if gramian.dim() != 2 or gramian.shape[0] != gramian.shape[1] or gramian.shape[0] < 1:
+        raise ValueError(f"expected a [K, K] gramian, got shape {tuple(gramian.shape)}")
+    matrix = gramian.detach().to(_solve_dtype(gramian))
+    matrix = 0.5 * (matrix + matrix.T)
+    norms = matrix.diagonal().clamp_min(0).sqrt()
+    v = torch.linalg.pinv(matrix, hermitian=True) @ norms
+    total = v.sum()
+    tiny = torch.finfo(v.dtype).eps * v.abs().sum()
+    alpha = torch.where(total.abs() > tiny, v / total, torch.zeros_like(v))
+    return alpha.to(gramian.dtype)
+
+
+def weights(jacobian: Tensor) -> Tensor:
+    """IMTL-G's weights ``α`` [K] for a [K, P] Jacobian: ``Σα = 1`` and ``(Σ_k α_k g_k) · u_i`` equal for all i."""
+    jacobian = check_jacobian(jacobian).detach()
+    return weights_from_gramian(jacobian @ jacobian.T)
+
+
+def aggregate(jacobian: Tensor) -> Tensor:
+    """IMTL-G's combination ``Σ_k α_k g_k`` [P], at the scale of the mean gradient (the methods return
+    ``K / C`` times it)."""
+    jacobian = check_jacobian(jacobian).detach()
+    return weights(jacobian) @ jacobian
+
+
+def _check_scale_options(lr: float, optimizer: str) -> None:
+    if optimizer not in SCALE_OPTIMIZERS:
+        raise ValueError(f"method.optimizer must be one of {', '.join(SCALE_OPTIMIZERS)}; got {optimizer!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"method.lr must be a number > 0, got {lr!r}")
+
+
+def _diagnostics(task_names: tuple[str, ...], coefficients: Tensor, log_scales: Tensor | None) -> dict[str, float]:
+    out = {f"weight/{task}": float(v) for task, v in zip(task_names, coefficients.detach().cpu().tolist())}
+    if log_scales is not None:
+        out.update({f"log_scale/{task}": float(v) for task, v in zip(task_names, log_scales.tolist())})
+    return out
+
+
+class LossScales:
+    """IMTL-L's learnable log-scales ``s`` [K] (float64, CPU) and their optimizer state."""
+
+    def __init__(self, lr: float, optimizer: ScaleOptimizer) -> None:
+        self.lr = float(lr)
+        self.optimizer: ScaleOptimizer = optimizer
+        self.reset(0)
+
+    def reset(self, num_tasks: int) -> None:
+        self.s = torch.zeros(num_tasks, dtype=torch.float64)
+        self.m = torch.zeros(num_tasks, dtype=torch.float64)
+        self.v = torch.zeros(num_tasks, dtype=torch.float64)
+        self.t = 0
+
+    def scales(self) -> Tensor:
+        """``e^{s}`` [K] (float64, CPU)."""
+        return self.s.exp()
+
+    def update(self, losses: Tensor) -> None:
+        """One optimizer step on ``Σ_k (e^{s_k} L_k - s_k)``, whose gradient is ``e^{s_k} L_k - 1``."""
+        loss = losses.detach().to("cpu", torch.float64).reshape(-1)
+        if loss.shape != self.s.shape:
+            raise ValueError(f"expected {self.s.shape[0]} losses, got shape {tuple(losses.shape)}")
+        grad = self.s.exp() * loss - 1.0
+        if self.optimizer == "sgd":
+            self.s = self.s - self.lr * grad
+            return
+        beta1, beta2 = ADAM_BETAS
+        self.t += 1
+        self.m = beta1 * self.m + (1 - beta1) * grad
+        self.v = beta2 * self.v + (1 - beta2) * grad * grad
+        m_hat = self.m / (1 - beta1**self.t)
+        v_hat = self.v / (1 - beta2**self.t)
+        self.s = self.s - self.lr * m_hat / (v_hat.sqrt() + ADAM_EPS)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"s": self.s.tolist(), "m": self.m.tolist(), "v": self.v.tolist(), "t": self.t}
+
+    def load_state_dict(self, state: Mapping[str, Any], name: str) -> None:
+        expected = {"s", "m", "v", "t"}
+        if set(state) != expected:
+            raise ValueError(f"method {name!r} expects state keys {sorted(expected)}, got {sorted(state)}")
+        num_tasks = self.s.shape[0]
+        values = {key: torch.as_tensor(state[key], dtype=torch.float64).reshape(-1) for key in ("s", "m", "v")}
+        for key, value in values.items():
+            if value.shape != (num_tasks,):
+                raise ValueError(f"method {name!r} state {key!r} has {value.numel()} entries for {num_tasks} tasks")
+        self.s, self.m, self.v = values["s"], values["m"], values["v"]
+        self.t = int(state["t"])
+
+
+class IMTLG(Method):
+    name = "imtl_g"
+    needs = frozenset({"jacobian"})
+
+    def combine(self, step: StepInput) -> Combination:
+        if step.jacobian is None:
+            raise ValueError("imtl_g needs the Jacobian of the task losses (needs 'jacobian')")
+        jacobian = check_jacobian(step.jacobian).detach()
+        coefficients = weights(jacobian) * (jacobian.shape[0] / step.loss_scale)
+        return Combination(
+            shared_gradient=coefficients @ jacobian, diagnostics=_diagnostics(step.task_names, coefficients, None)
+        )
+
+
+class IMTLL(Method):
+    name = "imtl_l"
+
+    def __init__(self, lr: float = 1e-3, optimizer: ScaleOptimizer = "adam") -> None:
+        _check_scale_options(lr, optimizer)
+        self.scales = LossScales(lr, optimizer)
+
+    def setup(self, task_names: tuple[str, ...]) -> None:
+        super().setup(task_names)
+        self.scales.reset(len(self.task_names))
+
+    def combine(self, step: StepInput) -> Combination:
+        log_scales = self.scales.s.clone()
+        loss_weights = self.scales.scales().to(step.losses) / step.loss_scale
+        self.scales.update(step.losses)
+        return Combination(
+            loss_weights=loss_weights, diagnostics=_diagnostics(step.task_names, loss_weights, log_scales)
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scales.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.scales.load_state_dict(state, self.name)
+
+
+class IMTL(IMTLL):
+    name = "imtl"
+    needs = frozenset({"jacobian"})
+
+    def combine(self, step: StepInput) -> Combination:
+        if step.jacobian is None:
+            raise ValueError("imtl needs the Jacobian of the task losses (needs 'jacobian')")
+        jacobian = check_jacobian(step.jacobian).detach()
+        log_scales = self.scales.s.clone()
+        scales = self.scales.scales().to(device=jacobian.device, dtype=jacobian.dtype)
+        alpha = weights(scales[:, None] * jacobian)
+        coefficients = alpha * scales * (jacobian.shape[0] / step.loss_scale)
+        self.scales.update(step.losses)
+        return Combination(
+            shared_gradient=coefficients @ jacobian,
+            diagnostics=_diagnostics(step.task_names, coefficients, log_scales),
+        )
+
+
+@METHODS.register(
+    "imtl_g", "IMTL-G: equal projections on all unit task gradients, weights sum to 1, times K/C (Liu et al. 2021)"
+)
+def build_g() -> Method:
+    return IMTLG()
+
+
+@METHODS.register("imtl_l", "IMTL-L: learned loss scales e^s on the losses e^s L - s (Liu et al. 2021)")
+def build_l(*, lr: float = 1e-3, optimizer: str = "adam") -> Method:
+    _check_scale_options(lr, optimizer)
+    return IMTLL(lr, cast(ScaleOptimizer, optimizer))
+
+
+@METHODS.register("imtl", "IMTL: IMTL-G on the gradients of the IMTL-L scaled losses (Liu et al. 2021)")
+def build(*, lr: float = 1e-3, optimizer: str = "adam") -> Method:
+    _check_scale_options(lr, optimizer)
+    return IMTL(lr, cast(ScaleOptimizer, optimizer))
