@@ -56,9 +56,9 @@ Options:
         and ``init_log_variance`` (default 0.0), as for method ``uw``; ignored without such candidates.
 
 Departures from the paper, all documented in docs/methods/itmtl.md: heads are not updated before the
-lookahead (Algorithm 1, line 5, updates them first; SPEC §4.5 keeps them fixed by default); the loss before
-the update is the step's loss (as in the paper), so with dropout the lookahead forward sees other masks
-(the same ones for every candidate, so the comparison between candidates stays fair). Non-finite scores
+lookahead (Algorithm 1, line 5, updates them first; SPEC §4.5 keeps them fixed by default); in the exact
+mode the loss before the update is ``lookahead.losses(0)``, from the same forward as the losses after it
+(with dropout, the same masks), rather than the step's own loss. Non-finite scores
 count as ``-inf``; ties go to the first candidate. Losses are assumed positive (they are floored at the
 dtype's smallest normal number before dividing).
 
@@ -281,7 +281,8 @@ def transference_scores(
 ) -> Tensor:
     """[N] total transference of each candidate gradient (rows of ``gradients`` [N, P]).
 
-    ``"exact"`` evaluates ``lookahead.losses(lookahead.update(g))`` for each candidate. ``"first_order"`` needs
+    ``"exact"`` evaluates ``lookahead.losses(lookahead.update(g))`` for each candidate against the baseline
+    ``lookahead.losses(0)`` (one forward more, so "before" and "after" come from the same forward). ``"first_order"`` needs
     the [K, P] ``jacobian``; the update is ``lookahead.update(g)``, or ``-g`` (SGD with unit learning rate:
     the paper's ``<sum_j g_j / L_j, g_phi>``) when ``lookahead`` is None.
     """
@@ -293,7 +294,9 @@ def transference_scores(
         if lookahead is None:
             raise ValueError("it_mtl: approximation 'exact' needs a lookahead")
         after = torch.stack([lookahead.losses(lookahead.update(gradient)) for gradient in gradients])
-        return total_transference(losses, after)
+        # the baseline comes from the same forward as the lookahead losses (same dropout masks, same graph)
+        before = lookahead.losses(torch.zeros_like(gradients[0]))
+        return total_transference(before, after)
     if jacobian is None:
         raise ValueError("it_mtl: approximation 'first_order' needs the jacobian")
     if lookahead is None:  # SGD with unit learning rate
