@@ -84,10 +84,10 @@ def test_training_matches_the_official_algorithm_at_c_equal_k() -> None:
         with torch.no_grad():
             method.after_step(task_losses(model))
 
-        torch.testing.assert_close(method.logits, reference.logits.detach())
+        torch.testing.assert_close(method.logits.value, reference.logits.detach())
         for ours, theirs in zip(model.parameters(), reference_model.parameters()):
             torch.testing.assert_close(ours, theirs)
-    assert float(method.logits.abs().max()) > 0.1
+    assert float(method.logits.value.abs().max()) > 0.1
 
 
 def test_hand_computed_weights_and_logit_step() -> None:
@@ -113,7 +113,7 @@ def test_hand_computed_weights_and_logit_step() -> None:
         torch.tensor([math.log(2) / 4, -math.log(2) / 4], dtype=torch.float64),
     )
     method.after_step(torch.tensor([0.5, 4.0], dtype=torch.float64))
-    torch.testing.assert_close(method.logits, torch.tensor([-0.025, 0.025], dtype=torch.float64))
+    torch.testing.assert_close(method.logits.value, torch.tensor([-0.025, 0.025], dtype=torch.float64))
 
 
 def test_pure_weights_sum_to_one_and_favour_small_loss_gaps() -> None:
@@ -141,7 +141,7 @@ def test_equal_task_gradients_give_the_umtg_at_every_step() -> None:
         assert combination.loss_weights is not None
         torch.testing.assert_close(combination.loss_weights @ jacobian, umtg.aggregate(jacobian, 1.0))
         method.after_step(losses * torch.tensor([0.5, 0.9, 1.0], dtype=torch.float64))
-    assert float(method.logits.abs().max()) > 0.05
+    assert float(method.logits.value.abs().max()) > 0.05
 
 
 def test_losses_below_their_minimum_give_finite_weights() -> None:
@@ -150,7 +150,7 @@ def test_losses_below_their_minimum_give_finite_weights() -> None:
     assert combination.loss_weights is not None
     assert bool(torch.isfinite(combination.loss_weights).all())
     method.after_step(torch.tensor([0.5, 0.5], dtype=torch.float64))
-    assert bool(torch.isfinite(method.logits).all())
+    assert bool(torch.isfinite(method.logits.value).all())
 
 
 def test_after_step_needs_a_combine_first() -> None:
@@ -168,7 +168,9 @@ def test_works_in_the_dtype_of_the_losses() -> None:
     combination = method.combine(step_input(losses=torch.tensor([1.0, 2.0])))
     assert combination.loss_weights is not None and combination.loss_weights.dtype == torch.float32
     method.after_step(torch.tensor([0.5, 2.0]))
-    assert method.logits.dtype == torch.float32
+    assert method.logits.value.dtype == torch.float64  # the logits are float64 whatever the losses
+    combination = method.combine(step_input(losses=torch.tensor([1.0, 2.0], dtype=torch.float64)))
+    assert combination.loss_weights is not None and combination.loss_weights.dtype == torch.float64
 
 
 @pytest.mark.parametrize(
@@ -200,8 +202,8 @@ def test_setup_resets_the_state() -> None:
         method.combine(step_input(losses=torch.tensor([1.0, 2.0])))
         method.after_step(torch.tensor([0.5, 2.0]))
     method.setup(("task0", "task1"))
-    assert method.steps == 0 and method.losses_before is None
-    torch.testing.assert_close(method.logits, torch.zeros(2))
+    assert method.logits.steps == 0 and method.losses_before is None
+    torch.testing.assert_close(method.logits.value, torch.zeros(2, dtype=torch.float64))
 
 
 def test_state_round_trip_continues_identically() -> None:

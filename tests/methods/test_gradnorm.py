@@ -108,8 +108,8 @@ def test_weights_stay_positive_and_sum_to_k() -> None:
             weights = run(method, last, losses, step, scale=3.0) * 3.0
             assert bool((weights > 0).all())
             torch.testing.assert_close(weights.sum(), torch.tensor(4.0, dtype=torch.float64))
-            assert bool((method.weights > 0).all())
-            torch.testing.assert_close(method.weights.sum(), torch.tensor(4.0, dtype=torch.float64))
+            assert bool((method.weights.value > 0).all())
+            torch.testing.assert_close(method.weights.value.sum(), torch.tensor(4.0, dtype=torch.float64))
 
 
 def test_renormalize_floors_and_rescales() -> None:
@@ -135,7 +135,7 @@ def test_equalizes_weighted_gradient_norms_at_equal_training_rates() -> None:
     last = torch.tensor([[4.0], [1.0]], dtype=torch.float64)
     for step in range(1500):
         run(method, last, torch.ones(2, dtype=torch.float64), step)
-    torch.testing.assert_close(method.weights, torch.tensor([0.4, 1.6], dtype=torch.float64), atol=0.03, rtol=0)
+    torch.testing.assert_close(method.weights.value, torch.tensor([0.4, 1.6], dtype=torch.float64), atol=0.03, rtol=0)
 
 
 def test_favours_the_task_that_trains_slower() -> None:
@@ -146,13 +146,38 @@ def test_favours_the_task_that_trains_slower() -> None:
     run(method, last, torch.ones(2, dtype=torch.float64), 0)
     for step in range(1, 1500):
         run(method, last, torch.tensor([1.0, 0.25], dtype=torch.float64), step)
-    torch.testing.assert_close(method.weights, torch.tensor([1.6, 0.4], dtype=torch.float64), atol=0.03, rtol=0)
+    torch.testing.assert_close(method.weights.value, torch.tensor([1.6, 0.4], dtype=torch.float64), atol=0.03, rtol=0)
 
 
 def test_works_in_the_dtype_of_the_losses() -> None:
     method = make()
     weights = run(method, torch.ones(2, 3), torch.ones(2))
-    assert weights.dtype == torch.float32 and method.weights.dtype == torch.float32
+    assert weights.dtype == torch.float32
+    weights = run(method, torch.ones(2, 3, dtype=torch.float64), torch.ones(2, dtype=torch.float64), 1)
+    assert weights.dtype == torch.float64
+    assert method.weights.value.dtype == torch.float64  # the learned weights are float64 whatever the losses
+
+
+def test_updates_match_torch_adam_followed_by_renormalization() -> None:
+    # Algorithm 1: one Adam step of the weights on dL_grad/dw, then floor and renormalize to sum K; Adam's
+    # moments carry over the renormalization.
+    generator = torch.Generator().manual_seed(5)
+    method = make(tasks=3, lr=0.2, alpha=0.5)
+    reference = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    optimizer = torch.optim.Adam([reference], lr=0.2)
+    initial = None
+    for step in range(25):
+        last = random_jacobian(3, 4, seed=300 + step)
+        losses = torch.rand(3, generator=generator, dtype=torch.float64) + 0.1
+        initial = losses.clone() if initial is None else initial
+        used = reference.detach().clone()
+        torch.testing.assert_close(run(method, last, losses, step), used)
+        rates = inverse_training_rates(losses, initial)
+        reference.grad = weight_gradient(used, last.norm(dim=1), rates, 0.5)
+        optimizer.step()
+        with torch.no_grad():
+            reference.copy_(renormalize(reference))
+        torch.testing.assert_close(method.weights.value, reference.detach())
 
 
 def test_needs_the_last_shared_jacobian() -> None:
@@ -182,8 +207,8 @@ def test_setup_resets_the_state() -> None:
     for step in range(3):
         run(method, last, torch.tensor([2.0, 1.0], dtype=torch.float64) / (step + 1), step)
     method.setup(("task0", "task1"))
-    assert method.initial_losses is None and method.steps == 0
-    torch.testing.assert_close(method.weights, torch.ones(2))
+    assert method.initial_losses is None and method.weights.steps == 0
+    torch.testing.assert_close(method.weights.value, torch.ones(2, dtype=torch.float64))
 
 
 def test_state_round_trip_continues_identically() -> None:

@@ -131,6 +131,24 @@ def test_imtl_l_starts_at_umtg_and_follows_adam_on_the_scaled_losses() -> None:
         optimizer.step()
 
 
+def test_log_scale_gradient_matches_autograd() -> None:
+    generator = torch.Generator().manual_seed(2)
+    s = torch.randn(4, generator=generator, dtype=F64, requires_grad=True)
+    losses = torch.rand(4, generator=generator, dtype=F64) * 3
+    (s.exp() * losses - s).sum().backward()
+    assert s.grad is not None
+    torch.testing.assert_close(imtl.log_scale_gradient(s.detach(), losses), s.grad)
+
+
+def test_imtl_l_works_in_the_dtype_of_the_losses() -> None:
+    method = make("imtl_l", lr=0.1)
+    for dtype in (torch.float32, torch.float64):
+        combination = method.combine(step_input(losses=torch.full((3,), 2.0, dtype=dtype)))
+        assert combination.loss_weights is not None and combination.loss_weights.dtype == dtype
+    assert isinstance(method, imtl.IMTLL)
+    assert method.log_scales.value.dtype == F64 and method.log_scales.steps == 2
+
+
 def test_imtl_l_sgd_update_and_fixed_point() -> None:
     method = make("imtl_l", lr=0.1, optimizer="sgd")
     losses = vec(4.0, 1.0, 0.25)
@@ -154,7 +172,8 @@ def test_imtl_hybrid_is_imtl_g_of_the_scaled_gradients() -> None:
     for step in range(4):
         jacobian = random_jacobian(3, 10, 20 + step)
         losses = torch.rand(3, generator=generator, dtype=F64) + 0.5
-        s = torch.as_tensor(method.state_dict()["s"], dtype=F64)
+        assert isinstance(method, imtl.IMTL)
+        s = method.log_scales.value
         combination = method.combine(step_input(jacobian, losses, loss_scale=3.0))
         assert combination.shared_gradient is not None
         scaled = s.exp()[:, None] * jacobian
@@ -164,7 +183,8 @@ def test_imtl_hybrid_is_imtl_g_of_the_scaled_gradients() -> None:
         cosine = combination.shared_gradient @ direction / (combination.shared_gradient.norm() * direction.norm())
         torch.testing.assert_close(cosine, torch.tensor(1.0, dtype=F64))
         assert combination.diagnostics["log_scale/task2"] == pytest.approx(float(s[2]))
-    assert method.state_dict()["t"] == 4
+    assert isinstance(method, imtl.IMTL)
+    assert method.log_scales.steps == 4
 
 
 @pytest.mark.parametrize("name", ["imtl_l", "imtl"])
@@ -186,18 +206,26 @@ def test_state_round_trip(name: str) -> None:
         assert left is not None and right is not None
         assert torch.equal(left, right)
         assert a.diagnostics == b.diagnostics
-    assert first.state_dict() == second.state_dict()
+    assert isinstance(first, imtl.IMTLL) and isinstance(second, imtl.IMTLL)
+    assert torch.equal(first.log_scales.value, second.log_scales.value)
+    assert first.log_scales.steps == second.log_scales.steps == 10
+    moments = [method.state_dict()["log_scales"]["optimizer_state"]["state"][0] for method in (first, second)]
+    assert set(moments[0]) == set(moments[1]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert all(torch.equal(moments[0][key], moments[1][key]) for key in moments[0])
     # setup re-initializes
     first.setup(TASKS3)
-    assert first.state_dict() == {"s": [0.0] * 3, "m": [0.0] * 3, "v": [0.0] * 3, "t": 0}
+    assert torch.equal(first.log_scales.value, torch.zeros(3, dtype=F64))
+    assert first.log_scales.steps == 0 and first.state_dict()["log_scales"]["optimizer_state"]["state"] == {}
 
 
 def test_load_state_dict_validation() -> None:
     method = make("imtl_l")
     with pytest.raises(ValueError, match="state keys"):
         method.load_state_dict({"s": [0.0, 0.0, 0.0]})
-    with pytest.raises(ValueError, match="3 tasks"):
-        method.load_state_dict({"s": [0.0, 0.0], "m": [0.0] * 3, "v": [0.0] * 3, "t": 0})
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        method.load_state_dict(make("imtl_l", ("task0", "task1")).state_dict())
+    with pytest.raises(ValueError, match="'sgd'"):
+        method.load_state_dict(make("imtl_l", optimizer="sgd").state_dict())
 
 
 def test_option_validation() -> None:

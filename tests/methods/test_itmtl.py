@@ -361,7 +361,7 @@ def test_state_round_trip_continues_identically() -> None:
         run(first, step)
     state = first.state_dict()
     assert set(state) == {"uw"}
-    assert not torch.allclose(state["uw"]["log_variances"], torch.zeros(3, dtype=DTYPE))
+    assert not torch.allclose(state["uw"]["log_variances"]["value"], torch.zeros(3, dtype=torch.float64))
     second.load_state_dict(state)
     for step in range(4, 8):
         gradient_a, diagnostics_a = run(first, step)
@@ -386,10 +386,10 @@ def test_setup_reinitializes() -> None:
     model = random_quadratic(2, 3, seed=0, lr=0.1)
     for step in range(3):
         method.combine(step_input(model.jacobian(), torch.tensor([3.0, 0.1], dtype=DTYPE), step=step, lookahead=model))
-    assert not torch.allclose(method.state_dict()["uw"]["log_variances"].float(), torch.zeros(2))
+    assert not torch.allclose(method.state_dict()["uw"]["log_variances"]["value"], torch.zeros(2, dtype=torch.float64))
     method.setup(("a", "b", "c"))
     assert method.candidate_labels == ("uw",)
-    torch.testing.assert_close(method.state_dict()["uw"]["log_variances"], torch.zeros(3))
+    torch.testing.assert_close(method.state_dict()["uw"]["log_variances"]["value"], torch.zeros(3, dtype=torch.float64))
 
 
 # --- end to end ---------------------------------------------------------------------------------------------

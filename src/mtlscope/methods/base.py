@@ -29,6 +29,7 @@ numbers, lists, dicts) so a resumed run continues identically; every random draw
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -135,3 +136,15 @@ def check_jacobian(jacobian: Tensor) -> Tensor:
     if jacobian.dim() != 2 or jacobian.shape[0] < 1:
         raise ValueError(f"expected a [K, P] jacobian with K >= 1, got shape {tuple(jacobian.shape)}")
     return jacobian
+
+
+def check_positive(name: str, value: float, method: str) -> float:
+    """Validate a method's option: ``value`` as a float, or a ValueError naming ``method.name`` when it is not a
+    finite number > 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{method}: option {name} must be a number > 0, got {value!r}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{method}: option {name} must be a finite number > 0, got {value!r}")
+    return number

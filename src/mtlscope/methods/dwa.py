@@ -31,9 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtlscope.methods.base import Combination, Method, StepInput
+from mtlscope.methods.base import Combination, Method, StepInput, check_positive
 from mtlscope.methods.registry import METHODS
-from mtlscope.methods.uncertainty import check_positive
 
 #: Floor of the older epoch average in the loss ratio.
 MIN_AVERAGE_LOSS: float = 1e-12

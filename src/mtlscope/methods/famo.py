@@ -7,8 +7,9 @@ it keeps task logits ``xi`` (initially 0), ``z = softmax(xi)``, and trains the m
     sum_k (z_k / c) log D_k,   D_k = L_k - m_k + 1e-8,   c = sum_j z_j / D_j     (c held constant)
 
 i.e. the task loss weights ``lambda_k = z_k / (c D_k)``, which sum to 1 (``m_k``: ``min_losses``). After the
-optimizer step the engine passes the losses on the same batch (``after_step``), and the logits take one Adam
-step (L2 weight decay ``gamma``, coupled as in ``torch.optim.Adam``) on
+optimizer step the engine passes the losses on the same batch (``after_step``), and the logits (a
+``LearnedVector``: float64, CPU) take one step of their own ``torch.optim.Adam`` (L2 weight decay ``gamma``,
+coupled) on
 
     grad_xi = J_softmax(xi)^T delta = z * (delta - <z, delta>),   delta_k = log D_k(before) - log D_k(after)
 
@@ -40,9 +41,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtlscope.methods.base import Combination, Method, StepInput
+from mtlscope.methods.base import Combination, Method, StepInput, check_positive
+from mtlscope.methods.learned import LearnedVector
 from mtlscope.methods.registry import METHODS
-from mtlscope.methods.uncertainty import adam_step, check_positive
 
 #: Added to the loss gaps before taking logs (official value).
 EPS: float = 1e-8
@@ -89,12 +90,13 @@ class FAMO(Method):
                 ok = False
             if not ok:
                 raise ValueError(f"famo: option min_losses.{task} must be a finite number, got {value!r}")
-        self.min_losses = torch.zeros(0)
-        self.logits = torch.zeros(0)
-        self.exp_avg = torch.zeros(0)
-        self.exp_avg_sq = torch.zeros(0)
-        self.steps = 0
+        self.min_losses = torch.zeros(0, dtype=torch.float64)
+        self.logits = self._initial_logits(0)
+        #: The step's losses (float64, CPU) between ``combine`` and ``after_step``.
         self.losses_before: Tensor | None = None
+
+    def _initial_logits(self, num_tasks: int) -> LearnedVector:
+        return LearnedVector(torch.zeros(num_tasks), lr=self.lr, weight_decay=self.gamma)
 
     def setup(self, task_names: tuple[str, ...]) -> None:
         super().setup(task_names)
@@ -104,71 +106,52 @@ class FAMO(Method):
                 f"famo: option min_losses names task {unknown[0]!r}, which is not in this run; "
                 f"tasks: {', '.join(task_names)}"
             )
-        self.min_losses = torch.tensor([float(self.given_min_losses.get(task, 0.0)) for task in task_names])
-        self.logits = torch.zeros(self.num_tasks)
-        self.exp_avg = torch.zeros(self.num_tasks)
-        self.exp_avg_sq = torch.zeros(self.num_tasks)
-        self.steps = 0
+        self.min_losses = torch.tensor(
+            [float(self.given_min_losses.get(task, 0.0)) for task in task_names], dtype=torch.float64
+        )
+        self.logits = self._initial_logits(self.num_tasks)
         self.losses_before = None
 
-    def _align(self, like: Tensor) -> None:
-        if self.logits.dtype != like.dtype or self.logits.device != like.device:
-            self.logits = self.logits.to(like)
-            self.exp_avg = self.exp_avg.to(like)
-            self.exp_avg_sq = self.exp_avg_sq.to(like)
-        self.min_losses = self.min_losses.to(like)
-
     def _check(self, losses: Tensor) -> Tensor:
+        """``losses`` detached, as float64 on the CPU (where the logits are)."""
         if losses.shape != (self.num_tasks,):
             raise ValueError(f"famo: expected {self.num_tasks} task losses, got shape {tuple(losses.shape)}")
-        return losses.detach()
+        return losses.detach().to(device="cpu", dtype=torch.float64)
 
     def combine(self, step: StepInput) -> Combination:
         losses = self._check(step.losses)
-        self._align(losses)
-        famo_weights = self.num_tasks * weights(self.logits, losses, self.min_losses)
+        logits = self.logits.value
+        famo_weights = self.num_tasks * weights(logits, losses, self.min_losses)
         self.losses_before = losses.clone()
         diagnostics = {f"weight/{task}": float(value) for task, value in zip(self.task_names, famo_weights.tolist())}
-        diagnostics.update(
-            {f"logit/{task}": float(value) for task, value in zip(self.task_names, self.logits.tolist())}
-        )
-        return Combination(loss_weights=famo_weights / step.loss_scale, diagnostics=diagnostics)
+        diagnostics.update({f"logit/{task}": float(value) for task, value in zip(self.task_names, logits.tolist())})
+        return Combination(loss_weights=famo_weights.to(step.losses) / step.loss_scale, diagnostics=diagnostics)
 
     def after_step(self, losses_after: Tensor) -> None:
         """One Adam step of the logits from the change of the log loss gaps over the optimizer step."""
         if self.losses_before is None:
             raise ValueError("famo: after_step was called without a preceding combine")
-        losses_after = self._check(losses_after).to(self.losses_before)
-        gradient = logit_gradient(self.logits, self.losses_before, losses_after, self.min_losses)
-        self.logits, self.exp_avg, self.exp_avg_sq = adam_step(
-            self.logits, gradient, self.exp_avg, self.exp_avg_sq, self.steps, lr=self.lr, weight_decay=self.gamma
-        )
-        self.steps += 1
+        losses_after = self._check(losses_after)
+        self.logits.step(logit_gradient(self.logits.value, self.losses_before, losses_after, self.min_losses))
         self.losses_before = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "logits": self.logits.clone(),
-            "exp_avg": self.exp_avg.clone(),
-            "exp_avg_sq": self.exp_avg_sq.clone(),
-            "steps": self.steps,
+            "logits": self.logits.state_dict(),
             "losses_before": None if self.losses_before is None else self.losses_before.clone(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        expected = {"logits", "exp_avg", "exp_avg_sq", "steps", "losses_before"}
+        expected = {"logits", "losses_before"}
         if set(state) != expected:
             raise ValueError(f"famo: state keys {sorted(state)} do not match {sorted(expected)}")
-        logits = torch.as_tensor(state["logits"]).clone()
-        if logits.shape != (self.num_tasks,):
-            raise ValueError(f"famo: state has {logits.numel()} logits for {self.num_tasks} tasks")
-        self.logits = logits
-        self.exp_avg = torch.as_tensor(state["exp_avg"]).clone().to(logits)
-        self.exp_avg_sq = torch.as_tensor(state["exp_avg_sq"]).clone().to(logits)
-        self.steps = int(state["steps"])
         before = state["losses_before"]
-        self.losses_before = None if before is None else torch.as_tensor(before).clone().to(logits)
-        self.min_losses = self.min_losses.to(logits)
+        if before is not None:
+            before = torch.as_tensor(before).detach().to(device="cpu", dtype=torch.float64).clone()
+            if before.shape != (self.num_tasks,):
+                raise ValueError(f"famo: state has {before.numel()} losses before the step for {self.num_tasks} tasks")
+        self.logits.load_state_dict(state["logits"])
+        self.losses_before = before
 
 
 @METHODS.register("famo", "FAMO: task logits adapted to equalize log-loss decrease rates (Liu et al. 2023)")

@@ -11,9 +11,10 @@ At each step, with W the parameters of the last shared layer (the encoder's last
 The target ``mean(G) * r_k^alpha`` is a constant (paper §3.2). Because ``G_k`` is linear in ``w_k`` the
 gradient of ``L_grad`` is closed-form, ``dL_grad/dw_k = sign(G_k - target_k) * ||grad_W L_k||`` (the
 subgradient 0 at a kink, as autograd's ``abs``), so no second-order back-propagation is needed: the engine
-supplies the task gradients on W, and this module never builds a graph. The weights take one Adam step on
-that gradient (their own optimizer and learning rate), are floored at ``MIN_WEIGHT`` to stay positive, and
-are renormalized to sum to K (paper Algorithm 1; SPEC §5 invariant). The model uses the weights from before
+supplies the task gradients on W, and this module never builds a graph. The weights (a ``LearnedVector``:
+float64, CPU) take one step of their own ``torch.optim.Adam`` on that gradient, are floored at ``MIN_WEIGHT``
+to stay positive, and are renormalized to sum to K (paper Algorithm 1; SPEC §5 invariant; the Adam moments
+are kept across the renormalization). The model uses the weights from before
 the update (as in Algorithm 1, where the network and the weights are updated from the same forward pass).
 ``L_k(0)`` are the losses of the first step after ``setup`` (paper: "t = 0"), floored at 1e-12.
 
@@ -41,9 +42,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtlscope.methods.base import Combination, Method, StepInput
+from mtlscope.methods.base import Combination, Method, StepInput, check_positive
+from mtlscope.methods.learned import LearnedVector
 from mtlscope.methods.registry import METHODS
-from mtlscope.methods.uncertainty import adam_step, check_positive
 
 #: Floor of a weight after the Adam step, before renormalization (keeps every weight > 0).
 MIN_WEIGHT: float = 1e-6
@@ -90,75 +91,52 @@ class GradNorm(Method):
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise ValueError(f"gradnorm: option alpha must be a finite number >= 0, got {alpha!r}")
         self.lr = check_positive("lr", lr, self.name)
-        self.weights = torch.zeros(0)
-        self.exp_avg = torch.zeros(0)
-        self.exp_avg_sq = torch.zeros(0)
-        self.steps = 0
+        self.weights = LearnedVector(torch.ones(0), lr=self.lr)
+        #: L_k(0) (float64, CPU); None until the first step after ``setup``.
         self.initial_losses: Tensor | None = None
 
     def setup(self, task_names: tuple[str, ...]) -> None:
         super().setup(task_names)
-        self.weights = torch.ones(self.num_tasks)
-        self.exp_avg = torch.zeros(self.num_tasks)
-        self.exp_avg_sq = torch.zeros(self.num_tasks)
-        self.steps = 0
+        self.weights = LearnedVector(torch.ones(self.num_tasks), lr=self.lr)
         self.initial_losses = None
-
-    def _align(self, like: Tensor) -> None:
-        if self.weights.dtype != like.dtype or self.weights.device != like.device:
-            self.weights = self.weights.to(like)
-            self.exp_avg = self.exp_avg.to(like)
-            self.exp_avg_sq = self.exp_avg_sq.to(like)
-        if self.initial_losses is not None:
-            self.initial_losses = self.initial_losses.to(like)
 
     def combine(self, step: StepInput) -> Combination:
         if step.last_shared_jacobian is None:
             raise ValueError("gradnorm needs the last shared layer's Jacobian (StepInput.last_shared_jacobian)")
-        losses = step.losses.detach()
-        if losses.shape != (self.num_tasks,) or step.last_shared_jacobian.shape[0] != self.num_tasks:
+        if step.losses.shape != (self.num_tasks,) or step.last_shared_jacobian.shape[0] != self.num_tasks:
             raise ValueError(
                 f"gradnorm: expected {self.num_tasks} task losses and Jacobian rows, got shapes "
-                f"{tuple(losses.shape)} and {tuple(step.last_shared_jacobian.shape)}"
+                f"{tuple(step.losses.shape)} and {tuple(step.last_shared_jacobian.shape)}"
             )
-        self._align(losses)
+        losses = step.losses.detach().to(device="cpu", dtype=torch.float64)
         if self.initial_losses is None:
             self.initial_losses = losses.clone()
-        weights = self.weights
+        weights = self.weights.value
         norms = step.last_shared_jacobian.detach().norm(dim=1).to(losses)
         rates = inverse_training_rates(losses, self.initial_losses)
-        gradient = weight_gradient(weights, norms, rates, self.alpha)
-        updated, self.exp_avg, self.exp_avg_sq = adam_step(
-            weights, gradient, self.exp_avg, self.exp_avg_sq, self.steps, lr=self.lr
-        )
-        self.weights = renormalize(updated)
-        self.steps += 1
+        self.weights.step(weight_gradient(weights, norms, rates, self.alpha))
+        self.weights.assign(renormalize(self.weights.value))
         diagnostics = {f"weight/{task}": float(value) for task, value in zip(self.task_names, weights.tolist())}
         diagnostics["gradnorm_loss"] = float(gradnorm_loss(weights, norms, rates, self.alpha))
-        return Combination(loss_weights=weights / step.loss_scale, diagnostics=diagnostics)
+        return Combination(loss_weights=weights.to(step.losses) / step.loss_scale, diagnostics=diagnostics)
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "weights": self.weights.clone(),
-            "exp_avg": self.exp_avg.clone(),
-            "exp_avg_sq": self.exp_avg_sq.clone(),
-            "steps": self.steps,
+            "weights": self.weights.state_dict(),
             "initial_losses": None if self.initial_losses is None else self.initial_losses.clone(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        expected = {"weights", "exp_avg", "exp_avg_sq", "steps", "initial_losses"}
+        expected = {"weights", "initial_losses"}
         if set(state) != expected:
             raise ValueError(f"gradnorm: state keys {sorted(state)} do not match {sorted(expected)}")
-        weights = torch.as_tensor(state["weights"]).clone()
-        if weights.shape != (self.num_tasks,):
-            raise ValueError(f"gradnorm: state has {weights.numel()} weights for {self.num_tasks} tasks")
-        self.weights = weights
-        self.exp_avg = torch.as_tensor(state["exp_avg"]).clone().to(weights)
-        self.exp_avg_sq = torch.as_tensor(state["exp_avg_sq"]).clone().to(weights)
-        self.steps = int(state["steps"])
         initial = state["initial_losses"]
-        self.initial_losses = None if initial is None else torch.as_tensor(initial).clone().to(weights)
+        if initial is not None:
+            initial = torch.as_tensor(initial).detach().to(device="cpu", dtype=torch.float64).clone()
+            if initial.shape != (self.num_tasks,):
+                raise ValueError(f"gradnorm: state has {initial.numel()} initial losses for {self.num_tasks} tasks")
+        self.weights.load_state_dict(state["weights"])
+        self.initial_losses = initial
 
 
 @METHODS.register(

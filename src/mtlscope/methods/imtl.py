@@ -19,11 +19,12 @@ their own gradients, as in the paper.
 **IMTL-L** (``imtl_l``) learns one log-scale ``s_k`` per task (init 0) and trains on the scaled losses
 ``e^{s_k} L_k - s_k``: the loss weights are ``e^{s_k}``, and ``s`` descends ``∂/∂s_k (e^{s_k} L_k - s_k) =
 e^{s_k} L_k - 1`` (its fixed point makes every scaled loss equal to 1). The paper trains ``s`` jointly with the
-network's optimizer; the method cannot reach the run's optimizer, so it keeps its own: options ``optimizer``
-(``"adam"``, default, with PyTorch's default betas (0.9, 0.999) and eps 1e-8; or ``"sgd"``) and ``lr``
-(default 1e-3). The weights used at a step are those before the step's update of ``s`` (a joint gradient
-step). The gradient of ``s`` does not include 1/C (with Adam this makes no difference; with SGD ``lr`` keeps
-its meaning at every C).
+network's optimizer; the method cannot reach the run's optimizer, so it keeps its own (``s`` is a
+``LearnedVector``: float64, CPU, stepped by ``torch.optim``): options ``optimizer`` (``"adam"``, default,
+``torch.optim.Adam`` with PyTorch's default betas (0.9, 0.999) and eps 1e-8; or ``"sgd"``,
+``torch.optim.SGD``) and ``lr`` (default 1e-3). The weights used at a step are those before the step's update
+of ``s`` (a joint gradient step). The gradient of ``s`` does not include 1/C (with Adam this makes no
+difference; with SGD ``lr`` keeps its meaning at every C).
 
 **IMTL** (``imtl``, the paper's hybrid) applies IMTL-G to the gradients of the scaled losses, ``e^{s_k} g_k``,
 and learns ``s`` as IMTL-L does. (IMTL-G's direction does not change when the rows are rescaled; the scales
@@ -55,12 +56,11 @@ import torch
 from torch import Tensor
 
 from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
+from mtlscope.methods.learned import OPTIMIZERS, LearnedVector
 from mtlscope.methods.registry import METHODS
 
 ScaleOptimizer = Literal["adam", "sgd"]
-SCALE_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
+SCALE_OPTIMIZERS: tuple[str, ...] = OPTIMIZERS
 
 
 def _solve_dtype(tensor: Tensor) -> torch.dtype:
@@ -109,55 +109,9 @@ def _diagnostics(task_names: tuple[str, ...], coefficients: Tensor, log_scales: 
     return out
 
 
-class LossScales:
-    """IMTL-L's learnable log-scales ``s`` [K] (float64, CPU) and their optimizer state."""
-
-    def __init__(self, lr: float, optimizer: ScaleOptimizer) -> None:
-        self.lr = float(lr)
-        self.optimizer: ScaleOptimizer = optimizer
-        self.reset(0)
-
-    def reset(self, num_tasks: int) -> None:
-        self.s = torch.zeros(num_tasks, dtype=torch.float64)
-        self.m = torch.zeros(num_tasks, dtype=torch.float64)
-        self.v = torch.zeros(num_tasks, dtype=torch.float64)
-        self.t = 0
-
-    def scales(self) -> Tensor:
-        """``e^{s}`` [K] (float64, CPU)."""
-        return self.s.exp()
-
-    def update(self, losses: Tensor) -> None:
-        """One optimizer step on ``Σ_k (e^{s_k} L_k - s_k)``, whose gradient is ``e^{s_k} L_k - 1``."""
-        loss = losses.detach().to("cpu", torch.float64).reshape(-1)
-        if loss.shape != self.s.shape:
-            raise ValueError(f"expected {self.s.shape[0]} losses, got shape {tuple(losses.shape)}")
-        grad = self.s.exp() * loss - 1.0
-        if self.optimizer == "sgd":
-            self.s = self.s - self.lr * grad
-            return
-        beta1, beta2 = ADAM_BETAS
-        self.t += 1
-        self.m = beta1 * self.m + (1 - beta1) * grad
-        self.v = beta2 * self.v + (1 - beta2) * grad * grad
-        m_hat = self.m / (1 - beta1**self.t)
-        v_hat = self.v / (1 - beta2**self.t)
-        self.s = self.s - self.lr * m_hat / (v_hat.sqrt() + ADAM_EPS)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"s": self.s.tolist(), "m": self.m.tolist(), "v": self.v.tolist(), "t": self.t}
-
-    def load_state_dict(self, state: Mapping[str, Any], name: str) -> None:
-        expected = {"s", "m", "v", "t"}
-        if set(state) != expected:
-            raise ValueError(f"method {name!r} expects state keys {sorted(expected)}, got {sorted(state)}")
-        num_tasks = self.s.shape[0]
-        values = {key: torch.as_tensor(state[key], dtype=torch.float64).reshape(-1) for key in ("s", "m", "v")}
-        for key, value in values.items():
-            if value.shape != (num_tasks,):
-                raise ValueError(f"method {name!r} state {key!r} has {value.numel()} entries for {num_tasks} tasks")
-        self.s, self.m, self.v = values["s"], values["m"], values["v"]
-        self.t = int(state["t"])
+def log_scale_gradient(log_scales: Tensor, losses: Tensor) -> Tensor:
+    """[K] ``e^{s_k} L_k - 1``: the gradient of IMTL-L's scaled losses ``Σ_k (e^{s_k} L_k - s_k)`` in ``s``."""
+    return log_scales.exp() * losses - 1.0
 
 
 class IMTLG(Method):
@@ -179,25 +133,40 @@ class IMTLL(Method):
 
     def __init__(self, lr: float = 1e-3, optimizer: ScaleOptimizer = "adam") -> None:
         _check_scale_options(lr, optimizer)
-        self.scales = LossScales(lr, optimizer)
+        self.lr = float(lr)
+        self.optimizer: ScaleOptimizer = optimizer
+        self.log_scales = self._initial_log_scales(0)
+
+    def _initial_log_scales(self, num_tasks: int) -> LearnedVector:
+        return LearnedVector(torch.zeros(num_tasks), lr=self.lr, optimizer=self.optimizer)
 
     def setup(self, task_names: tuple[str, ...]) -> None:
         super().setup(task_names)
-        self.scales.reset(len(self.task_names))
+        self.log_scales = self._initial_log_scales(self.num_tasks)
+
+    def _update(self, losses: Tensor) -> None:
+        """One optimizer step of ``s`` on ``Σ_k (e^{s_k} L_k - s_k)`` at ``losses`` (the step's losses)."""
+        loss = losses.detach().to("cpu", torch.float64).reshape(-1)
+        if loss.shape != self.log_scales.shape:
+            raise ValueError(f"expected {self.log_scales.shape[0]} losses, got shape {tuple(losses.shape)}")
+        self.log_scales.step(log_scale_gradient(self.log_scales.value, loss))
 
     def combine(self, step: StepInput) -> Combination:
-        log_scales = self.scales.s.clone()
-        loss_weights = self.scales.scales().to(step.losses) / step.loss_scale
-        self.scales.update(step.losses)
+        log_scales = self.log_scales.value
+        loss_weights = log_scales.exp().to(step.losses) / step.loss_scale
+        self._update(step.losses)
         return Combination(
             loss_weights=loss_weights, diagnostics=_diagnostics(step.task_names, loss_weights, log_scales)
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return self.scales.state_dict()
+        return {"log_scales": self.log_scales.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.scales.load_state_dict(state, self.name)
+        expected = {"log_scales"}
+        if set(state) != expected:
+            raise ValueError(f"method {self.name!r} expects state keys {sorted(expected)}, got {sorted(state)}")
+        self.log_scales.load_state_dict(state["log_scales"])
 
 
 class IMTL(IMTLL):
@@ -208,11 +177,11 @@ class IMTL(IMTLL):
         if step.jacobian is None:
             raise ValueError("imtl needs the Jacobian of the task losses (needs 'jacobian')")
         jacobian = check_jacobian(step.jacobian).detach()
-        log_scales = self.scales.s.clone()
-        scales = self.scales.scales().to(device=jacobian.device, dtype=jacobian.dtype)
+        log_scales = self.log_scales.value
+        scales = log_scales.exp().to(jacobian)
         alpha = weights(scales[:, None] * jacobian)
         coefficients = alpha * scales * (jacobian.shape[0] / step.loss_scale)
-        self.scales.update(step.losses)
+        self._update(step.losses)
         return Combination(
             shared_gradient=coefficients @ jacobian,
             diagnostics=_diagnostics(step.task_names, coefficients, log_scales),

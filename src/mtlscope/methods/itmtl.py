@@ -282,9 +282,9 @@ def transference_scores(
     """[N] total transference of each candidate gradient (rows of ``gradients`` [N, P]).
 
     ``"exact"`` evaluates ``lookahead.losses(lookahead.update(g))`` for each candidate against the baseline
-    ``lookahead.losses(0)`` (one forward more, so "before" and "after" come from the same forward). ``"first_order"`` needs
-    the [K, P] ``jacobian``; the update is ``lookahead.update(g)``, or ``-g`` (SGD with unit learning rate:
-    the paper's ``<sum_j g_j / L_j, g_phi>``) when ``lookahead`` is None.
+    ``lookahead.losses(0)`` (one forward more, so "before" and "after" come from the same forward).
+    ``"first_order"`` needs the [K, P] ``jacobian``; the update is ``lookahead.update(g)``, or ``-g`` (SGD with
+    unit learning rate: the paper's ``<sum_j g_j / L_j, g_phi>``) when ``lookahead`` is None.
     """
     if approximation not in APPROXIMATIONS:
         raise ValueError(
