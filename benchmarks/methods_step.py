@@ -7,13 +7,17 @@ on identical models and batches:
 - ``mtlscope``: mtlscope's ``TrainingStep`` with the method;
 - ``torchjd``: TorchJD's ``mtl_backward`` + ``jac_to_grad`` with the same aggregator, where TorchJD has one.
 
-Time is the median over ``--repeats`` steps after warm-up; peak memory is the maximum of the CPU memory
-timeline of one step from the PyTorch profiler (or ``torch.cuda.max_memory_allocated`` on CUDA).
+Time is the median over ``--repeats`` steps after warm-up (fewer, at least 2, when a variant's steps
+exceed ``--budget`` seconds in total: TorchJD at K = 40 on a LeNet takes seconds per step). With
+``--memory``, peak memory is the maximum of the CPU memory timeline of one step from the PyTorch profiler
+(or ``torch.cuda.max_memory_allocated`` on CUDA); profiling costs seconds per configuration.
 
-    .venv/bin/python benchmarks/methods_step.py --out benchmarks/results           # full grid
-    .venv/bin/python benchmarks/methods_step.py --quick --methods umtg,pcgrad,mgda  # a quick look
+    .venv/bin/python benchmarks/methods_step.py --out benchmarks/results            # timing grid
+    .venv/bin/python benchmarks/methods_step.py --memory --ks 2,10 --models mlp      # with peak memory
+    .venv/bin/python benchmarks/methods_step.py --quick --methods umtg,pcgrad,mgda   # a quick look
 
-Writes ``methods_step.csv`` and ``methods_step.md`` into ``--out``.
+Rows are appended to ``methods_step.csv`` in ``--out`` as they are measured (configurations already
+there are skipped, so an interrupted run continues); ``methods_step.md`` is rewritten from the CSV.
 """
 
 from __future__ import annotations
@@ -134,7 +138,16 @@ def peak_memory(step: Callable[[], None]) -> float:
     return max(sum(s) for s in sizes) / 2**20 if sizes else float("nan")
 
 
-def measure(method: str, num_tasks: int, model_name: str, layout: str, repeats: int, batch_size: int) -> dict[str, Any]:
+def measure(
+    method: str,
+    num_tasks: int,
+    model_name: str,
+    layout: str,
+    repeats: int,
+    batch_size: int,
+    budget: float,
+    memory: bool,
+) -> dict[str, Any]:
     setting = random_setting(num_tasks, model_name, layout)
     base = build_model(setting, dict(setting.default_model["encoder"]), {"name": "linear"}, 0)
     names = list(setting.task_names)
@@ -160,20 +173,23 @@ def measure(method: str, num_tasks: int, model_name: str, layout: str, repeats: 
     for _ in range(2):  # warm-up
         for run in variants.values():
             run()
-    for _ in range(repeats):
+    for repeat in range(repeats):
         for name, run in variants.items():
+            if repeat >= 2 and sum(times[name]) > budget:
+                continue
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
     row: dict[str, Any] = {"model": model_name, "layout": layout, "K": num_tasks, "method": method}
-    for name, run in variants.items():
+    for name in variants:
         row[f"{name}_ms"] = statistics.median(times[name]) * 1e3
-        row[f"{name}_mib"] = peak_memory(run)
     row["time_vs_hand"] = row["mtlscope_ms"] / row["hand_ms"]
-    row["memory_vs_hand"] = row["mtlscope_mib"] / row["hand_mib"]
-    if "torchjd" in variants:
-        row["time_vs_torchjd"] = row["mtlscope_ms"] / row["torchjd_ms"]
-        row["memory_vs_torchjd"] = row["mtlscope_mib"] / row["torchjd_mib"]
+    row["time_vs_torchjd"] = row["mtlscope_ms"] / row["torchjd_ms"] if "torchjd" in variants else None
+    if memory:
+        for name, run in variants.items():
+            row[f"{name}_mib"] = peak_memory(run)
+        row["memory_vs_hand"] = row["mtlscope_mib"] / row["hand_mib"]
+        row["memory_vs_torchjd"] = row["mtlscope_mib"] / row["torchjd_mib"] if "torchjd" in variants else None
     return row
 
 
@@ -183,7 +199,9 @@ def main() -> None:
     parser.add_argument("--ks", default="2,3,10,40", help="numbers of tasks")
     parser.add_argument("--models", default="mlp,lenet")
     parser.add_argument("--layouts", default="multi-input,shared-input")
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--budget", type=float, default=5.0, help="seconds of timed steps per variant at most")
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory (slow)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="K in {2, 10}, MLP only, 5 repeats")
@@ -195,28 +213,31 @@ def main() -> None:
     ks = [2, 10] if args.quick else [int(k) for k in args.ks.split(",")]
     models = ["mlp"] if args.quick else args.models.split(",")
     repeats = 5 if args.quick else args.repeats
-    rows = []
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / "methods_step.csv"
+    done = pd.read_csv(table) if table.exists() else pd.DataFrame(columns=["model", "layout", "K", "method"])
+    finished = set(zip(done["model"], done["layout"], done["K"].astype(int), done["method"]))
     for model_name in models:
         for layout in args.layouts.split(","):
             for num_tasks in ks:
                 for method in chosen:
-                    row = measure(method, num_tasks, model_name, layout, repeats, args.batch_size)
-                    rows.append(row)
+                    if (model_name, layout, num_tasks, method) in finished:
+                        continue
+                    row = measure(
+                        method, num_tasks, model_name, layout, repeats, args.batch_size, args.budget, args.memory
+                    )
+                    done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
+                    done.to_csv(table, index=False)
                     print(
                         f"{model_name:5s} {layout:12s} K={num_tasks:<3d} {method:12s} "
                         f"{row['mtlscope_ms']:8.2f} ms  x{row['time_vs_hand']:.2f} hand"
-                        + (f"  x{row['time_vs_torchjd']:.2f} torchjd" if "time_vs_torchjd" in row else ""),
+                        + (f"  x{row['time_vs_torchjd']:.2f} torchjd" if row["time_vs_torchjd"] else ""),
                         flush=True,
                     )
-    frame = pd.DataFrame(rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / "methods_step.csv", index=False)
-    header = (
-        f"mtlscope {mtlscope.__version__}, torch {torch.__version__}, {args.threads} threads, B={args.batch_size}\n\n"
-    )
-    (out / "methods_step.md").write_text(header + to_markdown(frame.round(3), digits=3))
-    print(f"wrote {out / 'methods_step.csv'} and {out / 'methods_step.md'}")
+    header = f"mtlscope {mtlscope.__version__}, torch {torch.__version__}, {args.threads} threads, B={args.batch_size}"
+    (out / "methods_step.md").write_text(header + "\n\n" + to_markdown(done.round(3), digits=3))
+    print(f"wrote {table} and {out / 'methods_step.md'}")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ import torch
 
 from mtlscope import methods, settings
 from mtlscope.engine.gradients import (
+    encoder_jacobian,
+    forward,
     jacobian_batched,
     jacobian_loop,
     last_shared_parameters,
     per_task_gradients,
+    representation_gradients,
     task_losses,
 )
 from mtlscope.engine.lookahead import ModelLookahead, flatten, optimizer_update, unflatten
@@ -59,6 +62,12 @@ def test_every_jacobian_mode_equals_the_reference(name: str, options: dict) -> N
     torch.testing.assert_close(jacobian_loop(losses, shared), expected)
     torch.testing.assert_close(jacobian_batched(losses, shared), expected)
     torch.testing.assert_close(jacobian_batched(losses, shared, chunk=2), expected)
+    graph = forward(model, setting, batch)
+    at_representation = representation_gradients(graph)
+    torch.testing.assert_close(at_representation.flatten(1), jacobian_loop(graph.losses, [graph.representation]))
+    for mode, chunk in (("batched", None), ("batched", 2), ("loop", None)):
+        through = encoder_jacobian(graph.representation, at_representation, shared, mode, chunk)
+        torch.testing.assert_close(through, expected)
     if setting.layout == "multi-input":
         computed = per_task_gradients(model, setting, batch, last_shared_parameters(model))
         torch.testing.assert_close(computed.jacobian, expected)

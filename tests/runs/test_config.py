@@ -50,6 +50,10 @@ BAD_CONFIGS = {
     "not a mapping": ("- 1\n- 2\n", "expected a mapping of keys at the top level"),
     "invalid yaml": ("setting: [\n", "invalid YAML at line"),
     "bad method weight task": (BASE + "method:\n  name: umtg\n  weights: {digits2: 1}\n", "not in this run"),
+    "per_task on shared-input": (
+        "setting:\n  name: digits-attributes\ntraining:\n  jacobian_mode: per_task\n",
+        "jacobian_mode 'per_task' needs the multi-input layout",
+    ),
     "bad encoder value": (
         BASE + "model:\n  encoder: {name: mlp, hidden: [0]}\n",
         "encoder.hidden must be a list of positive integers",

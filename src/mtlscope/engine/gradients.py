@@ -12,6 +12,18 @@ Jacobian modes (``training.jacobian_mode``):
 - ``loop``: one graph, K backwards with ``retain_graph`` (the fallback when vmap cannot handle a model).
 - ``auto`` (default): ``per_task`` for multi-input, ``batched`` for shared-input (falling back to
   ``loop`` if the batched backward raises). See docs/methods.md for the measurements behind the choice.
+
+On one graph (every mode but ``per_task``) the shared Jacobian is computed in two stages, as TorchJD's
+``mtl_backward`` does: the K gradients at the representation come from ONE backward of the summed losses
+through the heads (each head reads its own view of the representation, so each task's gradient arrives
+separately: ``representation_gradients``), then one batched vector-Jacobian product carries them through
+the encoder (``encoder_jacobian``; K backwards in ``loop`` mode). MGDA-UB's representation gradients are
+the first stage alone; GradNorm's last-layer gradients and the diagnostics' Jacobian use batched products
+unless the mode is ``loop``.
+
+In ``per_task`` mode each task's examples pass through the encoder alone, so BatchNorm layers see
+per-task batch statistics in the methods that need the Jacobian (the loss-weighting path encodes the
+concatenated batch once).
 """
 
 from __future__ import annotations
@@ -29,16 +41,46 @@ from mtlscope.settings.setting import Setting
 JACOBIAN_MODES: tuple[str, ...] = ("auto", "per_task", "batched", "loop")
 
 
-def task_losses(model: MultiTaskModel, setting: Setting, batch: Batch) -> tuple[Tensor, Tensor]:
-    """The [K] task losses on ``batch`` from one encoder pass, and the representation (graph attached)."""
+@dataclass
+class Forward:
+    """One encoder pass over a batch: the [K] task losses, the representation, and the view of it that each
+    head reads (a separate graph node per task, so one backward gives every task's gradient at the
+    representation)."""
+
+    losses: Tensor
+    representation: Tensor
+    head_inputs: list[Tensor]
+    rows: list[slice]
+
+
+def forward(model: MultiTaskModel, setting: Setting, batch: Batch) -> Forward:
+    """Task losses on ``batch`` from one encoder pass (graph attached)."""
     representation = model.encoder(batch.inputs)
+    rows = [batch.rows[task.name] for task in setting.tasks]
+    head_inputs = [representation[row] for row in rows]
     losses = torch.stack(
         [
-            task.loss(model.heads[task.name](representation[batch.rows[task.name]]), batch.targets[task.name])
-            for task in setting.tasks
+            task.loss(model.heads[task.name](inputs), batch.targets[task.name])
+            for task, inputs in zip(setting.tasks, head_inputs)
         ]
     )
-    return losses, representation
+    return Forward(losses, representation, head_inputs, rows)
+
+
+def task_losses(model: MultiTaskModel, setting: Setting, batch: Batch) -> tuple[Tensor, Tensor]:
+    """The [K] task losses on ``batch`` from one encoder pass, and the representation (graph attached)."""
+    result = forward(model, setting, batch)
+    return result.losses, result.representation
+
+
+def representation_gradients(result: Forward) -> Tensor:
+    """[K, *representation.shape]: each task's loss gradient at the representation (zero outside the rows
+    its head reads), from ONE backward of the summed losses through the heads (graph kept)."""
+    grads = torch.autograd.grad(result.losses.sum(), result.head_inputs, retain_graph=True)
+    out = result.representation.new_zeros(len(grads), *result.representation.shape)
+    for k, (grad, row) in enumerate(zip(grads, result.rows)):
+        out[k, row] = grad
+    return out
 
 
 def _flat(grads: Sequence[Tensor | None], like: Sequence[Tensor]) -> Tensor:
@@ -76,6 +118,41 @@ def jacobian_batched(losses: Tensor, inputs: Sequence[Tensor], chunk: int | None
             )
         )
     return torch.cat(rows)
+
+
+def encoder_jacobian(
+    representation: Tensor, cotangents: Tensor, inputs: Sequence[Tensor], mode: str, chunk: int | None = None
+) -> Tensor:
+    """[K, P] vector-Jacobian products of the representation with K cotangents [K, *representation.shape]
+    on ``inputs`` (the encoder's parameters): one batched backward through the encoder (chunks of ``chunk``),
+    or K backwards in ``loop`` mode (graph kept)."""
+    num = cotangents.shape[0]
+    if mode == "loop":
+        return torch.stack(
+            [
+                _flat(torch.autograd.grad(representation, inputs, c, retain_graph=True, allow_unused=True), inputs)
+                for c in cotangents
+            ]
+        )
+    size = num if chunk is None else max(1, chunk)
+    blocks = []
+    for start in range(0, num, size):
+        part = cotangents[start : start + size]
+        grads = torch.autograd.grad(
+            representation, inputs, grad_outputs=part, retain_graph=True, is_grads_batched=True, allow_unused=True
+        )
+        blocks.append(
+            torch.cat(
+                [
+                    (g if g is not None else torch.zeros(len(part), *p.shape, dtype=p.dtype, device=p.device)).reshape(
+                        len(part), -1
+                    )
+                    for g, p in zip(grads, inputs)
+                ],
+                dim=1,
+            )
+        )
+    return torch.cat(blocks)
 
 
 def joint_jacobian(losses: Tensor, inputs: Sequence[Tensor], mode: str, chunk: int | None = None) -> Tensor:

@@ -26,9 +26,12 @@ import torch
 from torch import Tensor
 
 from mtlscope.engine.gradients import (
+    encoder_jacobian,
+    forward,
     joint_jacobian,
     last_shared_parameters,
     per_task_gradients,
+    representation_gradients,
     resolve_mode,
     task_losses,
 )
@@ -99,22 +102,31 @@ class TrainingStep:
             losses, jacobian, head_grads = computed.losses, computed.jacobian, computed.head_grads
             last_jacobian = computed.last_shared_jacobian
         else:
-            graph_losses, representation = task_losses(self.model, self.setting, batch)
+            graph = forward(self.model, self.setting, batch)
+            graph_losses = graph.losses
             losses = graph_losses.detach()
         if not bool(torch.isfinite(losses).all()):
             return StepResult(losses)
+        # on one graph: batched vector-Jacobian products unless the loop was asked for
+        joint_mode = "loop" if self.mode == "loop" else "batched"
+        at_representation: Tensor | None = None
         if graph_losses is not None:
-            mode = "loop" if self.mode == "per_task" else self.mode
-            if "jacobian" in needs:
-                jacobian = joint_jacobian(graph_losses, self.shared, mode, self.chunk)
+            if {"jacobian", "representation"} & needs or diagnose:
+                at_representation = representation_gradients(graph)
             if "representation" in needs:
-                representation_jacobian = joint_jacobian(graph_losses, [representation], "loop")
+                assert at_representation is not None
+                representation_jacobian = at_representation.flatten(1)
+            if "jacobian" in needs:
+                assert at_representation is not None
+                jacobian = encoder_jacobian(
+                    graph.representation, at_representation, self.shared, joint_mode, self.chunk
+                )
             if self.last_shared is not None:
-                last_jacobian = joint_jacobian(graph_losses, self.last_shared, "loop")
+                last_jacobian = joint_jacobian(graph_losses, self.last_shared, joint_mode, self.chunk)
         diagnostic_jacobian = jacobian
-        if diagnose and diagnostic_jacobian is None and graph_losses is not None:
-            diagnostic_jacobian = joint_jacobian(
-                graph_losses, self.shared, "loop" if self.mode == "per_task" else self.mode
+        if diagnose and diagnostic_jacobian is None and at_representation is not None:
+            diagnostic_jacobian = encoder_jacobian(
+                graph.representation, at_representation, self.shared, joint_mode, self.chunk
             )
         combination = self.method.combine(
             StepInput(
@@ -123,6 +135,7 @@ class TrainingStep:
                 loss_scale=self.loss_scale,
                 step=step,
                 epoch=step // self.steps_per_epoch,
+                diagnose=diagnose,
                 generator=self.generator,
                 jacobian=jacobian,
                 representation_jacobian=representation_jacobian,

@@ -67,6 +67,8 @@ class StepInput:
         step: index of the step (0-based).
         epoch: number of completed epochs before this step (``step // steps_per_epoch``).
         generator: the run's method generator (every random draw of a method comes from it).
+        diagnose: whether the engine records this step's diagnostics; a method may skip computing costly
+            diagnostics when False (they would be discarded).
     """
 
     losses: Tensor
@@ -75,6 +77,7 @@ class StepInput:
     step: int
     generator: torch.Generator
     epoch: int = 0
+    diagnose: bool = True
     jacobian: Tensor | None = None
     representation_jacobian: Tensor | None = None
     last_shared_jacobian: Tensor | None = None

@@ -39,6 +39,7 @@ class UMTG(Method):
     def __init__(self, weights: Mapping[str, float] | None = None) -> None:
         self.given = dict(weights or {})
         self.task_weights: list[float] = []
+        self._cached: tuple[tuple[torch.dtype, torch.device, float], Tensor] | None = None
 
     def setup(self, task_names: tuple[str, ...]) -> None:
         super().setup(task_names)
@@ -51,10 +52,14 @@ class UMTG(Method):
         if bad:
             raise ValueError(f"method.weights.{bad[0]} must be a number >= 0, got {self.given[bad[0]]!r}")
         self.task_weights = [float(self.given.get(task, 1.0)) for task in task_names]
+        self._cached = None
 
     def combine(self, step: StepInput) -> Combination:
-        w = torch.as_tensor(self.task_weights, dtype=step.losses.dtype, device=step.losses.device)
-        return Combination(loss_weights=w / step.loss_scale)
+        key = (step.losses.dtype, step.losses.device, step.loss_scale)
+        if self._cached is None or self._cached[0] != key:  # built once per run, not every step
+            w = torch.as_tensor(self.task_weights, dtype=step.losses.dtype, device=step.losses.device)
+            self._cached = (key, w / step.loss_scale)
+        return Combination(loss_weights=self._cached[1])
 
 
 @METHODS.register("umtg", "uniform multi-task gradient (1/C) sum_k w_k grad L_k (Mueller et al. 2025, eq. 2)")

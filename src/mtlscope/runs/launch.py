@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from mtlscope.engine.gradients import resolve_mode
 from mtlscope.engine.loss_scale import resolve_loss_scale
 from mtlscope.engine.optimizers import build_optimizer
 from mtlscope.engine.trainer import Schedule, Trainer
@@ -64,6 +65,7 @@ def prepare(config: RunConfig, source: str = "config") -> Prepared:
         method.setup(setting.task_names)
         model = build_model(setting, resolved.model.encoder or {}, resolved.model.head or {}, resolved.seed).to(device)
         probes = [PROBES.build(name, **options) for name, options in resolved.probes.items()]
+        resolve_mode(resolved.training.jacobian_mode, setting)
     except (KeyError, ValueError) as error:
         raise ConfigError(f"{source}: {error.args[0] if error.args else error}") from None
     optimizer_config = resolved.optimizer
