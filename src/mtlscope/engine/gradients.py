@@ -18,8 +18,8 @@ On one graph (every mode but ``per_task``) the shared Jacobian is computed in tw
 through the heads (each head reads its own view of the representation, so each task's gradient arrives
 separately: ``representation_gradients``), then one batched vector-Jacobian product carries them through
 the encoder (``encoder_jacobian``; K backwards in ``loop`` mode). MGDA-UB's representation gradients are
-the first stage alone; GradNorm's last-layer gradients and the diagnostics' Jacobian use batched products
-unless the mode is ``loop``.
+the first stage alone; GradNorm's last-layer gradients are the second stage restricted to that layer's
+parameters (autograd then crosses only the last layer).
 
 In ``per_task`` mode each task's examples pass through the encoder alone, so BatchNorm layers see
 per-task batch statistics in the methods that need the Jacobian (the loss-weighting path encodes the

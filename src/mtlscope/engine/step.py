@@ -28,7 +28,6 @@ from torch import Tensor
 from mtlscope.engine.gradients import (
     encoder_jacobian,
     forward,
-    joint_jacobian,
     last_shared_parameters,
     per_task_gradients,
     representation_gradients,
@@ -88,7 +87,12 @@ class TrainingStep:
         self.heads = [list(model.task_parameters(task)) for task in setting.task_names]
         self.last_shared = last_shared_parameters(model) if "last_shared_jacobian" in method.needs else None
         needs = method.needs
-        self.per_task = self.mode == "per_task" and "jacobian" in needs and "representation" not in needs
+        # per-task graphs (multi-input) give the Jacobian and the last layer's gradients at the arithmetic floor
+        self.per_task = (
+            self.mode == "per_task"
+            and bool({"jacobian", "last_shared_jacobian"} & needs)
+            and "representation" not in needs
+        )
 
     def __call__(self, batch: Batch, step: int) -> StepResult:
         self.optimizer.zero_grad(set_to_none=True)
@@ -111,7 +115,7 @@ class TrainingStep:
         joint_mode = "loop" if self.mode == "loop" else "batched"
         at_representation: Tensor | None = None
         if graph_losses is not None:
-            if {"jacobian", "representation"} & needs or diagnose:
+            if {"jacobian", "representation"} & needs or diagnose or self.last_shared is not None:
                 at_representation = representation_gradients(graph)
             if "representation" in needs:
                 assert at_representation is not None
@@ -122,7 +126,10 @@ class TrainingStep:
                     graph.representation, at_representation, self.shared, joint_mode, self.chunk
                 )
             if self.last_shared is not None:
-                last_jacobian = joint_jacobian(graph_losses, self.last_shared, joint_mode, self.chunk)
+                assert at_representation is not None  # the last layer's gradients: a VJP through that layer only
+                last_jacobian = encoder_jacobian(
+                    graph.representation, at_representation, self.last_shared, joint_mode, self.chunk
+                )
         diagnostic_jacobian = jacobian
         if diagnose and diagnostic_jacobian is None and at_representation is not None:
             diagnostic_jacobian = encoder_jacobian(
