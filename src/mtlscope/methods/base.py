@@ -151,3 +151,11 @@ def check_positive(name: str, value: float, method: str) -> float:
     if not (math.isfinite(number) and number > 0):
         raise ValueError(f"{method}: option {name} must be a finite number > 0, got {value!r}")
     return number
+
+
+def check_loss_scale(loss_scale: float, method: str) -> float:
+    """The loss scale C of a pure ``aggregate``/``weights`` call as a float; a ValueError naming ``method``
+    when it is not a number > 0."""
+    if not float(loss_scale) > 0:
+        raise ValueError(f"{method}: loss_scale (C) must be a number > 0, got {loss_scale!r}")
+    return float(loss_scale)

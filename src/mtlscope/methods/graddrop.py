@@ -45,16 +45,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
+from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian, check_loss_scale
 from mtlscope.methods.registry import METHODS
 
 LeakOption = float | Mapping[str, float]
-
-
-def _check_loss_scale(loss_scale: float) -> float:
-    if not float(loss_scale) > 0:
-        raise ValueError(f"graddrop: loss_scale (C) must be a number > 0, got {loss_scale!r}")
-    return float(loss_scale)
 
 
 def _check_leak_value(value: object, where: str) -> float:
@@ -116,7 +110,7 @@ def _aggregate(
     of the positive (or negative) parts of ``(1 - l) * g`` — a few passes over the Jacobian instead of ten.
     """
     check_jacobian(jacobian)
-    scale = _check_loss_scale(loss_scale)
+    scale = check_loss_scale(loss_scale, "graddrop")
     leaks = _leaks(leak, jacobian)
     positive = jacobian.clamp(min=0).sum(dim=0)
     negative = jacobian.clamp(max=0).sum(dim=0)

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
+from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian, check_loss_scale
 from mtlscope.methods.registry import METHODS
 
 
@@ -58,12 +58,6 @@ def _check_options(beta: float, eps: float) -> None:
         raise ValueError(f"gradvac: beta must be a number in [0, 1], got {beta!r}")
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps >= 0.0:
         raise ValueError(f"gradvac: eps must be a number >= 0, got {eps!r}")
-
-
-def _check_loss_scale(loss_scale: float) -> float:
-    if not float(loss_scale) > 0:
-        raise ValueError(f"gradvac: loss_scale (C) must be a number > 0, got {loss_scale!r}")
-    return float(loss_scale)
 
 
 def _check_targets(targets: Tensor | None, num_tasks: int) -> Tensor:
@@ -136,7 +130,7 @@ def weights(
 ) -> tuple[Tensor, Tensor]:
     """GradVac's coefficients [K] (1/C included, in the Jacobian's dtype) and the updated [K, K] targets."""
     check_jacobian(jacobian)
-    scale = _check_loss_scale(loss_scale)
+    scale = check_loss_scale(loss_scale, "gradvac")
     coefficients, new_targets, _ = coefficients_from_gramian(jacobian @ jacobian.T, targets, generator, beta, eps)
     return (coefficients / scale).to(dtype=jacobian.dtype, device=jacobian.device), new_targets
 
@@ -175,7 +169,7 @@ class GradVac(Method):
         check_jacobian(jacobian)
         if jacobian.shape[0] != self.num_tasks:
             raise ValueError(f"gradvac: expected a Jacobian with {self.num_tasks} rows, got {jacobian.shape[0]}")
-        scale = _check_loss_scale(step.loss_scale)
+        scale = check_loss_scale(step.loss_scale, "gradvac")
         gram = (jacobian @ jacobian.T).detach().to(device="cpu", dtype=torch.float64)  # one K x K transfer
         coefficients, self.targets, corrections = coefficients_from_gramian(
             gram, self.targets, step.generator, self.beta, self.eps

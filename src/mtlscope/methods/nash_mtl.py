@@ -65,7 +65,7 @@ import torch
 from scipy.optimize import OptimizeResult, minimize
 from torch import Tensor
 
-from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
+from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian, check_loss_scale
 from mtlscope.methods.registry import METHODS
 
 #: The solver stops once every utility alpha_k (J J^T alpha)_k is within this of 1.
@@ -100,12 +100,6 @@ def _check_options(max_norm: float, optim_niter: int, update_weights_every: int 
         raise ValueError(f"nash_mtl: update_weights_every must be an integer >= 1, got {update_weights_every!r}")
     if isinstance(max_norm, bool) or not isinstance(max_norm, int | float) or not max_norm >= 0:
         raise ValueError(f"nash_mtl: max_norm must be a number >= 0 (0 disables clipping), got {max_norm!r}")
-
-
-def _check_loss_scale(loss_scale: float) -> float:
-    if not float(loss_scale) > 0:
-        raise ValueError(f"nash_mtl: loss_scale (C) must be a number > 0, got {loss_scale!r}")
-    return float(loss_scale)
 
 
 def solve(gramian: Tensor, beta_init: Tensor | None = None, optim_niter: int = 20) -> NashSolution:
@@ -178,7 +172,7 @@ def weights(
     (or ``beta_init``): ``weights @ J == aggregate(J)``."""
     check_jacobian(jacobian)
     _check_options(max_norm, optim_niter)
-    scale = _check_loss_scale(loss_scale)
+    scale = check_loss_scale(loss_scale, "nash_mtl")
     solution = solve(jacobian @ jacobian.T, beta_init, optim_niter)
     alpha = solution.alpha.to(dtype=jacobian.dtype, device=jacobian.device)
     return alpha * clip_factor(alpha @ jacobian, max_norm) / scale
@@ -221,7 +215,7 @@ class NashMTL(Method):
         check_jacobian(jacobian)
         if jacobian.shape[0] != self.num_tasks:
             raise ValueError(f"nash_mtl: expected a Jacobian with {self.num_tasks} rows, got {jacobian.shape[0]}")
-        scale = _check_loss_scale(step.loss_scale)
+        scale = check_loss_scale(step.loss_scale, "nash_mtl")
         diagnostics: dict[str, float] = {}
         if self.calls % self.update_weights_every == 0 or self.alpha is None:
             gram = (jacobian @ jacobian.T).detach().to(device="cpu", dtype=torch.float64)  # one K x K transfer

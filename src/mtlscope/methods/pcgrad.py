@@ -38,14 +38,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
+from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian, check_loss_scale
 from mtlscope.methods.registry import METHODS
-
-
-def _check_loss_scale(loss_scale: float) -> float:
-    if not float(loss_scale) > 0:
-        raise ValueError(f"pcgrad: loss_scale (C) must be a number > 0, got {loss_scale!r}")
-    return float(loss_scale)
 
 
 def coefficients_from_gramian(gramian: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
@@ -82,7 +76,7 @@ def coefficients_from_gramian(gramian: Tensor, generator: torch.Generator | None
 def weights(jacobian: Tensor, generator: torch.Generator | None = None, loss_scale: float = 1.0) -> Tensor:
     """PCGrad's coefficients w [K] (1/C included) with ``aggregate(J) == w @ J``, in the Jacobian's dtype."""
     check_jacobian(jacobian)
-    scale = _check_loss_scale(loss_scale)
+    scale = check_loss_scale(loss_scale, "pcgrad")
     coefficients, _ = coefficients_from_gramian(jacobian @ jacobian.T, generator)
     return (coefficients / scale).to(dtype=jacobian.dtype, device=jacobian.device)
 
@@ -101,7 +95,7 @@ class PCGrad(Method):
         if jacobian is None:
             raise ValueError("pcgrad needs the Jacobian (StepInput.jacobian is None)")
         check_jacobian(jacobian)
-        scale = _check_loss_scale(step.loss_scale)
+        scale = check_loss_scale(step.loss_scale, "pcgrad")
         gram_cpu = (jacobian @ jacobian.T).detach().to(device="cpu", dtype=torch.float64)  # one K x K transfer
         coefficients, projections = coefficients_from_gramian(gram_cpu, step.generator)
         w = coefficients / scale

@@ -25,14 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
+from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian, check_loss_scale
 from mtlscope.methods.registry import METHODS
-
-
-def _check_loss_scale(loss_scale: float) -> float:
-    if not float(loss_scale) > 0:
-        raise ValueError(f"rlw: loss_scale (C) must be a number > 0, got {loss_scale!r}")
-    return float(loss_scale)
 
 
 def sample_weights(
@@ -46,7 +40,7 @@ def sample_weights(
     in ``dtype``), returned on ``device`` (default: the generator's)."""
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
         raise ValueError(f"rlw: num_tasks must be an integer >= 1, got {num_tasks!r}")
-    scale = _check_loss_scale(loss_scale)
+    scale = check_loss_scale(loss_scale, "rlw")
     z = torch.randn(num_tasks, generator=generator, dtype=dtype, device=generator.device)
     w = torch.softmax(z, dim=0) * (num_tasks / scale)
     return w if device is None else w.to(device)
