@@ -1,0 +1,173 @@
+"""Trace of the Fisher information matrix (SPEC §4.2; Mueller et al., TMLR 2025, eq. 5/8; Novack et al., 2023).
+
+Labels are sampled from the model, ``yhat ~ p_theta(.|x) = softmax(f(x))`` (no grad, eval mode, one draw per
+example from ``generator``), and
+
+- ``fim_trace = mean over consecutive minibatches b (|b| = batch_size = 16) of ||grad_theta mean_{x in b}
+  l(f(x), yhat)||^2`` — the minibatch form the paper and Novack et al. use;
+- ``fim_trace_per_example = mean_x ||grad_theta l(f(x), yhat_x)||^2`` (per-example gradients via torch.func),
+  a one-draw Monte-Carlo estimate of ``mean_x Tr F(x)``.
+
+Because the score of the model's own distribution has zero mean (``E_yhat grad l(f(x), yhat) = 0``), the
+per-example gradients of different examples are uncorrelated given the inputs and
+``E ||g_b||^2 = mean_{x in b} Tr F(x) / |b|`` exactly: ``fim_trace ≈ fim_trace_per_example / batch_size``.
+
+Where the model gives no distribution to sample from (``kind="regression"``) or with ``empirical=True``, the
+true targets are used (empirical Fisher) and the result says ``empirical=True``. The empirical version has no
+such relation (its mean gradient is the full gradient, not 0).
+
+Minibatches are consecutive (inputs in the given order); an incomplete last minibatch is dropped so every term
+has the same ``|b|`` (when N < batch_size the single batch of all N is used). Loss: cross-entropy over dim 1 for
+classification (so dense ``[N, C, ...]`` outputs work), ``F.mse_loss`` for regression, or ``loss_fn=``.
+
+Cost: one forward pass without grad to sample labels, N/|b| forward+backward passes for the minibatch trace and
+N per-example gradients (vectorized, about the cost of one forward+backward over the N examples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtlscope.probes.per_example import (
+    LossFn,
+    batch_gradient,
+    iter_per_example_gradients,
+    probe_mode,
+    selected_parameters,
+)
+
+Kind = Literal["classification", "regression"]
+
+__all__ = ["FisherResult", "expected_per_example_trace", "fim_trace", "sample_labels"]
+
+
+@dataclass(frozen=True)
+class FisherResult:
+    """``fim_trace`` (minibatch form), ``fim_trace_per_example`` and whether the empirical Fisher was used."""
+
+    fim_trace: float
+    fim_trace_per_example: float
+    empirical: bool
+
+
+def _default_generator(generator: torch.Generator | None) -> torch.Generator:
+    """The probe's generator; ``None`` means a fresh CPU generator seeded with 0 (never the global RNG)."""
+    return torch.Generator().manual_seed(0) if generator is None else generator
+
+
+def _class_probabilities(logits: Tensor) -> Tensor:
+    """Softmax over the class dimension (dim 1), moved last and flattened: ``[M, C]``."""
+    probs = torch.softmax(logits.detach().double(), dim=1)
+    return probs.movedim(1, -1).reshape(-1, logits.shape[1])
+
+
+def sample_labels(logits: Tensor, generator: torch.Generator) -> Tensor:
+    """One label per example (per position for dense outputs) drawn from ``softmax(logits, dim=1)``."""
+    if logits.dim() < 2:
+        raise ValueError("classification outputs must have a class dimension (dim 1)")
+    probs = _class_probabilities(logits).to(generator.device)
+    labels = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
+    return labels.reshape(logits.shape[0], *logits.shape[2:])
+
+
+def _loss(kind: Kind, loss_fn: LossFn | None) -> LossFn:
+    if loss_fn is not None:
+        return loss_fn
+    if kind == "classification":
+        return F.cross_entropy
+    if kind == "regression":
+        return F.mse_loss
+    raise ValueError(f"kind must be 'classification' or 'regression', not {kind!r}")
+
+
+def fim_trace(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    targets: Tensor | None = None,
+    batch_size: int = 16,
+    kind: Kind = "classification",
+    empirical: bool = False,
+    parameters: Iterable[Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    loss_fn: LossFn | None = None,
+    chunk_size: int = 256,
+) -> FisherResult:
+    """Fisher-information trace of ``model`` on ``inputs`` (SPEC §4.2), see the module docstring.
+
+    ``targets`` are required for the empirical Fisher (regression or ``empirical=True``). ``parameters``
+    chooses which parameters count (default: all requiring grad). Labels are drawn from ``generator`` (default:
+    a fresh generator seeded with 0). The model is left exactly as it was.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    if len(inputs) == 0:
+        raise ValueError("no inputs")
+    use_empirical = empirical or kind == "regression"
+    loss = _loss(kind, loss_fn)
+    chosen = selected_parameters(model, parameters)
+    params = [p for _, p in chosen]
+    with probe_mode(model):
+        if use_empirical:
+            if targets is None:
+                raise ValueError("the empirical Fisher (regression or empirical=True) needs the true targets")
+            labels = targets
+        else:
+            with torch.no_grad():
+                labels = sample_labels(model(inputs), _default_generator(generator))
+        per_example = 0.0
+        for chunk in iter_per_example_gradients(model, loss, inputs, labels, parameters=params, chunk_size=chunk_size):
+            per_example += chunk.double().pow(2).sum().item()
+        size = min(batch_size, len(inputs))
+        starts = range(0, len(inputs) - size + 1, size)
+        minibatch = sum(
+            batch_gradient(model, loss, inputs[s : s + size], labels[s : s + size], chosen).double().pow(2).sum().item()
+            for s in starts
+        )
+    return FisherResult(
+        fim_trace=minibatch / len(starts),
+        fim_trace_per_example=per_example / len(inputs),
+        empirical=use_empirical,
+    )
+
+
+def expected_per_example_trace(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    parameters: Iterable[Tensor] | None = None,
+    loss_fn: LossFn | None = None,
+    chunk_size: int = 256,
+) -> float:
+    """``mean_x E_{yhat ~ p(.|x)} ||grad l(f(x), yhat)||^2 = mean_x Tr F(x)``, exactly, by enumerating the labels.
+
+    For classifiers with ``[N, C]`` outputs; costs C per-example gradient passes. This is the expectation that
+    ``fim_trace_per_example`` estimates (and ``batch_size * fim_trace`` in expectation).
+    """
+    loss = _loss("classification", loss_fn)
+    params = [p for _, p in selected_parameters(model, parameters)]
+    with probe_mode(model):
+        with torch.no_grad():
+            logits = model(inputs)
+        if logits.dim() != 2:
+            raise ValueError("expected_per_example_trace needs [N, C] outputs")
+        probs = torch.softmax(logits.double(), dim=1)
+        total = torch.zeros(len(inputs), dtype=torch.float64, device=logits.device)
+        for k in range(logits.shape[1]):
+            labels = torch.full((len(inputs),), k, dtype=torch.long, device=logits.device)
+            norms = torch.cat(
+                [
+                    chunk.double().pow(2).sum(1)
+                    for chunk in iter_per_example_gradients(
+                        model, loss, inputs, labels, parameters=params, chunk_size=chunk_size
+                    )
+                ]
+            )
+            total += probs[:, k] * norms
+    return total.mean().item()

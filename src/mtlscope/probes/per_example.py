@@ -1,0 +1,179 @@
+"""Per-example gradients for the trajectory probes (SPEC §4), on any ``nn.Module``.
+
+``per_example_gradients`` returns the ``[N, P]`` matrix of the gradients of ``loss_fn`` on each single-example
+batch, flattened in parameter order. It uses ``torch.func`` (``functional_call`` + ``vmap(grad)``) in chunks and
+falls back to a Python loop of ``torch.autograd.grad`` for models ``vmap`` cannot handle.
+
+Shared rules of the probes (SPEC §4, common rules), implemented by ``probe_mode`` and ``selected_parameters``:
+
+- the model is put in eval mode (BatchNorm running statistics, no dropout) and every submodule's mode is restored
+  afterwards;
+- gradients are taken with respect to detached aliases of the selected parameters (no copies, no
+  ``state_dict``), so parameters, buffers and ``.grad`` are exactly as before on return;
+- ``parameters=`` chooses which parameters count (default: all that require grad, in ``model.parameters()``
+  order); the flattened layout follows that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Method = Literal["auto", "vmap", "loop"]
+
+__all__ = [
+    "LossFn",
+    "batch_gradient",
+    "iter_per_example_gradients",
+    "per_example_gradients",
+    "probe_mode",
+    "selected_parameters",
+]
+
+
+def selected_parameters(model: nn.Module, parameters: Iterable[Tensor] | None = None) -> list[tuple[str, Tensor]]:
+    """``(name, parameter)`` pairs that count: ``parameters`` in the given order, or all requiring grad."""
+    named: list[tuple[str, Tensor]] = list(model.named_parameters())
+    chosen: list[tuple[str, Tensor]]
+    if parameters is None:
+        chosen = [(name, p) for name, p in named if p.requires_grad]
+    else:
+        names = {id(p): name for name, p in named}
+        chosen = []
+        seen: set[int] = set()
+        for p in parameters:
+            if id(p) not in names:
+                raise ValueError("every entry of `parameters` must be a parameter of the model")
+            if id(p) not in seen:
+                seen.add(id(p))
+                chosen.append((names[id(p)], p))
+    if not chosen:
+        raise ValueError("no parameters selected")
+    return chosen
+
+
+@contextmanager
+def probe_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration of a probe; every submodule's ``training`` flag is restored afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _leaves(chosen: Sequence[tuple[str, Tensor]], requires_grad: bool) -> dict[str, Tensor]:
+    """Detached aliases (shared storage, no copy) of the chosen parameters."""
+    return {name: p.detach().requires_grad_(requires_grad) for name, p in chosen}
+
+
+def _flatten(grads: Sequence[Tensor], batch_dims: int) -> Tensor:
+    return torch.cat([g.reshape(*g.shape[:batch_dims], -1) for g in grads], dim=-1)
+
+
+def batch_gradient(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: Tensor,
+    targets: Tensor,
+    chosen: Sequence[tuple[str, Tensor]],
+) -> Tensor:
+    """Flattened gradient ``[P]`` of ``loss_fn(model(inputs), targets)`` w.r.t. ``chosen`` (model untouched).
+
+    The caller sets the mode (see ``probe_mode``); ``.grad`` of the model's parameters is never written.
+    """
+    leaves = _leaves(chosen, requires_grad=True)
+    with torch.enable_grad():
+        loss = loss_fn(functional_call(model, leaves, (inputs,)), targets)
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return _flatten([torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves.values())], 0)
+
+
+def _vmap_chunk(
+    model: nn.Module, loss_fn: LossFn, leaves: dict[str, Tensor], inputs: Tensor, targets: Tensor
+) -> Tensor:
+    def single_loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return loss_fn(functional_call(model, params, (x.unsqueeze(0),)), y.unsqueeze(0))
+
+    grads = vmap(grad(single_loss), in_dims=(None, 0, 0))(leaves, inputs, targets)
+    return _flatten([grads[name] for name in leaves], 1)
+
+
+def _loop_chunk(
+    model: nn.Module, loss_fn: LossFn, chosen: Sequence[tuple[str, Tensor]], inputs: Tensor, targets: Tensor
+) -> Tensor:
+    return torch.stack(
+        [batch_gradient(model, loss_fn, inputs[i : i + 1], targets[i : i + 1], chosen) for i in range(len(inputs))]
+    )
+
+
+def iter_per_example_gradients(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    parameters: Iterable[Tensor] | None = None,
+    chunk_size: int = 256,
+    method: Method = "auto",
+) -> Iterator[Tensor]:
+    """Per-example gradients chunk by chunk (``[<= chunk_size, P]`` each), to keep memory at ``chunk_size * P``.
+
+    The caller is responsible for eval mode (``probe_mode``); ``per_example_gradients`` does it for you.
+    ``method``: ``"vmap"`` (torch.func), ``"loop"`` (autograd per example) or ``"auto"`` (vmap, falling back to
+    the loop for the rest of the data the first time vmap fails).
+    """
+    if len(inputs) != len(targets):
+        raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be positive")
+    chosen = selected_parameters(model, parameters)
+    leaves = _leaves(chosen, requires_grad=False)
+    use_vmap = method != "loop"
+    for start in range(0, len(inputs), chunk_size):
+        x, y = inputs[start : start + chunk_size], targets[start : start + chunk_size]
+        if use_vmap:
+            try:
+                yield _vmap_chunk(model, loss_fn, leaves, x, y)
+                continue
+            except Exception:  # vmap does not support every model (data-dependent control flow, .item(), ...)
+                if method == "vmap":
+                    raise
+                use_vmap = False
+        yield _loop_chunk(model, loss_fn, chosen, x, y)
+
+
+def per_example_gradients(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    parameters: Iterable[Tensor] | None = None,
+    chunk_size: int = 256,
+    method: Method = "auto",
+) -> Tensor:
+    """Gradients of ``loss_fn(model(x_n[None]), y_n[None])`` for every example n, as an ``[N, P]`` tensor.
+
+    ``loss_fn(outputs, targets)`` is a mean loss applied to single-example batches. Columns follow the order of
+    ``parameters`` (default: the model's parameters that require grad), each flattened. The model runs in eval
+    mode and is left exactly as it was (modes, parameters, buffers, ``.grad``).
+    """
+    with probe_mode(model):
+        chunks = list(
+            iter_per_example_gradients(
+                model, loss_fn, inputs, targets, parameters=parameters, chunk_size=chunk_size, method=method
+            )
+        )
+    if not chunks:
+        size = sum(p.numel() for _, p in selected_parameters(model, parameters))
+        return inputs.new_zeros((0, size))
+    return torch.cat(chunks)
