@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues
 from mtlscope.probes.per_example import (
     LossFn,
     batch_gradient,
@@ -41,10 +42,11 @@ from mtlscope.probes.per_example import (
     probe_mode,
     selected_parameters,
 )
+from mtlscope.probes.predictor import DEFAULT_SUBSET, PARAMETER_CHOICES, TaskPredictor, probe_parameters, probe_subset
 
 Kind = Literal["classification", "regression"]
 
-__all__ = ["FisherResult", "expected_per_example_trace", "fim_trace", "sample_labels"]
+__all__ = ["FisherProbe", "FisherResult", "expected_per_example_trace", "fim_trace", "sample_labels"]
 
 
 @dataclass(frozen=True)
@@ -171,3 +173,47 @@ def expected_per_example_trace(
             )
             total += probs[:, k] * norms
     return total.mean().item()
+
+
+class FisherProbe(Probe):
+    """``fim_trace`` of every task's predictor on its probe subset, at each checkpoint (SPEC §4.2). Records
+    ``fim_trace``, ``fim_trace_per_example`` and ``fim_empirical`` (1 when the empirical Fisher was used)."""
+
+    name = "fim_trace"
+
+    def __init__(self, batch_size: int, subset: int, parameters: str, empirical: bool) -> None:
+        self.batch_size, self.subset, self.parameters, self.empirical = batch_size, subset, parameters, empirical
+        if subset < 1 or parameters not in PARAMETER_CHOICES:
+            raise ValueError(
+                f"fim_trace: subset must be >= 1 and parameters one of {', '.join(PARAMETER_CHOICES)}, "
+                f"got subset={subset}, parameters={parameters!r}"
+            )
+
+    def __call__(self, context: ProbeContext) -> ProbeValues:
+        values: ProbeValues = {}
+        for task in context.setting.tasks:
+            data = probe_subset(task, self.subset)
+            result = fim_trace(
+                TaskPredictor(context.model, task.name),
+                data.inputs,
+                targets=data.targets,
+                batch_size=self.batch_size,
+                kind=task.kind,
+                empirical=self.empirical,
+                parameters=probe_parameters(context.model, task.name, self.parameters),
+                generator=context.generator,
+                loss_fn=task.loss,
+            )
+            values[task.name] = {
+                "fim_trace": result.fim_trace,
+                "fim_trace_per_example": result.fim_trace_per_example,
+                "fim_empirical": float(result.empirical),
+            }
+        return values
+
+
+@PROBES.register("fim_trace", "Fisher-information trace of each task predictor, minibatch and per-example (SPEC §4.2)")
+def build_probe(
+    *, batch_size: int = 16, subset: int = DEFAULT_SUBSET, parameters: str = "predictor", empirical: bool = False
+) -> Probe:
+    return FisherProbe(batch_size, subset, parameters, empirical)

@@ -18,7 +18,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-__all__ = ["SharpnessResult", "checkpoints", "sharpness"]
+from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues
+from mtlscope.probes.predictor import DEFAULT_SUBSET, PARAMETER_CHOICES, TaskPredictor, probe_parameters, probe_subset
+
+__all__ = ["SharpnessProbe", "SharpnessResult", "checkpoints", "sharpness"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -212,3 +215,47 @@ def _worst_case(
                 step *= 0.5
                 eps, eps_prev = dict(worst_eps), dict(worst_eps)
     return initial, worst, worst_eps
+
+
+class SharpnessProbe(Probe):
+    """``sharpness`` of every task's predictor on its probe subset, at each checkpoint (SPEC §4.1)."""
+
+    name = "sharpness"
+
+    def __init__(self, rho: float, batch_size: int, iterations: int, subset: int, parameters: str) -> None:
+        self.rho, self.batch_size, self.iterations = rho, batch_size, iterations
+        self.subset, self.parameters = subset, parameters
+        if subset < 1 or parameters not in PARAMETER_CHOICES:
+            raise ValueError(
+                f"sharpness: subset must be >= 1 and parameters one of {', '.join(PARAMETER_CHOICES)}, "
+                f"got subset={subset}, parameters={parameters!r}"
+            )
+
+    def __call__(self, context: ProbeContext) -> ProbeValues:
+        values: ProbeValues = {}
+        for task in context.setting.tasks:
+            data = probe_subset(task, self.subset)
+            result = sharpness(
+                TaskPredictor(context.model, task.name),
+                task.loss,
+                data.inputs,
+                data.targets,
+                rho=self.rho,
+                batch_size=self.batch_size,
+                iterations=self.iterations,
+                parameters=probe_parameters(context.model, task.name, self.parameters),
+            )
+            values[task.name] = {"sharpness": result.sharpness}
+        return values
+
+
+@PROBES.register("sharpness", "adaptive worst-case l_inf sharpness of each task predictor (SPEC §4.1)")
+def build_probe(
+    *,
+    rho: float = 1e-3,
+    batch_size: int = 128,
+    iterations: int = 20,
+    subset: int = DEFAULT_SUBSET,
+    parameters: str = "predictor",
+) -> Probe:
+    return SharpnessProbe(rho, batch_size, iterations, subset, parameters)

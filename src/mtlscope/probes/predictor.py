@@ -1,0 +1,48 @@
+"""What a checkpoint probe measures (SPEC §4, common rules): task k's predictor on a fixed probe subset.
+
+- The *predictor* of task k is the shared encoder followed by head k (``TaskPredictor``), so single-task
+  and multi-task values are comparable; ``parameters="shared"`` restricts a probe to the encoder's
+  parameters.
+- The *probe subset* of task k is the first ``subset`` (default 2048) examples of its training split: fixed
+  by the setting's split seed, hence identical across the single-task and multi-task runs of a setting.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+
+from mtlscope.models.multitask import MultiTaskModel
+from mtlscope.settings.task import Split, Task
+
+ParameterChoice = Literal["predictor", "shared"]
+PARAMETER_CHOICES: tuple[str, ...] = ("predictor", "shared")
+DEFAULT_SUBSET = 2048
+
+
+class TaskPredictor(nn.Module):
+    """``head_k(encoder(x))`` as a module of its own (it shares the model's parameters; it copies nothing)."""
+
+    def __init__(self, model: MultiTaskModel, task: str) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+        self.head = model.heads[task]
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        out: Tensor = self.head(self.encoder(inputs))
+        return out
+
+
+def probe_parameters(model: MultiTaskModel, task: str, choice: str) -> list[nn.Parameter]:
+    """The parameters a probe of ``task`` measures: the predictor's (default) or the shared encoder's."""
+    if choice not in PARAMETER_CHOICES:
+        raise ValueError(f"probe option parameters must be one of {', '.join(PARAMETER_CHOICES)}, got {choice!r}")
+    return list(model.shared_parameters()) if choice == "shared" else model.predictor_parameters(task)
+
+
+def probe_subset(task: Task, subset: int) -> Split:
+    """The first ``subset`` training examples of ``task`` (all of them if it has fewer)."""
+    if subset < 1:
+        raise ValueError(f"probe option subset must be >= 1, got {subset}")
+    return task.train.head(subset)

@@ -1,0 +1,87 @@
+"""Probes run by the trainer at checkpoints (SPEC §4 common rules)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mtlscope.runs import ConfigError, execute, load, validate_config
+
+PROBES = {
+    "sharpness": {"subset": 64, "iterations": 3, "batch_size": 32},
+    "fim_trace": {"subset": 64},
+    "grad_cov_trace": {"subset": 64, "large_batch": 32, "small_batch": 8},
+    "min_train_loss": {},
+}
+
+
+def _config(tasks: list[str], probes: dict | None = None, **training: object) -> dict:
+    return {
+        "setting": {"name": "digits-mtl", "tasks": tasks},
+        "model": {"encoder": {"name": "mlp", "hidden": [32, 8]}},
+        "training": {"steps": 20, "eval_every": 10, "batch_size": 16, **training},
+        "probes": probes or {},
+    }
+
+
+def _records(path: Path) -> pd.DataFrame:
+    return load(path).records.drop(columns="run_id")
+
+
+def test_probes_leave_training_unchanged_and_record_every_task(tmp_path: Path) -> None:
+    plain = execute(validate_config(_config(["digits1", "noisy-digits"])), tmp_path / "plain")
+    probed = execute(validate_config(_config(["digits1", "noisy-digits"], PROBES)), tmp_path / "probed")
+    without = _records(plain.path.parent)
+    records = _records(probed.path.parent)
+    pd.testing.assert_frame_equal(records[records["split"] != "probe"].reset_index(drop=True), without)
+    probes = records[records["split"] == "probe"]
+    expected = {
+        "sharpness",
+        "fim_trace",
+        "fim_trace_per_example",
+        "fim_empirical",
+        "grad_cov_trace",
+        "grad_norm_sq",
+        "noise_scale",
+        "min_train_loss",
+    }
+    for task in ("digits1", "noisy-digits"):
+        rows = probes[probes["task"] == task]
+        assert set(rows["metric"]) == expected
+        assert sorted(rows["step"].unique()) == [0, 10, 20]
+        assert all(math.isfinite(v) for v in rows["value"])
+        assert (rows[rows["metric"] == "sharpness"]["value"] >= 0).all()
+        assert (rows[rows["metric"] == "fim_trace"]["value"] > 0).all()
+        assert (rows[rows["metric"] == "fim_empirical"]["value"] == 0).all()
+
+
+def test_single_and_multi_task_runs_measure_the_same_predictor_at_initialization(tmp_path: Path) -> None:
+    single = execute(validate_config(_config(["digits1"], PROBES)), tmp_path / "st")
+    multi = execute(validate_config(_config(["digits1", "digits2"], PROBES)), tmp_path / "mt")
+    a = _records(single.path.parent)
+    b = _records(multi.path.parent)
+
+    def at_start(frame: pd.DataFrame) -> pd.Series:
+        rows = frame[(frame["split"] == "probe") & (frame["task"] == "digits1") & (frame["step"] == 0)]
+        return rows.set_index("metric")["value"].sort_index()
+
+    pd.testing.assert_series_equal(at_start(a), at_start(b))
+
+
+def test_shared_parameters_option_and_bad_options(tmp_path: Path) -> None:
+    shared = {name: {**options, "parameters": "shared"} for name, options in PROBES.items() if name != "min_train_loss"}
+    outcome = execute(validate_config(_config(["digits1"], shared, steps=10)), tmp_path / "shared")
+    predictor = execute(validate_config(_config(["digits1"], PROBES, steps=10)), tmp_path / "predictor")
+    a = _records(outcome.path.parent)
+    b = _records(predictor.path.parent)
+    fim_shared = a[(a["metric"] == "fim_trace_per_example") & (a["step"] == 0)]["value"].iloc[0]
+    fim_all = b[(b["metric"] == "fim_trace_per_example") & (b["step"] == 0)]["value"].iloc[0]
+    assert 0 < fim_shared < fim_all  # a sum of squared gradient entries over fewer parameters
+    with pytest.raises(ConfigError, match="parameters"):
+        execute(validate_config(_config(["digits1"], {"sharpness": {"parameters": "heads"}})), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ConfigError, match="no option 'radius'"):
+        validate_config(_config(["digits1"], {"sharpness": {"radius": 0.1}}))
