@@ -43,14 +43,12 @@ from mtlscope.settings.setting import Setting
 
 @dataclass(frozen=True)
 class StepResult:
-    """Detached task losses of the step ([K]) and the step's diagnostics (empty when not recorded)."""
+    """Detached task losses of the step ([K]), whether they were all finite (checked once: one device sync
+    per step), and the step's diagnostics (empty when not recorded)."""
 
     losses: Tensor
+    finite: bool = True
     diagnostics: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def finite(self) -> bool:
-        return bool(torch.isfinite(self.losses).all())
 
 
 class TrainingStep:
@@ -110,7 +108,7 @@ class TrainingStep:
             graph_losses = graph.losses
             losses = graph_losses.detach()
         if not bool(torch.isfinite(losses).all()):
-            return StepResult(losses)
+            return StepResult(losses, finite=False)
         # on one graph: batched vector-Jacobian products unless the loop was asked for
         joint_mode = "loop" if self.mode == "loop" else "batched"
         at_representation: Tensor | None = None
@@ -161,7 +159,9 @@ class TrainingStep:
         if not diagnose:
             return StepResult(losses)
         assert before is not None
-        return StepResult(losses, self._diagnostics(diagnostic_jacobian, combination, shared_gradient, before))
+        return StepResult(
+            losses, diagnostics=self._diagnostics(diagnostic_jacobian, combination, shared_gradient, before)
+        )
 
     def _apply(
         self,
