@@ -35,9 +35,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues
+from mtlscope.probes.base import PROBES, Probe, ProbeContext
 from mtlscope.probes.per_example import LossFn, batch_gradient, probe_mode, selected_parameters
-from mtlscope.probes.predictor import DEFAULT_SUBSET, PARAMETER_CHOICES, TaskPredictor, probe_parameters, probe_subset
+from mtlscope.probes.predictor import DEFAULT_SUBSET, TaskProbe, TaskView
 
 __all__ = ["CovarianceProbe", "CovarianceResult", "grad_cov_trace"]
 
@@ -99,40 +99,32 @@ def grad_cov_trace(
     return CovarianceResult(grad_cov_trace=trace, grad_norm_sq=g_l, noise_scale=noise, grad_norm_sq_unbiased=unbiased)
 
 
-class CovarianceProbe(Probe):
+class CovarianceProbe(TaskProbe):
     """``grad_cov_trace`` of every task's predictor on its probe subset, at each checkpoint (SPEC §4.3).
     Records ``grad_cov_trace``, ``grad_norm_sq`` and ``noise_scale``."""
 
     name = "grad_cov_trace"
 
     def __init__(self, large_batch: int, small_batch: int, subset: int, parameters: str) -> None:
-        self.large_batch, self.small_batch, self.subset, self.parameters = large_batch, small_batch, subset, parameters
-        if subset < 1 or parameters not in PARAMETER_CHOICES:
-            raise ValueError(
-                f"grad_cov_trace: subset must be >= 1 and parameters one of {', '.join(PARAMETER_CHOICES)}, "
-                f"got subset={subset}, parameters={parameters!r}"
-            )
+        super().__init__(subset, parameters)
+        self.large_batch, self.small_batch = large_batch, small_batch
 
-    def __call__(self, context: ProbeContext) -> ProbeValues:
-        values: ProbeValues = {}
-        for task in context.setting.tasks:
-            data = probe_subset(task, self.subset)
-            result = grad_cov_trace(
-                TaskPredictor(context.model, task.name),
-                task.loss,
-                data.inputs,
-                data.targets,
-                large_batch=self.large_batch,
-                small_batch=self.small_batch,
-                parameters=probe_parameters(context.model, task.name, self.parameters),
-                generator=context.generator,
-            )
-            values[task.name] = {
-                "grad_cov_trace": result.grad_cov_trace,
-                "grad_norm_sq": result.grad_norm_sq,
-                "noise_scale": result.noise_scale,
-            }
-        return values
+    def measure(self, view: TaskView, context: ProbeContext) -> dict[str, float]:
+        result = grad_cov_trace(
+            view.predictor,
+            view.task.loss,
+            view.data.inputs,
+            view.data.targets,
+            large_batch=self.large_batch,
+            small_batch=self.small_batch,
+            parameters=view.parameters,
+            generator=context.generator,
+        )
+        return {
+            "grad_cov_trace": result.grad_cov_trace,
+            "grad_norm_sq": result.grad_norm_sq,
+            "noise_scale": result.noise_scale,
+        }
 
 
 @PROBES.register("grad_cov_trace", "gradient-covariance trace, gradient norm and noise scale per task (SPEC §4.3)")

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues
+from mtlscope.probes.base import PROBES, Probe, ProbeContext
 from mtlscope.probes.per_example import (
     LossFn,
     batch_gradient,
@@ -42,7 +42,7 @@ from mtlscope.probes.per_example import (
     probe_mode,
     selected_parameters,
 )
-from mtlscope.probes.predictor import DEFAULT_SUBSET, PARAMETER_CHOICES, TaskPredictor, probe_parameters, probe_subset
+from mtlscope.probes.predictor import DEFAULT_SUBSET, TaskProbe, TaskView
 
 Kind = Literal["classification", "regression"]
 
@@ -175,41 +175,33 @@ def expected_per_example_trace(
     return total.mean().item()
 
 
-class FisherProbe(Probe):
+class FisherProbe(TaskProbe):
     """``fim_trace`` of every task's predictor on its probe subset, at each checkpoint (SPEC §4.2). Records
     ``fim_trace``, ``fim_trace_per_example`` and ``fim_empirical`` (1 when the empirical Fisher was used)."""
 
     name = "fim_trace"
 
     def __init__(self, batch_size: int, subset: int, parameters: str, empirical: bool) -> None:
-        self.batch_size, self.subset, self.parameters, self.empirical = batch_size, subset, parameters, empirical
-        if subset < 1 or parameters not in PARAMETER_CHOICES:
-            raise ValueError(
-                f"fim_trace: subset must be >= 1 and parameters one of {', '.join(PARAMETER_CHOICES)}, "
-                f"got subset={subset}, parameters={parameters!r}"
-            )
+        super().__init__(subset, parameters)
+        self.batch_size, self.empirical = batch_size, empirical
 
-    def __call__(self, context: ProbeContext) -> ProbeValues:
-        values: ProbeValues = {}
-        for task in context.setting.tasks:
-            data = probe_subset(task, self.subset)
-            result = fim_trace(
-                TaskPredictor(context.model, task.name),
-                data.inputs,
-                targets=data.targets,
-                batch_size=self.batch_size,
-                kind=task.kind,
-                empirical=self.empirical,
-                parameters=probe_parameters(context.model, task.name, self.parameters),
-                generator=context.generator,
-                loss_fn=task.loss,
-            )
-            values[task.name] = {
-                "fim_trace": result.fim_trace,
-                "fim_trace_per_example": result.fim_trace_per_example,
-                "fim_empirical": float(result.empirical),
-            }
-        return values
+    def measure(self, view: TaskView, context: ProbeContext) -> dict[str, float]:
+        result = fim_trace(
+            view.predictor,
+            view.data.inputs,
+            targets=view.data.targets,
+            batch_size=self.batch_size,
+            kind=view.task.kind,
+            empirical=self.empirical,
+            parameters=view.parameters,
+            generator=context.generator,
+            loss_fn=view.task.loss,
+        )
+        return {
+            "fim_trace": result.fim_trace,
+            "fim_trace_per_example": result.fim_trace_per_example,
+            "fim_empirical": float(result.empirical),
+        }
 
 
 @PROBES.register("fim_trace", "Fisher-information trace of each task predictor, minibatch and per-example (SPEC §4.2)")

@@ -9,11 +9,15 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 from torch import Tensor, nn
 
 from mtlscope.models.multitask import MultiTaskModel
+from mtlscope.probes.base import Probe, ProbeContext, ProbeValues
 from mtlscope.settings.task import Split, Task
 
 ParameterChoice = Literal["predictor", "shared"]
@@ -46,3 +50,44 @@ def probe_subset(task: Task, subset: int) -> Split:
     if subset < 1:
         raise ValueError(f"probe option subset must be >= 1, got {subset}")
     return task.train.head(subset)
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What a checkpoint probe measures for one task: its predictor, probe subset and parameters."""
+
+    task: Task
+    predictor: TaskPredictor
+    data: Split
+    parameters: list[nn.Parameter]
+
+
+class TaskProbe(Probe):
+    """Base of the probes that measure every task's predictor on its probe subset at each checkpoint.
+
+    Validates the common options ``subset`` and ``parameters``; subclasses implement ``measure``.
+    """
+
+    def __init__(self, subset: int, parameters: str) -> None:
+        if subset < 1 or parameters not in PARAMETER_CHOICES:
+            raise ValueError(
+                f"{self.name}: subset must be >= 1 and parameters one of {', '.join(PARAMETER_CHOICES)}, "
+                f"got subset={subset}, parameters={parameters!r}"
+            )
+        self.subset, self.parameters = subset, parameters
+
+    def views(self, context: ProbeContext) -> Iterator[TaskView]:
+        for task in context.setting.tasks:
+            yield TaskView(
+                task=task,
+                predictor=TaskPredictor(context.model, task.name),
+                data=probe_subset(task, self.subset),
+                parameters=probe_parameters(context.model, task.name, self.parameters),
+            )
+
+    def __call__(self, context: ProbeContext) -> ProbeValues:
+        return {view.task.name: self.measure(view, context) for view in self.views(context)}
+
+    @abstractmethod
+    def measure(self, view: TaskView, context: ProbeContext) -> dict[str, float]:
+        """The probe's values for one task."""

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues
-from mtlscope.probes.predictor import DEFAULT_SUBSET, PARAMETER_CHOICES, TaskPredictor, probe_parameters, probe_subset
+from mtlscope.probes.base import PROBES, Probe, ProbeContext
+from mtlscope.probes.predictor import DEFAULT_SUBSET, TaskProbe, TaskView
 
 __all__ = ["SharpnessProbe", "SharpnessResult", "checkpoints", "sharpness"]
 
@@ -217,36 +217,27 @@ def _worst_case(
     return initial, worst, worst_eps
 
 
-class SharpnessProbe(Probe):
+class SharpnessProbe(TaskProbe):
     """``sharpness`` of every task's predictor on its probe subset, at each checkpoint (SPEC §4.1)."""
 
     name = "sharpness"
 
     def __init__(self, rho: float, batch_size: int, iterations: int, subset: int, parameters: str) -> None:
+        super().__init__(subset, parameters)
         self.rho, self.batch_size, self.iterations = rho, batch_size, iterations
-        self.subset, self.parameters = subset, parameters
-        if subset < 1 or parameters not in PARAMETER_CHOICES:
-            raise ValueError(
-                f"sharpness: subset must be >= 1 and parameters one of {', '.join(PARAMETER_CHOICES)}, "
-                f"got subset={subset}, parameters={parameters!r}"
-            )
 
-    def __call__(self, context: ProbeContext) -> ProbeValues:
-        values: ProbeValues = {}
-        for task in context.setting.tasks:
-            data = probe_subset(task, self.subset)
-            result = sharpness(
-                TaskPredictor(context.model, task.name),
-                task.loss,
-                data.inputs,
-                data.targets,
-                rho=self.rho,
-                batch_size=self.batch_size,
-                iterations=self.iterations,
-                parameters=probe_parameters(context.model, task.name, self.parameters),
-            )
-            values[task.name] = {"sharpness": result.sharpness}
-        return values
+    def measure(self, view: TaskView, context: ProbeContext) -> dict[str, float]:
+        result = sharpness(
+            view.predictor,
+            view.task.loss,
+            view.data.inputs,
+            view.data.targets,
+            rho=self.rho,
+            batch_size=self.batch_size,
+            iterations=self.iterations,
+            parameters=view.parameters,
+        )
+        return {"sharpness": result.sharpness}
 
 
 @PROBES.register("sharpness", "adaptive worst-case l_inf sharpness of each task predictor (SPEC §4.1)")
