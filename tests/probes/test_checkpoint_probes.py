@@ -10,11 +10,15 @@ import pytest
 
 from mtlscope.runs import ConfigError, execute, load, validate_config
 
+AFFINITY_METRICS = ("affinity", "affinity_overall", "affinity_first_order", "affinity_first_order_overall")
+
 PROBES = {
     "sharpness": {"subset": 64, "iterations": 3, "batch_size": 32},
     "fim_trace": {"subset": 64},
     "grad_cov_trace": {"subset": 64, "large_batch": 32, "small_batch": 8},
     "min_train_loss": {},
+    "grad_similarity": {"batches": 4},
+    "affinity": {"every_steps": 3},
 }
 
 
@@ -47,15 +51,35 @@ def test_probes_leave_training_unchanged_and_record_every_task(tmp_path: Path) -
         "grad_norm_sq",
         "noise_scale",
         "min_train_loss",
+        "grad_similarity",
     }
+    pairs = {f"{kind}/{source}" for kind in AFFINITY_METRICS for source in ("digits1", "noisy-digits")}
     for task in ("digits1", "noisy-digits"):
         rows = probes[probes["task"] == task]
-        assert set(rows["metric"]) == expected
+        assert set(rows["metric"]) == expected | pairs
         assert sorted(rows["step"].unique()) == [0, 10, 20]
+        # affinities are reported from the first checkpoint after a measured step: steps 0, 3, 6, 9 by 10
+        assert sorted(rows[rows["metric"] == "affinity/digits1"]["step"]) == [10, 20]
         assert all(math.isfinite(v) for v in rows["value"])
         assert (rows[rows["metric"] == "sharpness"]["value"] >= 0).all()
         assert (rows[rows["metric"] == "fim_trace"]["value"] > 0).all()
         assert (rows[rows["metric"] == "fim_empirical"]["value"] == 0).all()
+        assert (rows[rows["metric"] == "grad_similarity"]["value"].abs() <= 1).all()
+
+
+def test_probe_schedule_every_and_timing(tmp_path: Path) -> None:
+    probes = {"min_train_loss": {"every": 2}, "grad_similarity": {"batches": 2, "every": 3}}
+    outcome = execute(validate_config(_config(["digits1", "digits2"], probes, steps=45, eval_every=5)), tmp_path)
+    records = _records(outcome.path.parent)
+    steps = records[records["split"] == "probe"].groupby("metric")["step"].unique()
+    # every n-th checkpoint counted from step 0, and always the last one
+    assert sorted(steps["min_train_loss"]) == [0, 10, 20, 30, 40, 45]
+    assert sorted(steps["grad_similarity"]) == [0, 15, 30, 45]
+    timing = load(outcome.path.parent).runs.iloc[0]["timing_s"]
+    assert set(timing) == {"train_s", "evaluate_s", "probe_s/min_train_loss", "probe_s/grad_similarity"}
+    assert all(seconds >= 0 for seconds in timing.values()) and timing["train_s"] > 0
+    with pytest.raises(ConfigError, match="every"):
+        validate_config(_config(["digits1"], {"min_train_loss": {"every": 0}}))
 
 
 def test_single_and_multi_task_runs_measure_the_same_predictor_at_initialization(tmp_path: Path) -> None:
@@ -68,11 +92,14 @@ def test_single_and_multi_task_runs_measure_the_same_predictor_at_initialization
         rows = frame[(frame["split"] == "probe") & (frame["task"] == "digits1") & (frame["step"] == 0)]
         return rows.set_index("metric")["value"].sort_index()
 
-    pd.testing.assert_series_equal(at_start(a), at_start(b))
+    single_values, multi_values = at_start(a), at_start(b)
+    assert set(multi_values.index) - set(single_values.index) == {"grad_similarity"}  # multi-task runs only
+    pd.testing.assert_series_equal(single_values, multi_values[single_values.index])
 
 
 def test_shared_parameters_option_and_bad_options(tmp_path: Path) -> None:
-    shared = {name: {**options, "parameters": "shared"} for name, options in PROBES.items() if name != "min_train_loss"}
+    measured = ("sharpness", "fim_trace", "grad_cov_trace")  # the probes of a task predictor's parameters
+    shared = {name: {**PROBES[name], "parameters": "shared"} for name in measured}
     outcome = execute(validate_config(_config(["digits1"], shared, steps=10)), tmp_path / "shared")
     predictor = execute(validate_config(_config(["digits1"], PROBES, steps=10)), tmp_path / "predictor")
     a = _records(outcome.path.parent)

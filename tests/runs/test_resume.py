@@ -13,7 +13,7 @@ CONFIG = {
     "setting": {"name": "digits-mtl", "tasks": ["digits1", "digits2"]},
     "model": {"encoder": {"name": "mlp", "hidden": [32, 8], "dropout": 0.2}},
     "training": {"epochs": 4, "batch_size": 64, "diagnostics_every": 5},
-    "probes": ["min_train_loss"],
+    "probes": {"min_train_loss": {}, "affinity": {"every_steps": 4}, "grad_similarity": {"batches": 2, "every": 2}},
 }
 
 

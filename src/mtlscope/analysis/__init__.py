@@ -1,11 +1,14 @@
 """Analyses of stored results, as pure functions of the results DataFrames (SPEC §6)."""
 
+from mtlscope.analysis.affinity import AFFINITY_KINDS, affinity_matrix
 from mtlscope.analysis.binning import assign_bins, bin_centers, geometric_edges
 from mtlscope.analysis.trajectories import checkpoint_table, generalization
 from mtlscope.analysis.transfer import TRANSFER_COLUMNS, generalization_by_run, significant, transfer_table
 
 __all__ = [
+    "AFFINITY_KINDS",
     "TRANSFER_COLUMNS",
+    "affinity_matrix",
     "assign_bins",
     "bin_centers",
     "checkpoint_table",

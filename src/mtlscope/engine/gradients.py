@@ -226,3 +226,24 @@ def resolve_mode(mode: str, setting: Setting) -> str:
     if mode == "per_task" and setting.layout != "multi-input":
         raise ValueError("training.jacobian_mode 'per_task' needs the multi-input layout")
     return mode
+
+
+def shared_jacobian(
+    model: MultiTaskModel, setting: Setting, batch: Batch, mode: str = "auto", chunk: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """The detached [K] task losses on ``batch`` and the [K, P] Jacobian on the shared parameters, computed
+    in ``mode`` (as the training step does) without writing any ``.grad`` — what probes use."""
+    mode = resolve_mode(mode, setting)
+    if mode == "per_task":
+        computed = per_task_gradients(model, setting, batch)
+        return computed.losses, computed.jacobian
+    graph = forward(model, setting, batch)
+    shared = list(model.shared_parameters())
+    cotangents = representation_gradients(graph)
+    try:
+        jacobian = encoder_jacobian(graph.representation, cotangents, shared, mode, chunk)
+    except RuntimeError:
+        if mode == "loop":
+            raise
+        jacobian = encoder_jacobian(graph.representation, cotangents, shared, "loop", chunk)
+    return graph.losses.detach(), jacobian

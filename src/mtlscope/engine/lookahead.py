@@ -15,7 +15,7 @@ buffers, under a forked RNG, so neither BatchNorm statistics nor the training ra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -127,21 +127,26 @@ class ModelLookahead:
         return flatten(optimizer_update(self.optimizer, self.shared, unflatten(shared_gradient, self.shared)))
 
     @torch.no_grad()
-    def losses(self, delta: Tensor) -> Tensor:
-        """[K] task losses on the batch with shared parameters + ``delta`` and the heads unchanged."""
+    def losses(self, delta: Tensor, head_deltas: Mapping[str, Sequence[Tensor]] | None = None) -> Tensor:
+        """[K] task losses on the batch with shared parameters + ``delta``; the heads unchanged, or moved by
+        ``head_deltas[task]`` (one tensor per parameter of that head, in ``parameters()`` order)."""
         moved = {name: p + d for name, p, d in zip(self.names, self.shared, unflatten(delta, self.shared), strict=True)}
         buffers = {name: b.clone() for name, b in self.model.encoder.named_buffers()}
         with torch.random.fork_rng(devices=_devices(self.shared)):
             representation = functional_call(self.model.encoder, {**moved, **buffers}, (self.batch.inputs,))
-            return torch.stack(
-                [
-                    task.loss(
-                        self.model.heads[task.name](representation[self.batch.rows[task.name]]),
-                        self.batch.targets[task.name],
-                    )
-                    for task in self.setting.tasks
-                ]
-            )
+            losses = []
+            for task in self.setting.tasks:
+                head = self.model.heads[task.name]
+                inputs = representation[self.batch.rows[task.name]]
+                if head_deltas is not None and task.name in head_deltas:
+                    named = list(head.named_parameters())
+                    state = {name: p + d for (name, p), d in zip(named, head_deltas[task.name], strict=True)}
+                    state.update({name: b.clone() for name, b in head.named_buffers()})
+                    outputs = functional_call(head, state, (inputs,))
+                else:
+                    outputs = head(inputs)
+                losses.append(task.loss(outputs, self.batch.targets[task.name]))
+            return torch.stack(losses)
 
 
 def _devices(parameters: Sequence[nn.Parameter | Tensor]) -> list[int]:

@@ -73,23 +73,8 @@ class BatchSampler:
 
     def next(self) -> Batch:
         if self.setting.layout == "shared-input":
-            index = self.streams["shared-input"].next()
-            first = self.setting.tasks[0].train
-            index = index.to(first.inputs.device)
-            every = slice(0, len(index))
-            return Batch(
-                inputs=first.inputs[index],
-                targets={task.name: task.train.targets[index] for task in self.setting.tasks},
-                rows={task.name: every for task in self.setting.tasks},
-            )
-        inputs, targets, rows, start = [], {}, {}, 0
-        for task in self.setting.tasks:
-            index = self.streams[task.name].next().to(task.train.inputs.device)
-            inputs.append(task.train.inputs[index])
-            targets[task.name] = task.train.targets[index]
-            rows[task.name] = slice(start, start + len(index))
-            start += len(index)
-        return Batch(inputs=torch.cat(inputs), targets=targets, rows=rows)
+            return make_batch(self.setting, {"shared-input": self.streams["shared-input"].next()})
+        return make_batch(self.setting, {task.name: self.streams[task.name].next() for task in self.setting.tasks})
 
     def state_dict(self) -> dict[str, dict[str, Tensor]]:
         return {name: stream.state_dict() for name, stream in self.streams.items()}
@@ -97,3 +82,37 @@ class BatchSampler:
     def load_state_dict(self, state: dict[str, dict[str, Tensor]]) -> None:
         for name, stream in self.streams.items():
             stream.load_state_dict(state[name])
+
+
+def make_batch(setting: Setting, indices: dict[str, Tensor]) -> Batch:
+    """The ``Batch`` of the training examples at ``indices``: one index tensor per task (multi-input), or one
+    under the key ``"shared-input"`` for the shared-input layout."""
+    if setting.layout == "shared-input":
+        first = setting.tasks[0].train
+        index = indices["shared-input"].to(first.inputs.device)
+        every = slice(0, len(index))
+        return Batch(
+            inputs=first.inputs[index],
+            targets={task.name: task.train.targets[index] for task in setting.tasks},
+            rows={task.name: every for task in setting.tasks},
+        )
+    inputs, targets, rows, start = [], {}, {}, 0
+    for task in setting.tasks:
+        index = indices[task.name].to(task.train.inputs.device)
+        inputs.append(task.train.inputs[index])
+        targets[task.name] = task.train.targets[index]
+        rows[task.name] = slice(start, start + len(index))
+        start += len(index)
+    return Batch(inputs=torch.cat(inputs), targets=targets, rows=rows)
+
+
+def random_batch(setting: Setting, batch_size: int, generator: torch.Generator) -> Batch:
+    """A batch of ``batch_size`` training examples per task drawn without replacement from ``generator``
+    (independent of the training streams; the probes' batches)."""
+
+    def draw(size: int) -> Tensor:
+        return torch.randperm(size, generator=generator)[: min(batch_size, size)]
+
+    if setting.layout == "shared-input":
+        return make_batch(setting, {"shared-input": draw(len(setting.tasks[0].train))})
+    return make_batch(setting, {task.name: draw(len(task.train)) for task in setting.tasks})

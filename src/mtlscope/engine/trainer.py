@@ -3,7 +3,9 @@
 At step 0, every ``eval_every`` steps and at the last step, the trainer records for every task the
 metrics on train (the full training set, or its first ``train_eval_limit`` examples), val and test, the
 optimizer's learning rate, the batch size and the temperature lr/B (split ``optim``), and the values of
-the run's probes (split ``probe``). Per-step diagnostics (split ``step``; see ``mtlscope.engine.step``)
+the run's probes (split ``probe``; each probe at every ``probe.every``-th checkpoint and at the last).
+Probes that observe steps (``probe.observes_steps``) also see every step's batch before its update. Probes
+run with the model in eval mode. Per-step diagnostics (split ``step``; see ``mtlscope.engine.step``)
 are kept in memory and written with the next checkpoint. Records go to a ``RecordSink`` as soon as a
 checkpoint is complete; after them, the whole training state goes to the ``StateSink`` (if any), so a run
 can resume from its last checkpoint and continue exactly as if it had not stopped.
@@ -14,11 +16,15 @@ at the start of training; all of them are part of the saved state.
 
 A non-finite task loss (at a step or at a checkpoint) ends the run with status ``diverged``; the records
 written so far stay. The loop never branches on the method or the probes it runs.
+
+The trainer also times its parts (``timing``: seconds in training steps, checkpoint evaluation and each
+probe), reported in the run summary so the cost of a probe schedule can be read off any run.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
@@ -26,11 +32,11 @@ from typing import Any, Literal, NamedTuple, Protocol
 import torch
 
 from mtlscope.engine.evaluation import Scores, evaluate
-from mtlscope.engine.sampling import BatchSampler
+from mtlscope.engine.sampling import Batch, BatchSampler
 from mtlscope.engine.step import TrainingStep
 from mtlscope.methods.base import Method
 from mtlscope.models.multitask import MultiTaskModel, derived_seed
-from mtlscope.probes.base import Probe, ProbeContext
+from mtlscope.probes.base import Probe, ProbeContext, StepContext
 from mtlscope.settings.setting import Setting
 
 
@@ -91,6 +97,7 @@ class TrainingOutcome:
     steps: int
     message: str = ""
     final_scores: Scores = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 class Trainer:
@@ -126,6 +133,7 @@ class Trainer:
         self.seed = seed
         self.sink = sink
         self.probes = list(probes)
+        self.step_probes = [probe for probe in self.probes if probe.observes_steps]
         self.train_eval_limit = train_eval_limit
         self.on_step = on_step
         self.state_sink = state_sink
@@ -151,6 +159,10 @@ class Trainer:
         self.restored = False
         self.scores: Scores = {}
         self.pending: list[Record] = []
+        self.timing: dict[str, float] = {}
+
+    def _time(self, part: str, started: float) -> None:
+        self.timing[part] = self.timing.get(part, 0.0) + time.perf_counter() - started
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue training exactly from the current step."""
@@ -166,6 +178,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "scores": self.scores,
+            "timing": dict(self.timing),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -183,6 +196,7 @@ class Trainer:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.scores = state["scores"]
+        self.timing = dict(state.get("timing", {}))
         self.step = int(state["step"])
         self.restored = True
 
@@ -194,10 +208,15 @@ class Trainer:
             scores = self._checkpoint(0)
             diverged = self._non_finite_train_loss(scores, 0)
             if diverged:
-                return TrainingOutcome("diverged", 0, diverged, scores)
+                return self._outcome("diverged", 0, diverged, scores)
         scores = self.scores
         for step in range(self.step + 1, self.schedule.steps + 1):
-            result = self.step_fn(self.sampler.next(), step - 1)
+            batch = self.sampler.next()
+            if self.step_probes:
+                self._observe_step(batch, step - 1)
+            started = time.perf_counter()
+            result = self.step_fn(batch, step - 1)
+            self._time("train_s", started)
             if result.diagnostics:
                 self.pending += self._diagnostic_records(step - 1, result.diagnostics)
             if not result.finite:
@@ -208,7 +227,7 @@ class Trainer:
                 ]
                 self.sink.write(self.pending)
                 self.pending = []
-                return TrainingOutcome(
+                return self._outcome(
                     "diverged", step - 1, f"non-finite training loss at step {step}: {', '.join(bad)}", scores
                 )
             if self.on_step is not None:
@@ -217,8 +236,37 @@ class Trainer:
                 scores = self._checkpoint(step)
                 diverged = self._non_finite_train_loss(scores, step)
                 if diverged:
-                    return TrainingOutcome("diverged", step, diverged, scores)
-        return TrainingOutcome("completed", self.schedule.steps, "", scores)
+                    return self._outcome("diverged", step, diverged, scores)
+        return self._outcome("completed", self.schedule.steps, "", scores)
+
+    def _outcome(
+        self, status: Literal["completed", "diverged"], step: int, message: str, scores: Scores
+    ) -> TrainingOutcome:
+        timing = {part: round(seconds, 4) for part, seconds in self.timing.items()}
+        return TrainingOutcome(status, step, message, scores, timing)
+
+    def _observe_step(self, batch: Batch, step: int) -> None:
+        """Let step-observing probes see the batch and the state before the update (model in eval mode)."""
+        self.model.eval()
+        try:
+            for probe in self.step_probes:
+                started = time.perf_counter()
+                context = StepContext(
+                    model=self.model,
+                    setting=self.setting,
+                    batch=batch,
+                    step=step,
+                    optimizer=self.optimizer,
+                    loss_scale=self.loss_scale,
+                    generator=self.probe_generators[probe.name],
+                )
+                probe.before_step(context)
+                self._time(f"probe_s/{probe.name}", started)
+        finally:
+            self.model.train()
+
+    def _probe_due(self, probe: Probe, step: int) -> bool:
+        return step == self.schedule.steps or (step // self.schedule.eval_every) % probe.every == 0
 
     def _non_finite_train_loss(self, scores: Scores, step: int) -> str:
         bad = [
@@ -239,7 +287,9 @@ class Trainer:
 
     def _checkpoint(self, step: int) -> Scores:
         epoch = self.schedule.epoch(step)
+        started = time.perf_counter()
         scores = evaluate(self.model, self.setting, train_limit=self.train_eval_limit)
+        self._time("evaluate_s", started)
         records = [
             Record(step, epoch, task, split, metric, value)
             for (task, split), metrics in scores.items()
@@ -252,7 +302,11 @@ class Trainer:
                 Record(step, epoch, task, "optim", "batch_size", float(self.batch_size)),
                 Record(step, epoch, task, "optim", "temperature", lr / self.batch_size),
             ]
+        self.model.eval()
         for probe in self.probes:
+            if not self._probe_due(probe, step):
+                continue
+            started = time.perf_counter()
             context = ProbeContext(
                 model=self.model,
                 setting=self.setting,
@@ -266,6 +320,8 @@ class Trainer:
             )
             for task, values in probe(context).items():
                 records += [Record(step, epoch, task, "probe", metric, value) for metric, value in values.items()]
+            self._time(f"probe_s/{probe.name}", started)
+        self.model.train()
         self.sink.write([*self.pending, *records])
         self.pending = []
         self.step, self.scores = step, scores

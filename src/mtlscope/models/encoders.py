@@ -5,6 +5,10 @@
   ``Conv(k) -> ReLU -> MaxPool(2)`` per entry of ``channels``, flatten, ``Linear -> ReLU`` per entry of
   ``hidden``. Padding keeps the spatial size through each convolution (so it works on 8x8 digits and
   28x28 FashionMNIST alike); pooling halves it while it is at least 2.
+- ``resnet``: CIFAR-style ResNet (He et al., CVPR 2016; ``mtlscope.models.resnet``): ``Conv3x3 -> BN -> ReLU``
+  stem without max-pool, ``BasicBlock`` stages of ``blocks[s]`` blocks of width ``widths[s]`` (stride 2 at the
+  start of every stage after the first while the spatial size is at least 2), global average pooling. The
+  defaults are ResNet-18 (about 11.2M parameters).
 """
 
 from __future__ import annotations
@@ -115,3 +119,16 @@ def lenet(
     hidden: Sequence[int] = (64,),
 ) -> Encoder:
     return LeNetEncoder(input_shape, channels, kernel_size, hidden)
+
+
+from mtlscope.models.resnet import ResNetEncoder  # noqa: E402  (imports Encoder and _check_sizes from here)
+
+
+@ENCODERS.register("resnet", "CIFAR-style ResNet (He et al. 2016): BasicBlock stages, global average pooling")
+def resnet(
+    input_shape: Sequence[int],
+    *,
+    blocks: Sequence[int] = (2, 2, 2, 2),
+    widths: Sequence[int] = (64, 128, 256, 512),
+) -> Encoder:
+    return ResNetEncoder(input_shape, blocks, widths)

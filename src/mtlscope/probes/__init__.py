@@ -7,29 +7,39 @@ Standalone functions, usable on any PyTorch model:
 - ``fim_trace(model, inputs, ...)`` — Fisher-information trace, minibatch and per-example (SPEC §4.2);
 - ``grad_cov_trace(model, loss_fn, inputs, targets, ...)`` — gradient-covariance trace, gradient norm and
   noise scale (SPEC §4.3);
+- ``grad_similarity(jacobian)`` — cosine of each task gradient with the UMTG (SPEC §4.4);
+- ``affinity(model, setting, batch, optimizer)`` — inter-task affinity matrices, exact and first-order
+  (SPEC §4.5);
 - ``per_example_gradients(model, loss_fn, inputs, targets)`` — the [N, P] per-example gradients they use.
 
-Probes run by the trainer at checkpoints implement ``Probe`` and are registered in ``PROBES``
-(``min_train_loss`` so far).
+Probes run by the trainer implement ``Probe`` and are registered in ``PROBES``: ``sharpness``,
+``fim_trace``, ``grad_cov_trace``, ``grad_similarity``, ``affinity`` and ``min_train_loss``.
 """
 
 from mtlscope.probes import min_train_loss  # noqa: F401  (registration)
-from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues
+from mtlscope.probes.affinity import AffinityResult, affinity
+from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues, StepContext, build_probe
 from mtlscope.probes.covariance import CovarianceResult, grad_cov_trace
 from mtlscope.probes.fisher import FisherResult, fim_trace
 from mtlscope.probes.per_example import per_example_gradients
 from mtlscope.probes.sharpness import SharpnessResult, sharpness
+from mtlscope.probes.similarity import grad_similarity
 
 __all__ = [
     "PROBES",
+    "AffinityResult",
     "CovarianceResult",
     "FisherResult",
     "Probe",
     "ProbeContext",
     "ProbeValues",
     "SharpnessResult",
+    "StepContext",
+    "affinity",
+    "build_probe",
     "fim_trace",
     "grad_cov_trace",
+    "grad_similarity",
     "per_example_gradients",
     "sharpness",
 ]

@@ -1,20 +1,27 @@
-"""The probe contract: measurements of the trajectory taken at checkpoints (SPEC §4).
+"""The probe contract: measurements of the trajectory (SPEC §4).
 
-A probe is built once per run (``PROBES.build(name, **options)``) and called at every checkpoint with a
-``ProbeContext``. It returns ``{task: {metric: value}}``, stored as records with split ``probe``. Probes
-must not change the model, its buffers, the optimizer state or the training random streams: each probe
-gets its own generator, seeded from the run seed and its name.
+A probe is built once per run (``build_probe(name, options)``) and called at checkpoints with a
+``ProbeContext``. It returns ``{task: {metric: value}}``, stored as records with split ``probe``. Every
+probe takes the common option ``every`` (default 1): it measures at every ``every``-th checkpoint (counted
+from step 0) and always at the last one. Probes that also observe training steps (the inter-task
+affinity) set ``observes_steps`` and get ``before_step`` with the step's batch, before the update; they
+report what they gathered at the next checkpoint they measure at.
+
+Probes must not change the model, its buffers, the optimizer state or the training random streams: each
+probe gets its own generator, seeded from the run seed and its name.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mtlscope.engine.evaluation import Scores
+from mtlscope.engine.sampling import Batch
 from mtlscope.models.multitask import MultiTaskModel
 from mtlscope.registry import Registry
 from mtlscope.settings.setting import Setting
@@ -37,14 +44,33 @@ class ProbeContext:
     generator: torch.Generator
 
 
+@dataclass(frozen=True)
+class StepContext:
+    """What a step-observing probe may read before a training step (it must not modify any of it): the
+    model and optimizer as they are before the update, and the step's batch."""
+
+    model: MultiTaskModel
+    setting: Setting
+    batch: Batch
+    step: int
+    optimizer: torch.optim.Optimizer
+    loss_scale: float
+    generator: torch.Generator
+
+
 class Probe(ABC):
     """Base class of probes; ``name`` is the registry name."""
 
     name: str = ""
+    every: int = 1
+    observes_steps: bool = False
 
     @abstractmethod
     def __call__(self, context: ProbeContext) -> ProbeValues:
         """Values per task at this checkpoint."""
+
+    def before_step(self, context: StepContext) -> None:  # noqa: B027  (only step-observing probes)
+        """Observe a training step before its update (called only when ``observes_steps``)."""
 
     def state_dict(self) -> dict[str, Any]:
         """State carried across checkpoints (saved with the run's training state)."""
@@ -55,3 +81,25 @@ class Probe(ABC):
 
 
 PROBES: Registry[Probe] = Registry("probe")
+
+
+def _split_every(name: str, options: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+    rest = dict(options)
+    every = rest.pop("every", 1)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"probes.{name}.every: expected a positive integer (every n-th checkpoint), got {every!r}")
+    return every, rest
+
+
+def check_probe_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise ``KeyError``/``ValueError`` naming the problem when ``name`` or its options are not valid."""
+    _, rest = _split_every(name, options)
+    PROBES.check_options(name, rest)
+
+
+def build_probe(name: str, options: Mapping[str, Any]) -> Probe:
+    """Build the registered probe ``name`` with its options and the common option ``every``."""
+    every, rest = _split_every(name, options)
+    probe = PROBES.build(name, **rest)
+    probe.every = every
+    return probe

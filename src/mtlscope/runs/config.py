@@ -23,7 +23,7 @@ from mtlscope.engine.loss_scale import parse_loss_scale
 from mtlscope.methods.registry import METHODS
 from mtlscope.models.encoders import ENCODERS
 from mtlscope.models.heads import HEADS
-from mtlscope.probes.base import PROBES
+from mtlscope.probes.base import check_probe_options
 from mtlscope.registry import Registry
 from mtlscope.settings.registry import SETTINGS
 
@@ -165,11 +165,13 @@ class RunConfig(_Strict):
             raise ValueError("expected a mapping {probe name: options} or a list of probe names")
         checked = {}
         for name, options in value.items():
-            checked[name] = {
-                k: v
-                for k, v in _component(PROBES, {"name": name, **(options or {})}, field="probes").items()
-                if k != "name"
-            }
+            if options is not None and not isinstance(options, Mapping):
+                raise ValueError(f"options of probe {name!r} must be a mapping, got {options!r}")
+            try:
+                check_probe_options(str(name), options or {})
+            except KeyError as error:
+                raise ValueError(str(error.args[0])) from None
+            checked[str(name)] = dict(options or {})
         return checked
 
     @property

@@ -22,7 +22,7 @@ from mtlscope.engine.trainer import Schedule, Trainer
 from mtlscope.methods.base import Method
 from mtlscope.methods.registry import METHODS
 from mtlscope.models.multitask import MultiTaskModel, build_model
-from mtlscope.probes.base import PROBES, Probe
+from mtlscope.probes.base import Probe, build_probe
 from mtlscope.runs.config import ConfigError, RunConfig, resolve
 from mtlscope.runs.environment import describe_environment
 from mtlscope.runs.store import STATUS_FILE, RunDirectory, read_state, read_status
@@ -64,7 +64,7 @@ def prepare(config: RunConfig, source: str = "config") -> Prepared:
         method = METHODS.build(resolved.method["name"], **method_options)
         method.setup(setting.task_names)
         model = build_model(setting, resolved.model.encoder or {}, resolved.model.head or {}, resolved.seed).to(device)
-        probes = [PROBES.build(name, **options) for name, options in resolved.probes.items()]
+        probes = [build_probe(name, options) for name, options in resolved.probes.items()]
         resolve_mode(resolved.training.jacobian_mode, setting)
     except (KeyError, ValueError) as error:
         raise ConfigError(f"{source}: {error.args[0] if error.args else error}") from None
@@ -171,6 +171,7 @@ def execute(
         "loss_scale": prepared.loss_scale,
         "wall_time_s": round(time.monotonic() - started, 3),
         "message": outcome.message,
+        "timing_s": outcome.timing,
         "final": {
             task: {split: metrics for (name, split), metrics in outcome.final_scores.items() if name == task}
             for task in prepared.setting.task_names

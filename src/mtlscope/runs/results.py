@@ -45,6 +45,8 @@ RUN_COLUMNS: tuple[str, ...] = (
     "steps",
     "planned_steps",
     "message",
+    "wall_time_s",
+    "timing_s",
     "config",
 )
 
@@ -102,6 +104,8 @@ def _run_row(path: Path) -> dict[str, Any]:
         "steps": status.get("steps", summary.get("steps")),
         "planned_steps": summary.get("planned_steps"),
         "message": status.get("message", ""),
+        "wall_time_s": summary.get("wall_time_s"),
+        "timing_s": summary.get("timing_s", {}),
         "config": config,
     }
 

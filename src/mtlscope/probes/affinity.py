@@ -1,0 +1,208 @@
+"""Inter-task affinity (transference): Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task
+Learning", NeurIPS 2021, eq. 1 and §3.2; SPEC §4.5.
+
+On a training batch, the affinity of source task i onto target task j is
+
+    Z_{i->j} = 1 - L_j(theta + Delta_i, phi_j) / L_j(theta, phi_j),
+
+where ``Delta_i`` is the change the run's optimizer would make to the shared parameters from task i's gradient
+alone, simulated exactly from its current state (``mtlscope.engine.lookahead.optimizer_update``: momentum,
+Adam moments and bias correction included; the real optimizer is untouched). Positive Z: a step for task i
+lowers task j's loss. The first-order approximation ``Z_{i->j} ~ -<grad L_j, Delta_i> / L_j`` (SGD:
+``lr <g_j, g_i> / L_j``) needs no extra forward pass. Heads stay fixed by default; ``update_heads=True``
+moves head j by its own simulated update first, as in [F] eq. 1.
+
+- ``affinity(model, setting, batch, optimizer)`` computes both K x K matrices for one batch, any
+  ``MultiTaskModel`` and SGD/Adam/AdamW optimizer; ``A[source, target] = Z_{source -> target}``, the
+  diagonal is the self-affinity.
+- The ``affinity`` probe does it on the training step's own batch, before the update, every
+  ``every_steps`` steps (model in eval mode), and reports at checkpoints the mean matrices over the steps
+  since its previous report (``affinity/<source>``, per epoch with the default checkpoints) and over all of
+  training so far (``affinity_overall/<source>``), plus the same with ``_first_order``. Records have the
+  *target* task in the ``task`` column and the source in the metric name;
+  ``mtlscope.analysis.affinity_matrix`` turns them back into ``A[source, target]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtlscope.engine.gradients import forward, shared_jacobian
+from mtlscope.engine.lookahead import ModelLookahead, optimizer_update
+from mtlscope.engine.sampling import Batch
+from mtlscope.models.multitask import MultiTaskModel
+from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues, StepContext
+from mtlscope.settings.setting import Setting
+
+AFFINITY_MODES: tuple[str, ...] = ("both", "exact", "first_order")
+
+
+@dataclass(frozen=True)
+class AffinityResult:
+    """[K, K] matrices ``A[source, target]`` for one batch (``None`` when not computed) and the [K] losses."""
+
+    exact: Tensor | None
+    first_order: Tensor | None
+    losses: Tensor
+
+
+def affinity(
+    model: MultiTaskModel,
+    setting: Setting,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    *,
+    exact: bool = True,
+    first_order: bool = True,
+    update_heads: bool = False,
+    jacobian_mode: str = "auto",
+) -> AffinityResult:
+    """Inter-task affinities on ``batch`` for the model's current parameters and the optimizer's state.
+
+    Uses the model in whatever mode it is in (the probe puts it in eval mode); leaves the model, its
+    buffers, ``.grad`` and the optimizer state untouched. Exact costs K forward passes after the Jacobian;
+    first-order costs nothing more.
+    """
+    _, jacobian = shared_jacobian(model, setting, batch, jacobian_mode)
+    jacobian = jacobian.detach()
+    lookahead = ModelLookahead(model, setting, batch, optimizer)
+    head_deltas, head_change = _head_updates(model, setting, batch, optimizer) if update_heads else (None, None)
+    base = lookahead.losses(torch.zeros_like(jacobian[0]))
+    deltas = torch.stack([lookahead.update(row) for row in jacobian])  # [K, P]: Delta_i
+    exact_matrix = first_order_matrix = None
+    if exact:
+        rows = [lookahead.losses(delta, head_deltas) for delta in deltas]
+        exact_matrix = 1.0 - torch.stack(rows) / base.unsqueeze(0)
+    if first_order:
+        # -(<grad_theta L_j, Delta_i> + <grad_phi_j L_j, Delta phi_j>) / L_j; the head term only when heads move
+        change = deltas @ jacobian.T  # [i, j] = <Delta_i, g_j>
+        if head_change is not None:
+            change = change + head_change.to(change).unsqueeze(0)
+        first_order_matrix = -change / base.unsqueeze(0)
+    return AffinityResult(exact_matrix, first_order_matrix, base.detach())
+
+
+def _head_updates(
+    model: MultiTaskModel, setting: Setting, batch: Batch, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, list[Tensor]], Tensor]:
+    """Each head's simulated update from its own task's gradient on ``batch``, and [K] ``<grad, update>``."""
+    graph = forward(model, setting, batch)
+    heads = {task: list(model.task_parameters(task)) for task in setting.task_names}
+    every = [p for params in heads.values() for p in params]
+    grads = torch.autograd.grad(graph.losses.sum(), every, allow_unused=True)
+    out, inner, start = {}, [], 0
+    for task, params in heads.items():
+        own = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads[start : start + len(params)], params)]
+        out[task] = optimizer_update(optimizer, params, own)
+        inner.append(sum((g * d).sum() for g, d in zip(own, out[task])))
+        start += len(params)
+    return out, torch.stack([torch.as_tensor(value) for value in inner])
+
+
+class _Mean:
+    """Running mean of K x K matrices, entry by entry (non-finite entries are left out)."""
+
+    def __init__(self) -> None:
+        self.total: Tensor | None = None
+        self.count: Tensor | None = None
+
+    def add(self, matrix: Tensor) -> None:
+        matrix = matrix.detach().double().cpu()
+        finite = torch.isfinite(matrix)
+        if self.total is None or self.count is None:
+            self.total, self.count = torch.zeros_like(matrix), torch.zeros_like(matrix)
+        self.total += torch.where(finite, matrix, torch.zeros_like(matrix))
+        self.count += finite.double()
+
+    def value(self) -> Tensor | None:
+        if self.total is None or self.count is None or not bool((self.count > 0).any()):
+            return None
+        return torch.where(self.count > 0, self.total / self.count.clamp_min(1), torch.full_like(self.total, torch.nan))
+
+    def state_dict(self) -> dict[str, Tensor | None]:
+        return {"total": self.total, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total, self.count = state.get("total"), state.get("count")
+
+
+class AffinityProbe(Probe):
+    """The ``affinity`` probe: affinity matrices every ``every_steps`` training steps, reported at checkpoints."""
+
+    name = "affinity"
+    observes_steps = True
+
+    def __init__(self, every_steps: int, mode: str, update_heads: bool, jacobian_mode: str) -> None:
+        if every_steps < 1 or mode not in AFFINITY_MODES:
+            raise ValueError(
+                f"affinity: every_steps must be >= 1 and mode one of {', '.join(AFFINITY_MODES)}, "
+                f"got every_steps={every_steps}, mode={mode!r}"
+            )
+        self.every_steps, self.mode, self.update_heads, self.jacobian_mode = (
+            every_steps,
+            mode,
+            update_heads,
+            jacobian_mode,
+        )
+        self.kinds = [kind for kind in ("exact", "first_order") if mode in (kind, "both")]
+        self.window = {kind: _Mean() for kind in self.kinds}
+        self.overall = {kind: _Mean() for kind in self.kinds}
+
+    def before_step(self, context: StepContext) -> None:
+        if context.step % self.every_steps != 0:
+            return
+        result = affinity(
+            context.model,
+            context.setting,
+            context.batch,
+            context.optimizer,
+            exact="exact" in self.kinds,
+            first_order="first_order" in self.kinds,
+            update_heads=self.update_heads,
+            jacobian_mode=self.jacobian_mode,
+        )
+        for kind in self.kinds:
+            matrix = result.exact if kind == "exact" else result.first_order
+            assert matrix is not None
+            self.window[kind].add(matrix)
+            self.overall[kind].add(matrix)
+
+    def __call__(self, context: ProbeContext) -> ProbeValues:
+        names = context.setting.task_names
+        values: ProbeValues = {}
+        for kind in self.kinds:
+            suffix = "" if kind == "exact" else "_first_order"
+            for label, mean in (
+                (f"affinity{suffix}", self.window[kind]),
+                (f"affinity{suffix}_overall", self.overall[kind]),
+            ):
+                matrix = mean.value()
+                if matrix is None:
+                    continue
+                for i, source in enumerate(names):
+                    for j, target in enumerate(names):
+                        values.setdefault(target, {})[f"{label}/{source}"] = float(matrix[i, j])
+            self.window[kind] = _Mean()
+        return values
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "window": {kind: mean.state_dict() for kind, mean in self.window.items()},
+            "overall": {kind: mean.state_dict() for kind, mean in self.overall.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for kind in self.kinds:
+            self.window[kind].load_state_dict(state.get("window", {}).get(kind, {}))
+            self.overall[kind].load_state_dict(state.get("overall", {}).get(kind, {}))
+
+
+@PROBES.register("affinity", "inter-task affinity matrices, exact lookahead and first-order (SPEC §4.5)")
+def build_probe(
+    *, every_steps: int = 10, mode: str = "both", update_heads: bool = False, jacobian_mode: str = "auto"
+) -> Probe:
+    return AffinityProbe(every_steps, mode, update_heads, jacobian_mode)

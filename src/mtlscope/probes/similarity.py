@@ -1,0 +1,71 @@
+"""Gradient similarity to the uniform multi-task gradient (Mueller et al., TMLR 2025, eq. 6; SPEC §4.4).
+
+For task k and a training batch b (B examples per task), the cosine between task k's gradient on the shared
+parameters and the UMTG ``grad_MT(b) = (1/C) sum_j grad L_j^b`` (the scale C does not change a cosine):
+
+    sim_k = mean over N batches of cos(grad_theta L_k^b, grad_MT(b)),
+
+with N = 200 batches drawn from the probe's own generator (not the training stream). For K = 2 the cosine
+has the closed form ``(|g1|^2 + g1.g2) / (|g1| |g1 + g2|)``. Low or negative similarity means the task's
+gradient conflicts with the direction the shared parameters actually move in. Multi-task runs only.
+
+- ``grad_similarity(jacobian)`` is the pure function on a [K, P] matrix of task gradients;
+- the ``grad_similarity`` probe records ``grad_similarity`` per task at checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from mtlscope.engine.gradients import shared_jacobian
+from mtlscope.engine.sampling import random_batch
+from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues
+
+
+def grad_similarity(jacobian: Tensor, weights: Tensor | None = None) -> Tensor:
+    """[K] cosine of each row of ``jacobian`` [K, P] with the combined gradient ``weights @ jacobian``
+    (the UMTG direction for uniform weights, the default). NaN for a zero task gradient or a zero sum."""
+    if jacobian.dim() != 2:
+        raise ValueError(f"jacobian must be [K, P], got shape {list(jacobian.shape)}")
+    combined = (torch.ones(len(jacobian)) if weights is None else weights).to(jacobian) @ jacobian
+    norms = jacobian.norm(dim=1) * combined.norm()
+    cosines = (jacobian @ combined) / norms
+    return torch.where(norms > 0, cosines, torch.full_like(cosines, math.nan))
+
+
+class GradSimilarityProbe(Probe):
+    """``grad_similarity`` of every task at checkpoints: the mean over ``batches`` random training batches."""
+
+    name = "grad_similarity"
+
+    def __init__(self, batches: int, batch_size: int | None, jacobian_mode: str) -> None:
+        if batches < 1 or (batch_size is not None and batch_size < 1):
+            raise ValueError(
+                f"grad_similarity: batches and batch_size must be >= 1, got batches={batches}, batch_size={batch_size}"
+            )
+        self.batches, self.batch_size, self.jacobian_mode = batches, batch_size, jacobian_mode
+
+    def __call__(self, context: ProbeContext) -> ProbeValues:
+        names = context.setting.task_names
+        if len(names) < 2:
+            return {}
+        batch_size = self.batch_size or context.batch_size
+        totals = torch.zeros(len(names), dtype=torch.float64)
+        counts = torch.zeros(len(names), dtype=torch.float64)
+        for _ in range(self.batches):
+            batch = random_batch(context.setting, batch_size, context.generator)
+            _, jacobian = shared_jacobian(context.model, context.setting, batch, self.jacobian_mode)
+            cosines = grad_similarity(jacobian.detach()).double().cpu()
+            finite = torch.isfinite(cosines)
+            totals += torch.where(finite, cosines, torch.zeros_like(cosines))
+            counts += finite.double()
+        means = torch.where(counts > 0, totals / counts.clamp_min(1), torch.full_like(totals, math.nan))
+        return {name: {"grad_similarity": float(value)} for name, value in zip(names, means)}
+
+
+@PROBES.register("grad_similarity", "cosine of each task gradient with the UMTG, mean over random batches (SPEC §4.4)")
+def build_probe(*, batches: int = 200, batch_size: int | None = None, jacobian_mode: str = "auto") -> Probe:
+    return GradSimilarityProbe(batches, batch_size, jacobian_mode)
