@@ -99,7 +99,7 @@ def fim_trace(
     parameters: Iterable[Tensor] | None = None,
     generator: torch.Generator | None = None,
     loss_fn: LossFn | None = None,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
 ) -> FisherResult:
     """Fisher-information trace of ``model`` on ``inputs`` (SPEC §4.2), see the module docstring.
 
@@ -145,7 +145,7 @@ def expected_per_example_trace(
     *,
     parameters: Iterable[Tensor] | None = None,
     loss_fn: LossFn | None = None,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
 ) -> float:
     """``mean_x E_{yhat ~ p(.|x)} ||grad l(f(x), yhat)||^2 = mean_x Tr F(x)``, exactly, by enumerating the labels.
 

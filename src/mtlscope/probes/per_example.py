@@ -29,6 +29,7 @@ Method = Literal["auto", "vmap", "loop"]
 
 __all__ = [
     "LossFn",
+    "auto_chunk_size",
     "batch_gradient",
     "iter_per_example_gradients",
     "per_example_gradients",
@@ -115,6 +116,17 @@ def _loop_chunk(
     )
 
 
+CHUNK_MEMORY_BYTES = 256 * 2**20
+MAX_CHUNK = 256
+
+
+def auto_chunk_size(chosen: Sequence[tuple[str, Tensor]]) -> int:
+    """Examples per chunk: ``MAX_CHUNK``, or fewer so a chunk of per-example gradients fits in
+    ``CHUNK_MEMORY_BYTES``."""
+    size = sum(p.numel() * p.element_size() for _, p in chosen)
+    return max(1, min(MAX_CHUNK, CHUNK_MEMORY_BYTES // max(size, 1)))
+
+
 def iter_per_example_gradients(
     model: nn.Module,
     loss_fn: LossFn,
@@ -122,10 +134,13 @@ def iter_per_example_gradients(
     targets: Tensor,
     *,
     parameters: Iterable[Tensor] | None = None,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
     method: Method = "auto",
 ) -> Iterator[Tensor]:
     """Per-example gradients chunk by chunk (``[<= chunk_size, P]`` each), to keep memory at ``chunk_size * P``.
+
+    ``chunk_size=None`` (default) picks ``auto_chunk_size``: 256 examples, fewer for large models so that a
+    chunk of gradients stays within ``CHUNK_MEMORY_BYTES`` (e.g. 5 examples for an 11M-parameter ResNet-18).
 
     The caller is responsible for eval mode (``probe_mode``); ``per_example_gradients`` does it for you.
     ``method``: ``"vmap"`` (torch.func), ``"loop"`` (autograd per example) or ``"auto"`` (vmap, falling back to
@@ -133,9 +148,11 @@ def iter_per_example_gradients(
     """
     if len(inputs) != len(targets):
         raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+    chosen = selected_parameters(model, parameters)
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(chosen)
     if chunk_size < 1:
         raise ValueError("chunk_size must be positive")
-    chosen = selected_parameters(model, parameters)
     leaves = _leaves(chosen, requires_grad=False)
     use_vmap = method != "loop"
     for start in range(0, len(inputs), chunk_size):
@@ -158,7 +175,7 @@ def per_example_gradients(
     targets: Tensor,
     *,
     parameters: Iterable[Tensor] | None = None,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
     method: Method = "auto",
 ) -> Tensor:
     """Gradients of ``loss_fn(model(x_n[None]), y_n[None])`` for every example n, as an ``[N, P]`` tensor.
