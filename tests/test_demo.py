@@ -38,6 +38,14 @@ def test_demo_writes_runs_figure_and_transfer_table(tmp_path: Path, capsys: pyte
     with Image.open(out / "generalization_vs_loss.png") as image:
         assert image.size[0] > 300 and image.size[1] > 200
     assert (out / "generalization_vs_loss.svg").read_text().lstrip().startswith("<?xml")
+    with Image.open(out / "factors_vs_loss.png") as image:
+        assert image.size[0] > 600 and image.size[1] > 400
+    probes = results.records[results.records["split"] == "probe"]
+    for metric in ("sharpness", "fim_trace", "grad_cov_trace", "min_train_loss"):
+        assert set(probes[probes["metric"] == metric]["run_id"]) == set(results.runs["run_id"])
+    multi = results.runs[results.runs["num_tasks"] == 2]["run_id"]
+    assert set(probes[probes["metric"] == "grad_similarity"]["run_id"]) == set(multi)
+    assert set(probes[probes["metric"].str.startswith("affinity_overall/")]["run_id"]) == set(results.runs["run_id"])
 
 
 def test_demo_rejects_one_seed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ Mueller et al., TMLR 2025, Figure 1, on scikit-learn's digits) for 3 seeds each,
 
 - ``runs/``: one run directory per (variant, seed);
 - ``generalization_vs_loss.png`` (+ ``.svg``): digits1's test accuracy against its training loss;
+- ``factors_vs_loss.png`` (+ ``.svg``): digits1's trajectory probes (sharpness, Fisher trace, gradient
+  covariance trace, gradient similarity) against its training loss (the main paper's Figure 3);
 - ``transfer.csv`` (+ ``transfer.md``): per (task, variant) ST and MT generalization over seeds, the
   delta and whether it is significant under the 2-std rule.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mtlscope.analysis.transfer import transfer_table
-from mtlscope.report.figures import generalization_vs_loss
+from mtlscope.report.figures import factors_vs_loss, generalization_vs_loss
 from mtlscope.report.tables import write_table
 from mtlscope.runs.config import RunConfig, apply_overrides, read_yaml, validate_config
 from mtlscope.runs.launch import RunOutcome, execute, prepare
@@ -84,6 +86,7 @@ def run_demo(
             outcomes.append(outcome)
     results = load(out / "runs")
     files = generalization_vs_loss(results, TARGET, out / "generalization_vs_loss.png", metric="accuracy")
+    files += factors_vs_loss(results, TARGET, out / "factors_vs_loss.png")
     table = transfer_table(results)
     files += write_table(
         table,

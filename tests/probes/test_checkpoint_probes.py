@@ -8,16 +8,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mtlscope.probes import build_probe
 from mtlscope.runs import ConfigError, execute, load, validate_config
 
 AFFINITY_METRICS = ("affinity", "affinity_overall", "affinity_first_order", "affinity_first_order_overall")
 
 PROBES = {
-    "sharpness": {"subset": 64, "iterations": 3, "batch_size": 32},
-    "fim_trace": {"subset": 64},
-    "grad_cov_trace": {"subset": 64, "large_batch": 32, "small_batch": 8},
+    "sharpness": {"subset": 64, "iterations": 3, "batch_size": 32, "every": 1},
+    "fim_trace": {"subset": 64, "every": 1},
+    "grad_cov_trace": {"subset": 64, "large_batch": 32, "small_batch": 8, "every": 1},
     "min_train_loss": {},
-    "grad_similarity": {"batches": 4},
+    "grad_similarity": {"batches": 4, "every": 1},
     "affinity": {"every_steps": 3},
 }
 
@@ -80,6 +81,9 @@ def test_probe_schedule_every_and_timing(tmp_path: Path) -> None:
     assert all(seconds >= 0 for seconds in timing.values()) and timing["train_s"] > 0
     with pytest.raises(ConfigError, match="every"):
         validate_config(_config(["digits1"], {"min_train_loss": {"every": 0}}))
+    # defaults: the free probe at every checkpoint, the costly ones at every 10th
+    assert build_probe("min_train_loss", {}).every == 1
+    assert build_probe("sharpness", {}).every == 10 and build_probe("sharpness", {"every": 2}).every == 2
 
 
 def test_single_and_multi_task_runs_measure_the_same_predictor_at_initialization(tmp_path: Path) -> None:

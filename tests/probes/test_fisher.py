@@ -120,3 +120,13 @@ def test_sample_labels_dense_outputs() -> None:
     labels = sample_labels(logits, torch.Generator().manual_seed(0))
     assert labels.shape == (2, 5, 7) and labels.max() < 3
     assert sample_labels(torch.tensor([[0.0, 50.0, 0.0]]), torch.Generator()).item() == 1
+
+
+def test_per_example_pass_can_be_skipped() -> None:
+    import math
+
+    model, inputs, _ = _softmax_regression()
+    full = fim_trace(model, inputs, generator=torch.Generator().manual_seed(5))
+    minibatch_only = fim_trace(model, inputs, generator=torch.Generator().manual_seed(5), per_example=False)
+    assert minibatch_only.fim_trace == full.fim_trace  # same labels, same minibatches
+    assert math.isnan(minibatch_only.fim_trace_per_example) and math.isfinite(full.fim_trace_per_example)

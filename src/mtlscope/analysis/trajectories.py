@@ -2,7 +2,7 @@
 
 A *trajectory* is one (run, task): its checkpoints in step order. ``checkpoint_table`` pivots the long
 records into one row per checkpoint with columns ``train_loss``, ``val``, ``test`` (the task's primary
-metric) and any probe values. ``generalization`` is the single value the main paper reports: the mean
+metric) and the task's probe values. ``generalization`` is the single value the main paper reports: the mean
 test metric of the ``top`` checkpoints with the best validation metric (Mueller et al. 2025, App. B.4).
 """
 
@@ -14,13 +14,19 @@ from mtlscope.settings.task import HIGHER_IS_BETTER
 
 
 def checkpoint_table(records: pd.DataFrame, run_id: str, task: str, metric: str) -> pd.DataFrame:
-    """One row per checkpoint of (``run_id``, ``task``): step, epoch, train_loss, val, test (``metric``)."""
+    """One row per checkpoint of (``run_id``, ``task``): step, epoch, train_loss, val, test (``metric``), and
+    one column per probe value of the task (NaN at checkpoints where that probe did not measure)."""
     rows = records[(records["run_id"] == run_id) & (records["task"] == task)]
     loss = rows[(rows["split"] == "train") & (rows["metric"] == "loss")].set_index("step")["value"]
     val = rows[(rows["split"] == "val") & (rows["metric"] == metric)].set_index("step")["value"]
     test = rows[(rows["split"] == "test") & (rows["metric"] == metric)].set_index("step")["value"]
     epoch = rows.drop_duplicates("step").set_index("step")["epoch"]
-    table = pd.DataFrame({"epoch": epoch, "train_loss": loss, "val": val, "test": test}).sort_index()
+    table = pd.DataFrame({"epoch": epoch, "train_loss": loss, "val": val, "test": test})
+    probes = rows[rows["split"] == "probe"]
+    if not probes.empty:
+        wide = probes.pivot_table(index="step", columns="metric", values="value", aggfunc="last")
+        table = table.join(wide.drop(columns=[c for c in wide.columns if c in table.columns]), how="left")
+    table = table.sort_index()
     return table.reset_index().rename(columns={"index": "step"})
 
 

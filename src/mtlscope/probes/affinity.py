@@ -203,6 +203,6 @@ class AffinityProbe(Probe):
 
 @PROBES.register("affinity", "inter-task affinity matrices, exact lookahead and first-order (SPEC §4.5)")
 def build_probe(
-    *, every_steps: int = 10, mode: str = "both", update_heads: bool = False, jacobian_mode: str = "auto"
+    *, every_steps: int = 50, mode: str = "both", update_heads: bool = False, jacobian_mode: str = "auto"
 ) -> Probe:
     return AffinityProbe(every_steps, mode, update_heads, jacobian_mode)

@@ -2,10 +2,12 @@
 
 A probe is built once per run (``build_probe(name, options)``) and called at checkpoints with a
 ``ProbeContext``. It returns ``{task: {metric: value}}``, stored as records with split ``probe``. Every
-probe takes the common option ``every`` (default 1): it measures at every ``every``-th checkpoint (counted
-from step 0) and always at the last one. Probes that also observe training steps (the inter-task
-affinity) set ``observes_steps`` and get ``before_step`` with the step's batch, before the update; they
-report what they gathered at the next checkpoint they measure at.
+probe takes the common option ``every``: it measures at every ``every``-th checkpoint (counted from step 0)
+and always at the last one. The default is the probe's ``default_every``: 1 for the free
+``min_train_loss``, 10 for the probes that cost hundreds of training steps per measurement (docs/probes.md,
+"Cost"). Probes that also observe training steps (the inter-task affinity) set ``observes_steps`` and get
+``before_step`` with the step's batch, before the update; they report what they gathered at the next
+checkpoint they measure at.
 
 Probes must not change the model, its buffers, the optimizer state or the training random streams: each
 probe gets its own generator, seeded from the run seed and its name.
@@ -62,8 +64,17 @@ class Probe(ABC):
     """Base class of probes; ``name`` is the registry name."""
 
     name: str = ""
-    every: int = 1
+    default_every: int = 1
     observes_steps: bool = False
+
+    @property
+    def every(self) -> int:
+        """Measure at every ``every``-th checkpoint (and at the last)."""
+        return int(getattr(self, "_every", self.default_every))
+
+    @every.setter
+    def every(self, value: int) -> None:
+        self._every = value
 
     @abstractmethod
     def __call__(self, context: ProbeContext) -> ProbeValues:
@@ -83,10 +94,10 @@ class Probe(ABC):
 PROBES: Registry[Probe] = Registry("probe")
 
 
-def _split_every(name: str, options: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+def _split_every(name: str, options: Mapping[str, Any]) -> tuple[int | None, dict[str, Any]]:
     rest = dict(options)
-    every = rest.pop("every", 1)
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    every = rest.pop("every", None)
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise ValueError(f"probes.{name}.every: expected a positive integer (every n-th checkpoint), got {every!r}")
     return every, rest
 
@@ -101,5 +112,6 @@ def build_probe(name: str, options: Mapping[str, Any]) -> Probe:
     """Build the registered probe ``name`` with its options and the common option ``every``."""
     every, rest = _split_every(name, options)
     probe = PROBES.build(name, **rest)
-    probe.every = every
+    if every is not None:
+        probe.every = every
     return probe

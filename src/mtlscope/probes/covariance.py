@@ -81,15 +81,16 @@ def grad_cov_trace(
     generator = torch.Generator().manual_seed(0) if generator is None else generator
     order = torch.randperm(n_total, generator=generator, device=generator.device)[:size_l].to(inputs.device)
     chosen = selected_parameters(model, parameters)
+    squared_norms = 0.0
+    total: Tensor | None = None  # running sum of the small-batch gradients: memory P, not n x P
     with probe_mode(model):
-        grads = torch.stack(
-            [
-                batch_gradient(model, loss_fn, inputs[idx], targets[idx.to(targets.device)], chosen).double()
-                for idx in order.split(small_batch)
-            ]
-        )
-    g_b = grads.pow(2).sum(1).mean().item()
-    g_l = grads.mean(0).pow(2).sum().item()
+        for idx in order.split(small_batch):
+            gradient = batch_gradient(model, loss_fn, inputs[idx], targets[idx.to(targets.device)], chosen).double()
+            squared_norms += gradient.pow(2).sum().item()
+            total = gradient if total is None else total + gradient
+    assert total is not None
+    g_b = squared_norms / n_small
+    g_l = (total / n_small).pow(2).sum().item()
     a_b = (n_total - small_batch) / (n_total - 1)
     a_l = (n_total - size_l) / (n_total - 1)
     coef_b, coef_l = a_b / small_batch, a_l / size_l
@@ -104,6 +105,7 @@ class CovarianceProbe(TaskProbe):
     Records ``grad_cov_trace``, ``grad_norm_sq`` and ``noise_scale``."""
 
     name = "grad_cov_trace"
+    default_every = 10
 
     def __init__(self, large_batch: int, small_batch: int, subset: int, parameters: str) -> None:
         super().__init__(subset, parameters)

@@ -26,6 +26,7 @@ N per-example gradients (vectorized, about the cost of one forward+backward over
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -100,12 +101,15 @@ def fim_trace(
     generator: torch.Generator | None = None,
     loss_fn: LossFn | None = None,
     chunk_size: int | None = None,
+    per_example: bool = True,
 ) -> FisherResult:
     """Fisher-information trace of ``model`` on ``inputs`` (SPEC §4.2), see the module docstring.
 
     ``targets`` are required for the empirical Fisher (regression or ``empirical=True``). ``parameters``
     chooses which parameters count (default: all requiring grad). Labels are drawn from ``generator`` (default:
-    a fresh generator seeded with 0). The model is left exactly as it was.
+    a fresh generator seeded with 0). ``per_example=False`` skips the per-example trace (NaN in the result):
+    per-example gradients are the costly part for large models (see docs/probes.md, "Cost"). The model is left
+    exactly as it was.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
@@ -123,9 +127,12 @@ def fim_trace(
         else:
             with torch.no_grad():
                 labels = sample_labels(model(inputs), _default_generator(generator))
-        per_example = 0.0
-        for chunk in iter_per_example_gradients(model, loss, inputs, labels, parameters=params, chunk_size=chunk_size):
-            per_example += chunk.double().pow(2).sum().item()
+        per_example_total = 0.0 if per_example else math.nan
+        if per_example:
+            for chunk in iter_per_example_gradients(
+                model, loss, inputs, labels, parameters=params, chunk_size=chunk_size
+            ):
+                per_example_total += chunk.double().pow(2).sum().item()
         size = min(batch_size, len(inputs))
         starts = range(0, len(inputs) - size + 1, size)
         minibatch = sum(
@@ -134,7 +141,7 @@ def fim_trace(
         )
     return FisherResult(
         fim_trace=minibatch / len(starts),
-        fim_trace_per_example=per_example / len(inputs),
+        fim_trace_per_example=per_example_total / len(inputs),
         empirical=use_empirical,
     )
 
@@ -180,10 +187,11 @@ class FisherProbe(TaskProbe):
     ``fim_trace``, ``fim_trace_per_example`` and ``fim_empirical`` (1 when the empirical Fisher was used)."""
 
     name = "fim_trace"
+    default_every = 10
 
-    def __init__(self, batch_size: int, subset: int, parameters: str, empirical: bool) -> None:
+    def __init__(self, batch_size: int, subset: int, parameters: str, empirical: bool, per_example: bool) -> None:
         super().__init__(subset, parameters)
-        self.batch_size, self.empirical = batch_size, empirical
+        self.batch_size, self.empirical, self.per_example = batch_size, empirical, per_example
 
     def measure(self, view: TaskView, context: ProbeContext) -> dict[str, float]:
         result = fim_trace(
@@ -196,16 +204,21 @@ class FisherProbe(TaskProbe):
             parameters=view.parameters,
             generator=context.generator,
             loss_fn=view.task.loss,
+            per_example=self.per_example,
         )
-        return {
-            "fim_trace": result.fim_trace,
-            "fim_trace_per_example": result.fim_trace_per_example,
-            "fim_empirical": float(result.empirical),
-        }
+        values = {"fim_trace": result.fim_trace, "fim_empirical": float(result.empirical)}
+        if self.per_example:
+            values["fim_trace_per_example"] = result.fim_trace_per_example
+        return values
 
 
 @PROBES.register("fim_trace", "Fisher-information trace of each task predictor, minibatch and per-example (SPEC §4.2)")
 def build_probe(
-    *, batch_size: int = 16, subset: int = DEFAULT_SUBSET, parameters: str = "predictor", empirical: bool = False
+    *,
+    batch_size: int = 16,
+    subset: int = DEFAULT_SUBSET,
+    parameters: str = "predictor",
+    empirical: bool = False,
+    per_example: bool = True,
 ) -> Probe:
-    return FisherProbe(batch_size, subset, parameters, empirical)
+    return FisherProbe(batch_size, subset, parameters, empirical, per_example)

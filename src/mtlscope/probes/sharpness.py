@@ -221,6 +221,7 @@ class SharpnessProbe(TaskProbe):
     """``sharpness`` of every task's predictor on its probe subset, at each checkpoint (SPEC §4.1)."""
 
     name = "sharpness"
+    default_every = 10
 
     def __init__(self, rho: float, batch_size: int, iterations: int, subset: int, parameters: str) -> None:
         super().__init__(subset, parameters)

@@ -40,6 +40,7 @@ class GradSimilarityProbe(Probe):
     """``grad_similarity`` of every task at checkpoints: the mean over ``batches`` random training batches."""
 
     name = "grad_similarity"
+    default_every = 10
 
     def __init__(self, batches: int, batch_size: int | None, jacobian_mode: str) -> None:
         if batches < 1 or (batch_size is not None and batch_size < 1):
