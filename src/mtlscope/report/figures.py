@@ -44,10 +44,12 @@ def binned_curves(
     variants: Sequence[str] | None = None,
     bins: int = 25,
     value: str = "test",
+    log_values: bool = False,
 ) -> pd.DataFrame:
     """Rows (variant, loss, mean, std, seeds) per loss bin, for ``task``: ``value`` is a column of
     ``checkpoint_table`` — ``test`` (``metric`` on test, the default), ``val``, or a probe value such as
-    ``sharpness``. Checkpoints where ``value`` is missing are left out."""
+    ``sharpness``. Checkpoints where ``value`` is missing are left out. With ``log_values`` the statistics
+    are of log10 of the (positive) values."""
     runs = results.runs[
         (results.runs["status"] == "completed") & results.runs["tasks"].str.split("+").apply(lambda t: task in t)
     ]
@@ -69,7 +71,8 @@ def binned_curves(
             if value not in table:
                 continue
             table = table.dropna(subset=[value]).assign(bin=lambda t: assign_bins(t["train_loss"], edges))
-            per_seed.append(table[table["bin"] > 0].groupby("bin")[value].mean())
+            values = np.log10(table[value].where(table[value] > 0)) if log_values else table[value]
+            per_seed.append(values[table["bin"] > 0].groupby(table["bin"]).mean())
         if not per_seed:
             continue
         stacked = pd.concat(per_seed, axis=1)
@@ -122,60 +125,66 @@ def factors_vs_loss(
     factors: Sequence[str] | None = None,
     variants: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Write Figure 3 for ``task`` (one panel per probe value in ``factors``, default: those of ``FACTORS``
-    that the runs recorded) to ``path`` (PNG) and a sibling SVG; returns the written paths. A panel without
-    data says which probe to run."""
+    """Write Figure 3 for ``task`` (one panel per probe value in ``factors``, default: those of ``FACTORS``)
+    to ``path`` (PNG) and a sibling SVG; returns the written paths. A panel without data says which probe to
+    run. Positive factors are drawn on a log scale with their bands in log space (geometric mean ×/÷
+    exp(2 std of the log) over seeds), so a band never crosses zero."""
     chosen = list(factors or FACTORS)
     with plt.rc_context(STYLE):  # type: ignore[arg-type]
         columns = min(2, len(chosen))
         rows = (len(chosen) + columns - 1) // columns
-        figure, grid = plt.subplots(rows, columns, figsize=(5.6 * columns, 3.8 * rows), squeeze=False)
+        figure, grid = plt.subplots(rows, columns, figsize=(5.6 * columns, 3.6 * rows + 0.6), squeeze=False)
+        colors: dict[str, Any] = {}
         for axes, factor in zip(grid.flat, chosen):
             label, log = FACTORS.get(factor, (factor, False))
             curves = binned_curves(results, task, "loss", variants, value=factor)
             if curves.empty:
-                axes.text(
-                    0.5,
-                    0.5,
-                    f"no {factor} records:\nrun with the '{factor.split('/')[0]}' probe",
-                    ha="center",
-                    va="center",
-                    transform=axes.transAxes,
-                )
+                probe = factor.split("/")[0]
+                message = f"no {factor} records:\nrun with the '{probe}' probe"
+                axes.text(0.5, 0.5, message, ha="center", va="center", transform=axes.transAxes)
             else:
-                _draw_curves(axes, curves)
-                if log and bool((curves["mean"] > 0).all()):
+                log = log and bool((curves["mean"] > 0).all())
+                if log:
+                    curves = binned_curves(results, task, "loss", variants, value=factor, log_values=True)
+                _draw_curves(axes, curves, colors, log_values=log)
+                if log:
                     axes.set_yscale("log")
-                axes.legend(title="variant", fontsize="x-small")
             axes.set_xlabel(f"{task} full training loss (log; training →)")
             axes.set_ylabel(label)
             axes.set_title(factor)
         for axes in list(grid.flat)[len(chosen) :]:
             axes.set_visible(False)
+        handles = [plt.Line2D([], [], color=color, marker="o", markersize=3) for color in colors.values()]
+        figure.legend(handles, list(colors), title="variant", loc="lower center", ncol=max(1, len(colors)))
         figure.suptitle(f"Trajectory factors vs training loss: {task} (mean ± 2 std over seeds)")
-        return _save(figure, path)
+        figure.tight_layout(rect=(0, 0.08, 1, 1))
+        return _save(figure, path, layout=False)
 
 
-def _draw_curves(axes: Any, curves: pd.DataFrame) -> None:
-    """Mean ± 2 std per variant against the loss, on a reversed log x axis."""
+def _draw_curves(
+    axes: Any, curves: pd.DataFrame, colors: dict[str, Any] | None = None, log_values: bool = False
+) -> None:
+    """Mean ± 2 std per variant against the loss, on a reversed log x axis. ``colors`` keeps one color per
+    variant across panels (filled in as variants appear); with ``log_values`` the curves hold statistics of
+    log10 values and are drawn back on the original scale."""
+    colors = {} if colors is None else colors
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for variant, curve in curves.groupby("variant", sort=False):
+        color = colors.setdefault(str(variant), cycle[len(colors) % len(cycle)])
         curve = curve.sort_values("loss", ascending=False)
-        (line,) = axes.plot(curve["loss"], curve["mean"], marker="o", markersize=3, label=str(variant))
-        band = curve.dropna(subset=["std"])
-        axes.fill_between(
-            band["loss"],
-            band["mean"] - 2 * band["std"],
-            band["mean"] + 2 * band["std"],
-            color=line.get_color(),
-            alpha=0.2,
-            linewidth=0,
-        )
+        mean, low, high = curve["mean"], curve["mean"] - 2 * curve["std"], curve["mean"] + 2 * curve["std"]
+        if log_values:
+            mean, low, high = 10**mean, 10**low, 10**high
+        axes.plot(curve["loss"], mean, marker="o", markersize=3, color=color, label=str(variant))
+        banded = curve["std"].notna()
+        axes.fill_between(curve["loss"][banded], low[banded], high[banded], color=color, alpha=0.2, linewidth=0)
     axes.set_xscale("log")
     axes.invert_xaxis()
 
 
-def _save(figure: Any, path: str | Path) -> list[Path]:
-    figure.tight_layout()
+def _save(figure: Any, path: str | Path, layout: bool = True) -> list[Path]:
+    if layout:
+        figure.tight_layout()
     png = Path(path)
     svg = png.with_suffix(".svg")
     figure.savefig(png)
