@@ -6,9 +6,10 @@ multi-input setting with ``--train-size`` (default 4096) random training example
 probe subsets have the full 2048 examples as on real data, batch size 32 per task and Adam:
 
 - ``step_s``: the median time of one training step (UMTG: forward, backward, optimizer step) — the unit;
-- for every probe with its default options (``--subset`` overrides the probe subset, e.g. for the ResNet
-  on 2 CPU cores): the median time of one call over ``--repeats`` (a checkpoint probe measures every task;
-  ``affinity`` is one measurement on one step's batch), and ``steps`` = that time / ``step_s``, the
+- for every probe with its default options (``--resnet-subset`` sets the ResNet's probe subset: CPU time):
+  the median time of one call over ``--repeats`` (a checkpoint probe measures every task; ``affinity`` is
+  one measurement on one step's batch), and ``steps`` = that time / the training step's time measured
+  again right before it (15 steps; the machine's speed drifts over minutes), the
   probe's cost in training-step (forward/backward) equivalents, which carries over between machines
   roughly as long as the probe and the training step are bound by the same arithmetic.
 
@@ -18,6 +19,7 @@ with a checkpoint every ``E`` steps, a checkpoint probe with ``every = n`` costs
 
     .venv/bin/python benchmarks/probe_cost.py --out benchmarks/results
     .venv/bin/python benchmarks/probe_cost.py --models lenet --repeats 2        # a quick look
+    .venv/bin/python benchmarks/probe_cost.py --models resnet18 --only fim_trace --out /tmp/pc  # one probe
 
 Writes ``probe_cost.csv``/``.md`` (costs) and ``probe_schedules.csv``/``.md`` (overheads) to ``--out``.
 """
@@ -50,6 +52,12 @@ MODELS: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
     "resnet18": ({"name": "resnet"}, (1, 8, 8)),
 }
 CHECKPOINT_PROBES = ("min_train_loss", "sharpness", "fim_trace", "grad_cov_trace", "grad_similarity")
+# (probe, options): every probe with its defaults, and the Fisher trace without its per-example pass
+PROBE_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    *((name, {}) for name in CHECKPOINT_PROBES),
+    ("fim_trace", {"per_example": False}),
+    ("affinity", {}),
+)
 
 # schedules: name -> (probe -> every n-th checkpoint, or for affinity every_steps)
 SCHEDULES: dict[str, dict[str, int]] = {
@@ -87,7 +95,13 @@ def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
 
 
 def measure(
-    model_name: str, repeats: int, subset: int | None, batch_size: int, train_size: int, threads: int | None
+    model_name: str,
+    repeats: int,
+    subset: int | None,
+    batch_size: int,
+    train_size: int,
+    threads: int | None,
+    only: set[str] | None = None,
 ) -> list[dict]:
     if threads:
         torch.set_num_threads(threads)
@@ -101,15 +115,23 @@ def measure(
     method.setup(setting.task_names)
     step = TrainingStep(model, setting, method, optimizer, 1.0, torch.Generator().manual_seed(0))
     counter = iter(range(10**9))
-    step_s = _median_seconds(lambda: step(sampler.next(), next(counter)), max(repeats, 5))
+
+    def step_seconds() -> float:
+        """The unit, measured again right before each probe (side by side: the machine's speed drifts)."""
+        return _median_seconds(lambda: step(sampler.next(), next(counter)), 15)
+
+    step_s = step_seconds()
     rows = [{"model": model_name, "parameters": parameters, "probe": "training step", "seconds": step_s, "steps": 1.0}]
     scores = {(t, "train"): {"loss": 1.0} for t in setting.task_names}
-    for name in (*CHECKPOINT_PROBES, "affinity"):
-        options: dict[str, Any] = {}
+    for name, extra in PROBE_VARIANTS:
+        if only and name not in only:
+            continue
+        options: dict[str, Any] = dict(extra)
         if subset is not None and name in ("sharpness", "fim_trace", "grad_cov_trace"):
             options["subset"] = subset
         probe = PROBES.build(name, **options)
         generator = torch.Generator().manual_seed(1)
+        unit = step_seconds()
         model.eval()
         if probe.observes_steps:
             batch = sampler.next()
@@ -123,9 +145,9 @@ def measure(
             {
                 "model": model_name,
                 "parameters": parameters,
-                "probe": name + (f" (subset {subset})" if "subset" in options else ""),
+                "probe": name + "".join(f" ({key} {value})" for key, value in options.items()),
                 "seconds": seconds,
-                "steps": seconds / step_s,
+                "steps": seconds / unit,
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -136,7 +158,7 @@ def schedule_overheads(costs: pd.DataFrame, steps_per_checkpoint: int) -> pd.Dat
     """Overhead of each schedule relative to training, for checkpoints every ``steps_per_checkpoint`` steps."""
     rows = []
     for model, group in costs.groupby("model", sort=False):
-        by_probe = {row.probe.split(" (")[0]: row.steps for row in group.itertuples()}
+        by_probe = {row.probe.split(" (")[0]: row.steps for row in group.itertuples() if "per_example" not in row.probe}
         for schedule, every in SCHEDULES.items():
             overhead = 0.0
             for probe, n in every.items():
@@ -169,16 +191,21 @@ def main() -> None:
         help="steps between checkpoints for the overhead table (1875 = an epoch of 60k examples at B = 32)",
     )
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only", default="", help="comma-separated probe names to measure (default: all)")
     args = parser.parse_args()
     rows = []
     for model in args.models.split(","):
         subset = args.resnet_subset if model.startswith("resnet") else None
-        rows += measure(model, args.repeats, subset, args.batch_size, args.train_size, args.threads)
+        only = set(filter(None, args.only.split(","))) or None
+        rows += measure(model, args.repeats, subset, args.batch_size, args.train_size, args.threads, only)
     costs = pd.DataFrame(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = f"mtlscope {mtlscope.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU"
     costs.to_csv(args.out / "probe_cost.csv", index=False)
     (args.out / "probe_cost.md").write_text(f"Probe cost ({meta})\n\n{to_markdown(costs, digits=4)}\n")
+    if args.only:
+        print(to_markdown(costs, digits=4))
+        return
     overheads = pd.concat(
         [schedule_overheads(costs, steps) for steps in sorted({27, args.steps_per_checkpoint})], ignore_index=True
     )
