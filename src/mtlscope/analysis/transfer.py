@@ -31,7 +31,8 @@ def significant(a_mean: float, a_std: float, b_mean: float, b_std: float, width:
     return bool(abs(a_mean - b_mean) > width * (a_std + b_std))
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) over seeds."""
     array = np.asarray(values, dtype=float)
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
@@ -47,7 +48,7 @@ def generalization_by_run(results: RunResults, metric: str | None = None, top: i
     for run in completed.itertuples():
         for task in str(run.tasks).split("+"):
             run_id = str(run.run_id)
-            task_metric = metric or _primary_metric(results, run_id, task)
+            task_metric = metric or primary_metric(results, run_id, task)
             table = checkpoint_table(results.records, run_id, task, task_metric)
             rows.append(
                 {
@@ -63,7 +64,8 @@ def generalization_by_run(results: RunResults, metric: str | None = None, top: i
     return pd.DataFrame(rows, columns=["run_id", "variant", "tasks", "seed", "task", "metric", "generalization"])
 
 
-def _primary_metric(results: RunResults, run_id: str, task: str) -> str:
+def primary_metric(results: RunResults, run_id: str, task: str) -> str:
+    """The task's primary metric as recorded: ``accuracy`` for classification, else ``r2``."""
     recorded = set(
         results.records.loc[(results.records["run_id"] == run_id) & (results.records["task"] == task), "metric"]
     )
@@ -84,8 +86,8 @@ def transfer_table(results: RunResults, metric: str | None = None, top: int = 10
         values = group["generalization"].dropna().tolist()
         if not reference or not values:
             continue
-        st_mean, st_std = _mean_std(reference)
-        mt_mean, mt_std = _mean_std(values)
+        st_mean, st_std = mean_std(reference)
+        mt_mean, mt_std = mean_std(values)
         rows.append(
             {
                 "task": task,

@@ -110,7 +110,7 @@ def generalization_vs_loss(
 
 
 # probe value -> (axis label, log scale)
-FACTORS: dict[str, tuple[str, bool]] = {
+FACTOR_LABELS: dict[str, tuple[str, bool]] = {
     "sharpness": ("sharpness (adaptive worst-case l∞)", True),
     "fim_trace": ("Fisher information trace", True),
     "grad_cov_trace": ("gradient covariance trace", True),
@@ -125,18 +125,18 @@ def factors_vs_loss(
     factors: Sequence[str] | None = None,
     variants: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Write Figure 3 for ``task`` (one panel per probe value in ``factors``, default: those of ``FACTORS``)
+    """Write Figure 3 for ``task`` (one panel per probe value in ``factors``, default: those of ``FACTOR_LABELS``)
     to ``path`` (PNG) and a sibling SVG; returns the written paths. A panel without data says which probe to
     run. Positive factors are drawn on a log scale with their bands in log space (geometric mean ×/÷
     exp(2 std of the log) over seeds), so a band never crosses zero."""
-    chosen = list(factors or FACTORS)
+    chosen = list(factors or FACTOR_LABELS)
     with plt.rc_context(STYLE):  # type: ignore[arg-type]
         columns = min(2, len(chosen))
         rows = (len(chosen) + columns - 1) // columns
         figure, grid = plt.subplots(rows, columns, figsize=(5.6 * columns, 3.6 * rows + 0.6), squeeze=False)
         colors: dict[str, Any] = {}
         for axes, factor in zip(grid.flat, chosen):
-            label, log = FACTORS.get(factor, (factor, False))
+            label, log = FACTOR_LABELS.get(factor, (factor, False))
             curves = binned_curves(results, task, "loss", variants, value=factor)
             if curves.empty:
                 probe = factor.split("/")[0]
