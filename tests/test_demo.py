@@ -38,6 +38,8 @@ def test_demo_writes_runs_figure_and_transfer_table(tmp_path: Path, capsys: pyte
     with Image.open(out / "generalization_vs_loss.png") as image:
         assert image.size[0] > 300 and image.size[1] > 200
     assert (out / "generalization_vs_loss.svg").read_text().lstrip().startswith("<?xml")
+    report = (out / "report.html").read_text()
+    assert "mtlscope demo" in report and report.count("data:image/png;base64,") >= 2
     with Image.open(out / "factors_vs_loss.png") as image:
         assert image.size[0] > 600 and image.size[1] > 400
     probes = results.records[results.records["split"] == "probe"]

@@ -4,6 +4,8 @@
     mtlscope demo [--out DIR] [--seeds N] [--epochs N]
     mtlscope settings
     mtlscope runs DIR
+    mtlscope analyze DIR [--out DIR] [--format markdown|latex|csv]
+    mtlscope report DIR [--out report.html]
 
 Exit codes: 0 success (a diverged run is a result, not an error), 1 a run failed, 2 bad input (config,
 arguments or paths) — in which case nothing is written.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 
@@ -106,6 +109,68 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _results_directory(directory: str) -> Path:
+    """A results directory, or a directory holding one as ``runs/`` (e.g. a demo's output)."""
+    path = Path(directory)
+    return path / "runs" if (path / "runs").is_dir() else path
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from mtlscope.report.html import write_report
+
+    source = _results_directory(args.directory)
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"{out}: --out is a directory; expected an HTML file path")
+    try:
+        written = write_report(source, out)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from None
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {written}")
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from mtlscope.report.summary import key_tables, table_name
+    from mtlscope.report.tables import to_latex, to_markdown, write_table
+    from mtlscope.runs.results import load
+
+    source = _results_directory(args.directory)
+    try:
+        results = load(source)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from None
+    if results.runs.empty:
+        raise UsageError(f"{source}: no runs found (expected run directories, e.g. from mtlscope run or demo)")
+    out = Path(args.out) if args.out is not None else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: --out exists and is not a directory")
+    entries = key_tables(results)
+    written = []
+    for title, table, reading in entries:
+        if args.format == "markdown":
+            print(f"## {title}\n\n{reading}\n")
+            if not table.empty:
+                print(to_markdown(table))
+        elif args.format == "latex":
+            print(f"% {title}: {reading}")
+            print(to_latex(table, caption=title) if not table.empty else "")
+        else:
+            print(f"# {title}: {reading}")
+            print(table.to_csv(index=False) if not table.empty else "")
+        if out is not None and not table.empty:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                written += write_table(table, out / f"{table_name(title)}.csv", title=f"{title}. {reading}")
+            except OSError as error:
+                raise UsageError(f"{out}: cannot write the tables ({error.strerror or error})") from None
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtlscope", description="See how multi-task learning changes optimization.")
     parser.add_argument("--version", action="version", version=f"mtlscope {mtlscope.__version__}")
@@ -130,6 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("runs", help="list the runs stored under a directory")
     runs.add_argument("directory")
     runs.set_defaults(handler=_cmd_runs)
+
+    analyze = commands.add_parser("analyze", help="print the key tables of stored runs, with a reading of each")
+    analyze.add_argument("directory", help="results directory (or a directory containing runs/, e.g. a demo's)")
+    analyze.add_argument("--out", default=None, help="also write each table as CSV, Markdown and LaTeX here")
+    analyze.add_argument(
+        "--format",
+        choices=("markdown", "latex", "csv"),
+        default="markdown",
+        help="how to print the tables (default: markdown)",
+    )
+    analyze.set_defaults(handler=_cmd_analyze)
+
+    report = commands.add_parser("report", help="write a self-contained HTML report of stored runs")
+    report.add_argument("directory", help="results directory (or a directory containing runs/, e.g. a demo's)")
+    report.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
+    report.set_defaults(handler=_cmd_report)
     return parser
 
 

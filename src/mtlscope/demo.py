@@ -7,8 +7,9 @@ Mueller et al., TMLR 2025, Figure 1, on scikit-learn's digits) for 3 seeds each,
 - ``generalization_vs_loss.png`` (+ ``.svg``): digits1's test accuracy against its training loss;
 - ``factors_vs_loss.png`` (+ ``.svg``): digits1's trajectory probes (sharpness, Fisher trace, gradient
   covariance trace, gradient similarity) against its training loss (the main paper's Figure 3);
-- ``transfer.csv`` (+ ``transfer.md``): per (task, variant) ST and MT generalization over seeds, the
-  delta and whether it is significant under the 2-std rule.
+- ``transfer.csv`` (+ ``transfer.md``, ``transfer.tex``): per (task, variant) ST and MT generalization over
+  seeds, the delta and whether it is significant under the 2-std rule;
+- ``report.html``: the self-contained HTML report of the runs (``mtlscope report``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from mtlscope.analysis.transfer import transfer_table
 from mtlscope.report.figures import factors_vs_loss, generalization_vs_loss
+from mtlscope.report.html import write_report
 from mtlscope.report.tables import write_table
 from mtlscope.runs.config import RunConfig, apply_overrides, read_yaml, validate_config
 from mtlscope.runs.launch import RunOutcome, execute, prepare
@@ -96,4 +98,5 @@ def run_demo(
             f"mean and std over {seeds} seeds; significant = the mean ± 2 std intervals do not overlap."
         ),
     )
+    files.append(write_report(out / "runs", out / "report.html", title="mtlscope demo: transfer on digits"))
     return DemoOutput(out, outcomes, files, time.monotonic() - started)
