@@ -212,3 +212,12 @@ def test_key_tables_of_single_task_runs_only(results: RunResults) -> None:
     assert "No completed multi-task runs" in readings[TRANSFER].reading
     assert readings[TRANSFER].table.empty
     assert not readings[BEST_TEMPERATURES].table.empty  # the lr sweep of digits1 alone still has a best T
+
+
+def test_small_numbers_keep_their_significant_digits() -> None:
+    from mtlscope.report.tables import format_number
+
+    assert format_number(0.000674) == "6.740e-04"  # not 0.0007
+    assert format_number(-1.3e-5) == "-1.300e-05"
+    assert format_number(0.0) == "0.0000" and format_number(12.5) == "12.5000" and format_number(0.01) == "0.0100"
+    assert format_number(float("nan")) == "nan"

@@ -1,7 +1,9 @@
 """Tables written as CSV with Markdown and LaTeX copies beside them.
 
-``to_markdown`` and ``to_latex`` format cells the same way: floats (Python or NumPy) with ``digits`` decimals
-(NaN as ``nan``), everything else with ``str``. ``to_latex`` writes booleans as ``yes``/``no`` (plain text, so
+``to_markdown`` and ``to_latex`` format cells the same way (``format_number``): floats (Python or NumPy) with
+``digits`` decimals, or in scientific notation with ``digits`` significant digits when they are smaller than
+0.01 in magnitude (so a sharpness of 0.000674 reads ``6.740e-04``, not ``0.0007``); NaN as ``nan``;
+everything else with ``str``. ``to_latex`` writes booleans as ``yes``/``no`` (plain text, so
 the table needs no package beyond ``booktabs``) and escapes LaTeX's special characters in cells, headers and
 the caption. Neither needs jinja2 or pandas' Styler.
 """
@@ -29,12 +31,19 @@ LATEX_ESCAPES: dict[str, str] = {
 _LATEX_TABLE = str.maketrans(LATEX_ESCAPES)
 
 
+def format_number(value: float, digits: int = 4) -> str:
+    """``digits`` decimals, or scientific notation for nonzero magnitudes below 0.01 (module docstring)."""
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}f}"
+
+
 def to_markdown(frame: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub-flavoured Markdown table (no extra dependency)."""
 
     def cell(value: object) -> str:
         if isinstance(value, float):
-            return f"{value:.{digits}f}"
+            return format_number(value, digits)
         return str(value)
 
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
@@ -52,7 +61,7 @@ def _latex_cell(value: object, digits: int) -> str:
     if isinstance(value, bool | np.bool_):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return format_number(value, digits)
     return escape_latex(value)
 
 
