@@ -25,19 +25,28 @@ PROBES = {
 @pytest.fixture(scope="module")
 def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report-runs")
-    for tasks in (
-        ["digits1"],
-        ["digits2"],
-        ["noisy-digits"],
-        ["digits1", "digits2"],
-        ["digits1", "noisy-digits"],
-        ["digits1", "digits2", "noisy-digits"],
-    ):
+    variants: list[tuple[list[str], str, float]] = [
+        (tasks, "umtg", 1e-3)
+        for tasks in (
+            ["digits1"],
+            ["digits2"],
+            ["noisy-digits"],
+            ["digits1", "digits2"],
+            ["digits1", "noisy-digits"],
+            ["digits1", "digits2", "noisy-digits"],
+        )
+    ]
+    # another method (Fig. 4) and another temperature (temperature curves)
+    variants += [(["digits1", "digits2"], "pcgrad", 1e-3), (["digits1"], "umtg", 3e-3)]
+    variants += [(["digits1", "digits2"], "umtg", 3e-3)]
+    for tasks, method, lr in variants:
         for seed in (0, 1):
             config = {
                 "seed": seed,
                 "setting": {"name": "digits-mtl", "tasks": tasks},
                 "model": {"encoder": {"name": "mlp", "hidden": [32, 8]}},
+                "method": {"name": method},
+                "optimizer": {"name": "adam", "lr": lr},
                 "training": {"steps": 24, "eval_every": 6, "batch_size": 16},
                 "probes": PROBES,
             }
@@ -58,8 +67,12 @@ def test_report_is_self_contained_with_every_supported_section(results_dir: Path
     assert "http://" not in page and "https://" not in page  # no external resources
     for heading in ("Overview", "Key tables", "Figures", "Run inventory", "Software versions"):
         assert heading in page
-    assert page.count('<img src="data:image/png;base64,') >= 5  # Figs 1 and 3, conflict, affinity, grouping
-    assert "Needs UMTG runs and runs of at least one other method" in page  # a missing input is a note
+    # Figs 1 and 3 per task, SMTO quadrants, conflict scatters, temperature curves, affinity, grouping
+    assert page.count('<img src="data:image/png;base64,') >= 10
+    for caption in ("(Fig. 1)", "(Fig. 3)", "vs UMTG, per task and method (Fig. 4)", "temperature lr/B", "affinity"):
+        assert caption in page
+    assert "Needs UMTG runs and runs of at least one other method" not in page
+    assert "IT-MTL" in page  # no it_mtl runs: its entry says what to run
     assert not (tmp_path / "report.html.partial").exists()
 
 
