@@ -6,6 +6,8 @@
     mtlscope runs DIR
     mtlscope analyze DIR [--out DIR] [--format markdown|latex|csv]
     mtlscope report DIR [--out report.html]
+    mtlscope sweep FILE [key=value ...] [--out DIR] [--workers N] [--executor local] [--dry-run]
+    mtlscope sweep-status DIR [--workers N]
 
 Exit codes: 0 success (a diverged run is a result, not an error), 1 a run failed, 2 bad input (config,
 arguments or paths) — in which case nothing is written.
@@ -132,6 +134,41 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from mtlscope.sweeps.execution import run_sweep
+    from mtlscope.sweeps.manifest import write_manifest
+    from mtlscope.sweeps.spec import load_sweep
+
+    if args.workers < 1:
+        raise UsageError(f"--workers: expected a positive integer, got {args.workers}")
+    if args.executor != "local":
+        raise UsageError(f"--executor {args.executor}: not available yet; use --executor local")
+    sweep = load_sweep(args.file, args.overrides)
+    out = Path(args.out)
+    extra = f" ({sweep.duplicates} duplicate configs run once)" if sweep.duplicates else ""
+    print(f"sweep {sweep.name}: {len(sweep.configs)} runs{extra} -> {out}")
+    if args.dry_run:
+        for config in sweep.configs:
+            print(config.run_id())
+        return 0
+    write_manifest(sweep, out)
+    result = run_sweep(sweep.configs, out, workers=args.workers)
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(result.counts.items()))
+    print(f"sweep {sweep.name}: {counts} ({result.skipped} already done) in {result.elapsed_s:.1f} s")
+    return 1 if result.counts.get("failed", 0) else 0
+
+
+def _cmd_sweep_status(args: argparse.Namespace) -> int:
+    from mtlscope.sweeps.manifest import read_manifest
+    from mtlscope.sweeps.status import format_status, sweep_status
+
+    out = Path(args.directory)
+    if not out.is_dir():
+        raise UsageError(f"{out}: no such sweep directory")
+    print(format_status(sweep_status(read_manifest(out), out, workers=args.workers)))
+    return 0
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from mtlscope.report.summary import key_tables, table_name
     from mtlscope.report.tables import to_latex, to_markdown, write_table
@@ -211,6 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("directory", help="results directory (or a directory containing runs/, e.g. a demo's)")
     report.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     report.set_defaults(handler=_cmd_report)
+
+    sweep = commands.add_parser("sweep", help="expand a sweep file and run every run (skipping finished ones)")
+    sweep.add_argument("file", help="YAML sweep file (see docs/sweeps.md)")
+    sweep.add_argument("overrides", nargs="*", help="key=value overrides of the base config, e.g. training.epochs=5")
+    sweep.add_argument("--out", default="sweep-out", help="results directory (default: sweep-out)")
+    sweep.add_argument("--workers", type=int, default=1, help="runs in parallel (processes; default: 1)")
+    sweep.add_argument("--executor", choices=["local", "ray"], default="local", help="where runs execute")
+    sweep.add_argument("--dry-run", action="store_true", help="print the expanded run ids and stop")
+    sweep.set_defaults(handler=_cmd_sweep)
+
+    status = commands.add_parser("sweep-status", help="done / running / failed / diverged / remaining, and an ETA")
+    status.add_argument("directory", help="the --out of mtlscope sweep")
+    status.add_argument("--workers", type=int, default=1, help="workers assumed for the ETA (default: 1)")
+    status.set_defaults(handler=_cmd_sweep_status)
     return parser
 
 

@@ -66,7 +66,7 @@ def prepare(config: RunConfig, source: str = "config") -> Prepared:
         model = build_model(setting, resolved.model.encoder or {}, resolved.model.head or {}, resolved.seed).to(device)
         probes = [build_probe(name, options) for name, options in resolved.probes.items()]
         resolve_mode(resolved.training.jacobian_mode, setting)
-    except (KeyError, ValueError) as error:
+    except (KeyError, ValueError, TypeError) as error:  # a builder rejecting an option's value or type
         raise ConfigError(f"{source}: {error.args[0] if error.args else error}") from None
     optimizer_config = resolved.optimizer
     optimizer = build_optimizer(

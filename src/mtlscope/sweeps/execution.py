@@ -1,0 +1,340 @@
+"""Running a sweep: many run configs into one results directory, in-process or on a local process pool.
+
+``run_sweep(configs, out, workers=N)`` runs every config with ``mtlscope.runs.execute`` into ``out/<run_id>``:
+
+- Configs are resolved first (a bad one raises ``ConfigError``, one line, before anything is written) and
+  deduplicated by their resolved run id: a repeated config runs once and is counted in
+  ``SweepResult.duplicates``.
+- Runs already completed or diverged in ``out`` are skipped; unfinished ones (killed, failed) resume from
+  their last checkpoint, so re-running an interrupted sweep finishes it with the records an uninterrupted
+  sweep would have written.
+- ``workers == 1`` runs in this process, in config order. ``workers > 1`` uses a ``spawn`` process pool with
+  at most ``workers`` runs in flight, submitted in config order; each worker sets its torch threads once
+  (``threads_per_worker``, default ``cpu_count // workers``, with ``workers`` capped at the number of runs to
+  do) and exits by itself (within 0.1 s) if the driver dies, so an orphan never keeps writing into a run that
+  a re-run of the sweep resumes. Each run writes only its own directory; the driver writes nothing while a
+  worker may still be working on that run. One driver per results directory at a time.
+- A run that diverges or raises is recorded (by ``execute``) and the sweep goes on. An exception that escapes
+  ``execute`` (e.g. an unreadable saved state) is recorded as that run failing. A worker process that dies
+  (killed, out of memory) breaks the pool: a fresh pool first retries the runs that were in flight, each
+  alone (resuming from its checkpoint), then goes on with the rest. A run whose worker dies again while it
+  runs alone is recorded as failed (its directory's status too), and a later re-run of the sweep retries it.
+
+The results do not depend on ``workers``: every run is seeded by its config alone (same thread count per
+run assumed; pass ``threads_per_worker`` to pin it).
+
+Test-only fault injection (never set it outside tests): the environment variable ``MTLSCOPE_SWEEP_TEST_FAULT``
+holds comma-separated ``<kind>:<run_id>[@<step>]`` entries. ``kind`` is ``exit`` (the worker process ends at
+once with ``os._exit``, as if killed; ignored in-process, i.e. with ``workers == 1``) or ``raise`` (a
+``RuntimeError``). With ``@<step>`` the fault happens at that training step, inside ``execute``; without, just
+before ``execute`` is called, so the exception escapes it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from mtlscope.runs.config import RunConfig, resolve, validate_config
+from mtlscope.runs.launch import RunOutcome, execute
+from mtlscope.runs.store import STATUS_FILE, now, read_status, write_atomic
+
+FAULT_ENV = "MTLSCOPE_SWEEP_TEST_FAULT"
+FAULT_EXIT_CODE = 70
+WORKER_DIED = "the worker process died while running this run (killed or crashed), also when retried alone"
+RESULT_STATUSES: tuple[str, ...] = ("completed", "diverged", "failed")
+
+_in_worker = False
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a sweep did: one outcome per distinct run, in config order.
+
+    ``counts`` maps completed / diverged / failed to the number of runs (skipped ones included);
+    ``skipped`` counts the runs already completed or diverged before the sweep; ``duplicates`` the configs
+    dropped as repeats of an earlier one; ``retried`` the runs set aside and retried because a worker died.
+    """
+
+    outcomes: list[RunOutcome]
+    counts: dict[str, int]
+    skipped: int
+    elapsed_s: float
+    duplicates: int = 0
+    retried: int = 0
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.status == "failed"]
+
+
+def unique_runs(configs: Sequence[RunConfig]) -> tuple[list[tuple[str, RunConfig]], int]:
+    """Resolve ``configs`` and keep the first of each run id: ``([(run_id, resolved config)], duplicates)``.
+
+    Raises ``ConfigError`` (one line naming the config's position) for a config whose setting cannot be built.
+    """
+    runs: dict[str, RunConfig] = {}
+    duplicates = 0
+    for index, config in enumerate(configs):
+        resolved = resolve(config, f"sweep config {index + 1}")
+        run_id = resolved.run_id()
+        if run_id in runs:
+            duplicates += 1
+        else:
+            runs[run_id] = resolved
+    return list(runs.items()), duplicates
+
+
+# -- the worker side -----------------------------------------------------------------------------------------
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    """Pool initializer: torch threads once, and a watchdog that ends this worker when the driver is gone."""
+    global _in_worker
+    _in_worker = True
+    torch.set_num_threads(threads)
+    threading.Thread(target=_watch_parent, args=(parent,), name="mtlscope-sweep-watchdog", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        if os.getppid() != parent:  # the driver died (killed): stop rather than write on as an orphan
+            os._exit(1)
+        time.sleep(0.1)
+
+
+def _faults(run_id: str) -> list[tuple[str, int | None]]:
+    """Test-only: the faults ``MTLSCOPE_SWEEP_TEST_FAULT`` injects into ``run_id`` (see the module docstring)."""
+    faults: list[tuple[str, int | None]] = []
+    for entry in os.environ.get(FAULT_ENV, "").split(","):
+        kind, _, target = entry.strip().partition(":")
+        target_id, _, step = target.partition("@")
+        if target_id == run_id and kind in ("exit", "raise"):
+            faults.append((kind, int(step) if step else None))
+    return faults
+
+
+def _inject(kind: str, run_id: str) -> None:
+    if kind == "exit" and _in_worker:
+        os._exit(FAULT_EXIT_CODE)
+    if kind == "raise":
+        raise RuntimeError(f"test fault injected into {run_id} ({FAULT_ENV})")
+
+
+def _run_one(data: dict[str, Any], out: str) -> RunOutcome:
+    """Run one config, given as a plain dict (re-validated here, in the worker)."""
+    config = validate_config(data, "sweep run")
+    faults = _faults(config.run_id()) if FAULT_ENV in os.environ else []
+    on_step: Callable[[int], None] | None = None
+    for kind, step in faults:
+        if step is None:
+            _inject(kind, config.run_id())
+    if any(step is not None for _, step in faults):
+
+        def on_step(current: int) -> None:
+            for kind, step in faults:
+                if step == current:
+                    _inject(kind, config.run_id())
+
+    return execute(config, out, on_step=on_step)
+
+
+# -- the driver side -----------------------------------------------------------------------------------------
+
+
+def _already_done(path: Path, run_id: str) -> RunOutcome | None:
+    """The skipped outcome of a run already completed or diverged at ``path`` (what ``execute`` would say)."""
+    try:
+        status = read_status(path).get("status") if (path / STATUS_FILE).exists() else None
+    except (OSError, ValueError):
+        return None
+    if status in ("completed", "diverged"):
+        return RunOutcome(run_id, path, str(status), f"already {status}", skipped=True)
+    return None
+
+
+def _mark_failed(path: Path, message: str) -> None:
+    """Record ``message`` in the directory of a run left ``running`` by an error outside ``execute``."""
+    try:
+        status = read_status(path) if (path / STATUS_FILE).exists() else None
+    except (OSError, ValueError):
+        return
+    if status is not None and status.get("status") == "running":
+        status.update(status="failed", updated_at=now(), message=message)
+        write_atomic(path / STATUS_FILE, json.dumps(status, indent=2))
+
+
+class _Sweep:
+    """The bookkeeping of one ``run_sweep`` call: outcomes by run index, the progress bar."""
+
+    def __init__(self, runs: list[tuple[str, RunConfig]], out: Path, bar: tqdm[Any]) -> None:
+        self.runs = runs
+        self.out = out
+        self.bar = bar
+        self.outcomes: dict[int, RunOutcome] = {}
+        self.retried = 0
+
+    def record(self, index: int, outcome: RunOutcome) -> None:
+        self.outcomes[index] = outcome
+        counts = Counter(recorded.status for recorded in self.outcomes.values())
+        postfix = {status: counts.get(status, 0) for status in RESULT_STATUSES}
+        skipped = sum(recorded.skipped for recorded in self.outcomes.values())
+        if skipped:
+            postfix["skipped"] = skipped
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+
+    def fail(self, index: int, message: str) -> None:
+        run_id = self.runs[index][0]
+        path = self.out / run_id
+        _mark_failed(path, message)
+        self.record(index, RunOutcome(run_id, path, "failed", message))
+
+    def run_here(self, indices: Sequence[int], threads: int | None) -> None:
+        """Run ``indices`` one after another in this process."""
+        previous = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            for index in indices:
+                try:
+                    outcome = _run_one(self.runs[index][1].to_dict(), str(self.out))
+                except Exception as error:  # escaped execute: recorded, and the sweep goes on
+                    self.fail(index, f"{type(error).__name__}: {error}")
+                else:
+                    self.record(index, outcome)
+        finally:
+            torch.set_num_threads(previous)
+
+    def run_pool(self, indices: Sequence[int], workers: int, threads: int) -> None:
+        """Run ``indices`` on a pool of ``workers`` processes, at most ``workers`` runs in flight, in order.
+
+        A dead worker breaks the pool. Its runs in flight then are retried first, each alone on a fresh pool (so
+        a second death is that run's own: it is recorded as failed); the other runs follow as before.
+        """
+        pending: deque[tuple[int, bool]] = deque((index, False) for index in indices)  # (run index, alone)
+        context = multiprocessing.get_context("spawn")
+        while pending:
+            pool = ProcessPoolExecutor(
+                max_workers=min(workers, len(pending)),
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(threads, os.getpid()),
+            )
+            try:
+                died = self._drain(pool, pending, workers)
+            except BaseException:  # interrupted (Ctrl-C): stop the workers now; their runs resume next time
+                _terminate(pool)
+                raise
+            pool.shutdown(wait=True, cancel_futures=True)  # a broken pool's workers are all gone after this
+            for index, alone in sorted(died, reverse=True):
+                if alone:
+                    self.fail(index, WORKER_DIED)
+                else:
+                    self.retried += 1
+                    pending.appendleft((index, True))
+
+    def _drain(
+        self, pool: ProcessPoolExecutor, pending: deque[tuple[int, bool]], workers: int
+    ) -> list[tuple[int, bool]]:
+        """Feed ``pool`` from ``pending`` until it is empty or the pool breaks; returns the runs whose worker died."""
+        in_flight: dict[Future[RunOutcome], tuple[int, bool]] = {}
+        died: list[tuple[int, bool]] = []
+        broken = False
+        while (pending and not broken) or in_flight:
+            while pending and not broken and len(in_flight) < workers:
+                index, alone = pending[0]
+                if in_flight and (alone or any(single for _, single in in_flight.values())):
+                    break  # a run retried after a worker died runs alone
+                pending.popleft()
+                try:
+                    in_flight[pool.submit(_run_one, self.runs[index][1].to_dict(), str(self.out))] = (index, alone)
+                except BrokenProcessPool:
+                    pending.appendleft((index, alone))
+                    broken = True
+            if not in_flight:
+                break
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda future: in_flight[future]):
+                index, alone = item = in_flight.pop(future)
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    died.append(item)
+                    broken = True
+                except Exception as error:  # escaped execute in the worker: recorded, and the sweep goes on
+                    self.fail(index, f"{type(error).__name__}: {error}")
+                else:
+                    self.record(index, outcome)
+        return died
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Stop ``pool``'s workers at once (a killed run resumes from its checkpoint on the next sweep)."""
+    processes = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        if process.is_alive():
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run_sweep(
+    configs: Sequence[RunConfig],
+    out: str | Path,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    threads_per_worker: int | None = None,
+) -> SweepResult:
+    """Run every config into ``out/<run_id>`` (see the module docstring); returns the outcomes in config order.
+
+    ``workers == 1`` runs in this process (torch threads are left as they are unless ``threads_per_worker``
+    is given); more use a local ``spawn`` process pool. ``progress`` shows an overall bar over the runs.
+    Raises ``ConfigError`` for a config that cannot be resolved (nothing is written) and ``ValueError`` for
+    ``workers`` or ``threads_per_worker`` below 1.
+    """
+    if workers < 1:
+        raise ValueError(f"workers: expected a positive integer, got {workers}")
+    if threads_per_worker is not None and threads_per_worker < 1:
+        raise ValueError(f"threads_per_worker: expected a positive integer, got {threads_per_worker}")
+    started = time.monotonic()
+    out = Path(out)
+    runs, duplicates = unique_runs(configs)
+    with tqdm(total=len(runs), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True) as bar:
+        sweep = _Sweep(runs, out, bar)
+        to_run = []
+        for index, (run_id, _) in enumerate(runs):
+            done = _already_done(out / run_id, run_id)
+            if done is not None:
+                sweep.record(index, done)
+            else:
+                to_run.append(index)
+        if workers == 1 or not to_run:
+            sweep.run_here(to_run, threads_per_worker)
+        else:
+            pool_size = min(workers, len(to_run))
+            threads = threads_per_worker or max(1, (os.cpu_count() or 1) // pool_size)
+            sweep.run_pool(to_run, pool_size, threads)
+    outcomes = [sweep.outcomes[index] for index in range(len(runs))]
+    counts = Counter(outcome.status for outcome in outcomes)
+    return SweepResult(
+        outcomes=outcomes,
+        counts={status: counts.get(status, 0) for status in RESULT_STATUSES} | dict(counts),
+        skipped=sum(outcome.skipped for outcome in outcomes),
+        elapsed_s=round(time.monotonic() - started, 3),
+        duplicates=duplicates,
+        retried=sweep.retried,
+    )

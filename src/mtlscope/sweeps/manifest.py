@@ -1,0 +1,51 @@
+"""The sweep manifest: ``sweep.json`` in a sweep's output directory, so ``mtlscope sweep-status DIR`` knows
+which runs belong to the sweep (all of its expanded configs, including those not started yet).
+
+Written atomically before the first run starts; rewritten when the same directory receives another sweep
+(the union of the runs is kept, so several sweeps can share one results directory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mtlscope.runs.config import ConfigError, RunConfig, validate_config
+from mtlscope.sweeps.spec import Sweep
+
+MANIFEST_FILE = "sweep.json"
+
+
+def write_manifest(sweep: Sweep, out: str | Path) -> Path:
+    """Record ``sweep``'s configs in ``out/sweep.json`` (merged with the runs already recorded there)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / MANIFEST_FILE
+    entries: dict[str, dict[str, Any]] = {}
+    names: list[str] = []
+    if path.exists():
+        previous = json.loads(path.read_text())
+        entries = {entry["run_id"]: entry for entry in previous.get("runs", [])}
+        names = list(previous.get("sweeps", []))
+    for config in sweep.configs:
+        entries.setdefault(config.run_id(), {"run_id": config.run_id(), "config": config.to_dict()})
+    if sweep.name not in names:
+        names.append(sweep.name)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"sweeps": names, "runs": list(entries.values())}, indent=1))
+    os.replace(partial, path)
+    return path
+
+
+def read_manifest(out: str | Path) -> list[RunConfig]:
+    """The configs recorded in ``out/sweep.json`` (``ConfigError`` when there is none)."""
+    path = Path(out) / MANIFEST_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: no sweep manifest (is {out} the --out of mtlscope sweep?)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: corrupt sweep manifest ({error.msg} at line {error.lineno})") from None
+    return [validate_config(entry["config"], str(path)) for entry in data.get("runs", [])]

@@ -1,0 +1,239 @@
+"""Sweep files: one base run config expanded over grids, zips, seeds and random auxiliary task sets.
+
+A sweep file is YAML::
+
+    name: lr-and-tasks            # optional label of the sweep
+    base: ../presets/demo.yaml    # a run config file (relative to the sweep file) or an inline mapping
+    overrides: {training.epochs: 10}   # optional dotted keys applied to the base first
+    zip:                          # lists advanced together (all of one length)
+      setting.tasks: [[digits1], [digits1, digits2]]
+      name: [single, multi]
+    grid:                         # the cartesian product of these lists
+      optimizer.lr: [0.001, 0.003]
+      method.name: [umtg, pcgrad]
+    auxiliary_sets:               # random auxiliary task sets for conflict studies (main paper §5)
+      target: digits1
+      pool: [digits2, noisy-digits]   # default: every other task of the setting
+      size: 1                     # tasks per auxiliary set
+      count: 2                    # distinct sets, drawn without repetition from a seeded generator
+      seed: 0
+    seeds: 3                      # seeds 0..2, or an explicit list [0, 4, 7]
+
+Expansion order (deterministic): zip entry, then grid point (keys in file order, last key fastest), then
+auxiliary set, then seed. Any dotted key of a run config can be swept (``optimizer.lr``,
+``training.batch_size``, ``training.loss_scale``, ``optimizer.name``, ``method`` or ``method.name``,
+``setting.tasks``, ...). Every expanded config is validated like a run config, and each run keeps the stable
+id of its resolved config (``RunConfig.run_id``), so runs repeated across sweeps are recognised and
+duplicates within a sweep are run once.
+
+Errors are ``ConfigError`` with one line naming the sweep file and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtlscope.runs.config import ConfigError, RunConfig, apply_overrides, read_yaml, resolve, validate_config
+
+SWEEP_KEYS: tuple[str, ...] = ("name", "base", "overrides", "zip", "grid", "auxiliary_sets", "seeds")
+AUXILIARY_KEYS: tuple[str, ...] = ("target", "pool", "size", "count", "seed")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """An expanded sweep: its name, the file it came from and its run configs in expansion order."""
+
+    name: str
+    source: str
+    configs: tuple[RunConfig, ...]
+    duplicates: int = 0
+
+    def run_ids(self) -> list[str]:
+        return [config.run_id() for config in self.configs]
+
+
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
+    """Read and expand a sweep file; ``overrides`` (``key=value``) apply to the base config of every run."""
+    path = Path(path)
+    data = read_yaml(path)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping with the keys {', '.join(SWEEP_KEYS)}")
+    return expand(data, str(path), path.parent, overrides)
+
+
+def expand(
+    data: Mapping[str, Any], source: str = "sweep", base_dir: Path | None = None, overrides: Sequence[str] = ()
+) -> Sweep:
+    """Expand a sweep mapping (see the module docstring) into validated run configs."""
+    unknown = [key for key in data if key not in SWEEP_KEYS]
+    if unknown:
+        raise ConfigError(f"{source}: {unknown[0]}: unknown key; expected one of: {', '.join(SWEEP_KEYS)}")
+    base = _base(data.get("base"), source, base_dir or Path("."))
+    for key, value in _mapping(data, "overrides", source).items():
+        _set(base, key, value, source)
+    base = apply_overrides(base, overrides)
+    zipped = _zip(data, source)
+    grid = _grid(data, source)
+    seeds = _seeds(data.get("seeds"), source)
+    auxiliary = _auxiliary_sets(data.get("auxiliary_sets"), base, source)
+    configs: dict[str, RunConfig] = {}
+    duplicates = 0
+    for zip_point, grid_point, tasks, seed in itertools.product(zipped, grid, auxiliary, seeds):
+        config = copy.deepcopy(base)
+        point = {**zip_point, **grid_point}
+        if tasks is not None:
+            point["setting.tasks"] = tasks
+        if seed is not None:
+            point["seed"] = seed
+        for key, value in point.items():
+            _set(config, key, value, source)
+        description = ", ".join(f"{k}={v!r}" for k, v in point.items()) or "the base config"
+        try:
+            run = resolve(validate_config(config, source), source)
+        except ConfigError as error:
+            raise ConfigError(f"{error} (in the run with {description})") from None
+        run_id = run.run_id()
+        if run_id in configs:
+            duplicates += 1
+        configs.setdefault(run_id, run)
+    name = str(data.get("name") or Path(source).stem)
+    return Sweep(name=name, source=source, configs=tuple(configs.values()), duplicates=duplicates)
+
+
+def _base(value: Any, source: str, base_dir: Path) -> dict[str, Any]:
+    if value is None:
+        raise ConfigError(f"{source}: base: required key is missing (a run config file or an inline mapping)")
+    if isinstance(value, str):
+        data = read_yaml(base_dir / value)
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: base: {value} does not hold a mapping of run config keys")
+        return dict(data)
+    if isinstance(value, Mapping):
+        return copy.deepcopy(dict(value))
+    raise ConfigError(f"{source}: base: expected a file path or a mapping, got {type(value).__name__}")
+
+
+def _mapping(data: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
+    value = data.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: {key}: expected a mapping of dotted config keys to values")
+    return dict(value)
+
+
+def _lists(data: Mapping[str, Any], key: str, source: str) -> dict[str, list[Any]]:
+    lists = {}
+    for name, values in _mapping(data, key, source).items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: {key}.{name}: expected a non-empty list of values")
+        lists[str(name)] = values
+    return lists
+
+
+def _zip(data: Mapping[str, Any], source: str) -> list[dict[str, Any]]:
+    lists = _lists(data, "zip", source)
+    if not lists:
+        return [{}]
+    lengths = {name: len(values) for name, values in lists.items()}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{name} has {length}" for name, length in lengths.items())
+        raise ConfigError(f"{source}: zip: all lists must have the same length ({shown})")
+    return [dict(zip(lists, values, strict=True)) for values in zip(*lists.values(), strict=True)]
+
+
+def _grid(data: Mapping[str, Any], source: str) -> list[dict[str, Any]]:
+    lists = _lists(data, "grid", source)
+    return [dict(zip(lists, values, strict=True)) for values in itertools.product(*lists.values())]
+
+
+def _seeds(value: Any, source: str) -> list[int | None]:
+    if value is None:
+        return [None]
+    if isinstance(value, bool):
+        raise ConfigError(f"{source}: seeds: expected a count or a list of seeds, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ConfigError(f"{source}: seeds: expected a positive count, got {value}")
+        return list(range(value))
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+    ):
+        if len(set(value)) != len(value):
+            raise ConfigError(f"{source}: seeds: seeds must be distinct, got {value}")
+        return list(value)
+    raise ConfigError(f"{source}: seeds: expected a positive count or a non-empty list of seeds >= 0, got {value!r}")
+
+
+def _auxiliary_sets(value: Any, base: Mapping[str, Any], source: str) -> list[list[str] | None]:
+    """``[target, *auxiliary]`` task lists, drawn without repetition from a seeded generator."""
+    if value is None:
+        return [None]
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: auxiliary_sets: expected a mapping with {', '.join(AUXILIARY_KEYS)}")
+    unknown = [key for key in value if key not in AUXILIARY_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"{source}: auxiliary_sets.{unknown[0]}: unknown key; expected one of: {', '.join(AUXILIARY_KEYS)}"
+        )
+    target = value.get("target")
+    if not isinstance(target, str):
+        raise ConfigError(f"{source}: auxiliary_sets.target: expected a task name")
+    pool = value.get("pool")
+    if pool is None:
+        pool = [task for task in _setting_tasks(base, source) if task != target]
+    if not isinstance(pool, list) or not all(isinstance(t, str) for t in pool) or target in pool:
+        raise ConfigError(f"{source}: auxiliary_sets.pool: expected a list of task names without the target")
+    size, count, seed = value.get("size", 1), value.get("count", 1), value.get("seed", 0)
+    for key, number in (("size", size), ("count", count), ("seed", seed)):
+        lowest = 0 if key == "seed" else 1
+        if isinstance(number, bool) or not isinstance(number, int) or number < lowest:
+            raise ConfigError(f"{source}: auxiliary_sets.{key}: expected an integer >= {lowest}, got {number!r}")
+    if size > len(pool):
+        raise ConfigError(f"{source}: auxiliary_sets.size: {size} is more than the {len(pool)} tasks of the pool")
+    possible = math.comb(len(pool), size)
+    if count > possible:
+        raise ConfigError(f"{source}: auxiliary_sets.count: only {possible} distinct sets of {size} from the pool")
+    generator = np.random.default_rng(seed)
+    chosen: list[tuple[str, ...]] = []
+    while len(chosen) < count:
+        picked = generator.permutation(len(pool))[:size]
+        draw = tuple(sorted(str(pool[int(i)]) for i in picked))
+        if draw not in chosen:
+            chosen.append(draw)
+    return [[target, *aux] for aux in chosen]
+
+
+def _setting_tasks(base: Mapping[str, Any], source: str) -> list[str]:
+    from mtlscope.settings.registry import get as get_setting
+
+    setting = base.get("setting") or {}
+    try:
+        built = get_setting(setting["name"], **(setting.get("options") or {}))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"{source}: auxiliary_sets.pool: cannot list the setting's tasks ({error})") from None
+    return list(built.task_names)
+
+
+def _set(config: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Set a dotted key of a config mapping to a Python value (creating intermediate mappings)."""
+    parts = key.split(".")
+    node = config
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if isinstance(child, str) and part == "method":  # method: pcgrad -> {name: pcgrad}
+            child = node[part] = {"name": child}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {key}: {part} is not a mapping in the base config")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
