@@ -143,6 +143,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers: expected a positive integer, got {args.workers}")
     if args.executor != "local":
         raise UsageError(f"--executor {args.executor}: not available yet; use --executor local")
+    from mtlscope.sweeps import protocol
+
+    if protocol.has_protocol(args.file):  # a file with a protocol mapping runs the papers' protocol
+        if args.dry_run:
+            plan = protocol.load_protocol(args.file, args.overrides)
+            seeds = len(plan.protocol.seeds)
+            print(f"protocol {plan.name}: {len(plan.candidates)} selection runs of {len(plan.labels)} variants, then")
+            print(f"{seeds} seeds per variant with the selected values -> {args.out}; the selection runs:")
+            for candidate in plan.candidates:
+                print(candidate.config.run_id())
+            return 0
+        ran = protocol.run_protocol(args.file, args.out, workers=args.workers, overrides=args.overrides)
+        print(protocol.format_result(ran))
+        return 1 if ran.selection_result.counts.get("failed", 0) + ran.final.counts.get("failed", 0) else 0
     sweep = load_sweep(args.file, args.overrides)
     out = Path(args.out)
     extra = f" ({sweep.duplicates} duplicate configs run once)" if sweep.duplicates else ""
