@@ -1,12 +1,13 @@
 """The ``mtlscope`` command line.
 
-    mtlscope run CONFIG [key=value ...] [--out DIR] [--force]
+    mtlscope run CONFIG [key=value ...] [--out DIR] [--force] [--mlflow URI] [--tensorboard DIR]
     mtlscope demo [--out DIR] [--seeds N] [--epochs N]
     mtlscope settings
     mtlscope runs DIR
     mtlscope analyze DIR [--out DIR] [--format markdown|latex|csv]
     mtlscope report DIR [--out report.html]
-    mtlscope sweep FILE [key=value ...] [--out DIR] [--workers N] [--executor local] [--dry-run]
+    mtlscope sweep FILE [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
+                   [--dry-run] [--mlflow URI] [--tensorboard DIR]
     mtlscope sweep-status DIR [--workers N]
 
 Exit codes: 0 success (a diverged run is a result, not an error), 1 a run failed, 2 bad input (config,
@@ -35,6 +36,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     steps = prepare(config, args.config).schedule.steps
+    trackers = _tracker_specs(args)
     from tqdm import tqdm
 
     with tqdm(total=steps, desc=config.variant, unit="step") as bar:
@@ -45,7 +47,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             bar.update(step - done)
             done = step
 
-        outcome = execute(config, args.out, force=args.force, on_step=advance, source=args.config)
+        outcome = execute(config, args.out, force=args.force, on_step=advance, source=args.config, trackers=trackers)
     if outcome.skipped:
         print(f"{outcome.path}: {outcome.message} (use --force to run it again)")
         return 0
@@ -111,6 +113,36 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracker_specs(args: argparse.Namespace, sweep: str | None = None) -> list[dict[str, object]]:
+    """Tracker specs from ``--mlflow``/``--tensorboard`` (checked, and the MLflow experiment created, here)."""
+    from mtlscope.runs.tracking import prepare_trackers
+
+    specs: list[dict[str, object]] = []
+    if args.mlflow:
+        spec: dict[str, object] = {"kind": "mlflow", "uri": args.mlflow, "experiment": args.mlflow_experiment}
+        if sweep:
+            spec["tags"] = {"sweep": sweep}
+        specs.append(spec)
+    if args.tensorboard:
+        specs.append({"kind": "tensorboard", "logdir": args.tensorboard})
+    return prepare_trackers(specs) if specs else []
+
+
+def _sweep_name(file: str) -> str:
+    """The ``name`` of a sweep file (default: its file name without suffix), for tracker tags."""
+    from mtlscope.runs.config import read_yaml
+
+    data = read_yaml(Path(file))
+    name = data.get("name") if isinstance(data, dict) else None
+    return str(name or Path(file).stem)
+
+
+def _add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mlflow", metavar="URI", help="also log to this MLflow tracking URI (docs/tracking.md)")
+    parser.add_argument("--mlflow-experiment", metavar="NAME", default="mtlscope", help="MLflow experiment")
+    parser.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files under DIR/<run_id>/")
+
+
 def _results_directory(directory: str) -> Path:
     """A results directory, or a directory holding one as ``runs/`` (e.g. a demo's output)."""
     path = Path(directory)
@@ -141,9 +173,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UsageError(f"--workers: expected a positive integer, got {args.workers}")
-    if args.executor != "local":
-        raise UsageError(f"--executor {args.executor}: not available yet; use --executor local")
+    if args.address is not None and args.executor != "ray":
+        raise UsageError("--address: only with --executor ray (the address of a running Ray cluster)")
     from mtlscope.sweeps import protocol
+
+    execution = {
+        "executor": args.executor,
+        "address": args.address,
+        "trackers": _tracker_specs(args, _sweep_name(args.file)),
+    }
 
     if protocol.has_protocol(args.file):  # a file with a protocol mapping runs the papers' protocol
         if args.dry_run:
@@ -154,7 +192,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             for candidate in plan.candidates:
                 print(candidate.config.run_id())
             return 0
-        ran = protocol.run_protocol(args.file, args.out, workers=args.workers, overrides=args.overrides)
+        ran = protocol.run_protocol(args.file, args.out, workers=args.workers, overrides=args.overrides, **execution)
         print(protocol.format_result(ran))
         return 1 if ran.selection_result.counts.get("failed", 0) + ran.final.counts.get("failed", 0) else 0
     sweep = load_sweep(args.file, args.overrides)
@@ -166,7 +204,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print(config.run_id())
         return 0
     write_manifest(sweep, out)
-    result = run_sweep(sweep.configs, out, workers=args.workers)
+    result = run_sweep(sweep.configs, out, workers=args.workers, **execution)
     counts = ", ".join(f"{count} {status}" for status, count in sorted(result.counts.items()))
     print(f"sweep {sweep.name}: {counts} ({result.skipped} already done) in {result.elapsed_s:.1f} s")
     return 1 if result.counts.get("failed", 0) else 0
@@ -232,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optimizer.lr=0.01")
     run.add_argument("--out", default="runs-out", help="results directory (default: runs-out)")
     run.add_argument("--force", action="store_true", help="run again even when already completed")
+    _add_tracking_arguments(run)
     run.set_defaults(handler=_cmd_run)
 
     demo = commands.add_parser("demo", help="the transfer demo on the embedded digits data")
@@ -269,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", default="sweep-out", help="results directory (default: sweep-out)")
     sweep.add_argument("--workers", type=int, default=1, help="runs in parallel (processes; default: 1)")
     sweep.add_argument("--executor", choices=["local", "ray"], default="local", help="where runs execute")
+    sweep.add_argument("--address", default=None, help="with --executor ray: a running cluster's HOST:PORT")
+    _add_tracking_arguments(sweep)
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded run ids and stop")
     sweep.set_defaults(handler=_cmd_sweep)
 
@@ -281,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from mtlscope.runs.config import ConfigError
+    from mtlscope.runs.tracking import TrackingError
 
     args = build_parser().parse_args(argv)
     if getattr(args, "seeds", 1) is not None and getattr(args, "seeds", 1) < 2 and args.command == "demo":
@@ -295,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
         return code
-    except (ConfigError, UsageError) as error:
+    except (ConfigError, UsageError, TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

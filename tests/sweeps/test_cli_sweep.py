@@ -47,4 +47,8 @@ def test_bad_sweep_file_is_one_line_and_writes_nothing(tmp_path: Path, capsys: p
     error = capsys.readouterr().err
     assert "grid.optimizer.lr: expected a non-empty list" in error and error.count("\n") == 1
     assert not (tmp_path / "out").exists()
-    assert main(["sweep", str(file), "--out", str(tmp_path / "out"), "--executor", "ray"]) == 2
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(SWEEP))
+    assert main(["sweep", str(good), "--out", str(tmp_path / "out"), "--address", "127.0.0.1:1"]) == 2
+    assert "--address: only with --executor ray" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,6 +27,7 @@ from mtlscope.probes.base import Probe, build_probe
 from mtlscope.runs.config import ConfigError, RunConfig, resolve
 from mtlscope.runs.environment import describe_environment
 from mtlscope.runs.store import STATUS_FILE, RunDirectory, read_state, read_status
+from mtlscope.runs.tracking import TeeSink, build_trackers
 from mtlscope.settings.registry import get as get_setting
 from mtlscope.settings.setting import Setting
 
@@ -113,14 +115,20 @@ def execute(
     resume: bool = True,
     on_step: Callable[[int], None] | None = None,
     source: str = "config",
+    trackers: Sequence[Mapping[str, Any]] = (),
 ) -> RunOutcome:
     """Run ``config`` into ``out/<run_id>``.
 
     A run already completed (or diverged) there is skipped unless ``force``; an unfinished one (killed or failed) with
     a saved training state continues from its last checkpoint when ``resume`` (the default), else starts
     over. Raises ``ConfigError`` (nothing written) for a config that cannot be built.
+
+    ``trackers``: specs of MLflow / TensorBoard views of the run (see ``mtlscope.runs.tracking``); they get the
+    records after the run directory. A bad spec or a missing package raises ``TrackingError`` (nothing written); a
+    tracker failing during the run is dropped with a warning. Tracking is no part of the config or the run id.
     """
     prepared = prepare(config, source)
+    tracking = build_trackers(trackers)
     run_id = prepared.config.run_id()
     path = Path(out) / run_id
     status = read_status(path)["status"] if (path / STATUS_FILE).exists() else None
@@ -131,6 +139,8 @@ def execute(
         directory = RunDirectory.reopen(path, int(state["step"]))
     else:
         directory = RunDirectory.create(path, prepared.config.to_dict(), describe_environment(prepared.device))
+    sink = TeeSink(directory, tracking)
+    sink.start(prepared.config, run_id, path, int(state["step"]) if state is not None else None)
     started = time.monotonic()
     base = {"run_id": run_id, "variant": prepared.config.variant, "tasks": list(prepared.setting.task_names)}
     try:
@@ -143,7 +153,7 @@ def execute(
             batch_size=prepared.config.training.batch_size,
             loss_scale=prepared.loss_scale,
             seed=prepared.config.seed,
-            sink=directory,
+            sink=sink,
             probes=prepared.probes,
             train_eval_limit=prepared.config.training.train_eval_limit,
             on_step=on_step,
@@ -157,12 +167,13 @@ def execute(
         outcome = trainer.run()
     except Exception as error:  # recorded, never lost: the run is marked failed with the message
         message = f"{type(error).__name__}: {error}"
-        directory.finish(
-            "failed",
-            {**base, "status": "failed", "error": message, "traceback": traceback.format_exc()},
-            message=message,
-        )
+        failed = {**base, "status": "failed", "error": message, "traceback": traceback.format_exc()}
+        directory.finish("failed", failed, message=message)
+        sink.finish("failed", failed)
         return RunOutcome(run_id, path, "failed", message)
+    except BaseException:  # interrupted (Ctrl-C, a kill signal turned into an exception): the run stays resumable
+        sink.close()
+        raise
     summary = {
         **base,
         "status": outcome.status,
@@ -178,4 +189,5 @@ def execute(
         },
     }
     directory.finish(outcome.status, summary, steps=outcome.steps, message=outcome.message)
+    sink.finish(outcome.status, summary)
     return RunOutcome(run_id, path, outcome.status, outcome.message)

@@ -14,6 +14,8 @@
   do) and exits by itself (within 0.1 s) if the driver dies, so an orphan never keeps writing into a run that
   a re-run of the sweep resumes. Each run writes only its own directory; the driver writes nothing while a
   worker may still be working on that run. One driver per results directory at a time.
+- ``executor="ray"``: one Ray task per run on a local Ray instance or a cluster at ``address``
+  (``mtlscope.sweeps.ray_executor``); the same ``execute`` in every task, so the same skipping and resuming.
 - A run that diverges or raises is recorded (by ``execute``) and the sweep goes on. An exception that escapes
   ``execute`` (e.g. an unreadable saved state) is recorded as that run failing. A worker process that dies
   (killed, out of memory) breaks the pool: a fresh pool first retries the runs that were in flight, each
@@ -38,7 +40,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -51,11 +53,13 @@ from tqdm import tqdm
 from mtlscope.runs.config import RunConfig, resolve, validate_config
 from mtlscope.runs.launch import RunOutcome, execute
 from mtlscope.runs.store import STATUS_FILE, now, read_status, write_atomic
+from mtlscope.runs.tracking import prepare_trackers
 
 FAULT_ENV = "MTLSCOPE_SWEEP_TEST_FAULT"
 FAULT_EXIT_CODE = 70
 WORKER_DIED = "the worker process died while running this run (killed or crashed), also when retried alone"
 RESULT_STATUSES: tuple[str, ...] = ("completed", "diverged", "failed")
+EXECUTORS: tuple[str, ...] = ("local", "ray")
 
 _in_worker = False
 
@@ -134,8 +138,8 @@ def _inject(kind: str, run_id: str) -> None:
         raise RuntimeError(f"test fault injected into {run_id} ({FAULT_ENV})")
 
 
-def _run_one(data: dict[str, Any], out: str) -> RunOutcome:
-    """Run one config, given as a plain dict (re-validated here, in the worker)."""
+def _run_one(data: dict[str, Any], out: str, trackers: Sequence[dict[str, Any]] = ()) -> RunOutcome:
+    """Run one config, given as a plain dict (re-validated here, in the worker), with tracker specs (plain dicts)."""
     config = validate_config(data, "sweep run")
     faults = _faults(config.run_id()) if FAULT_ENV in os.environ else []
     on_step: Callable[[int], None] | None = None
@@ -149,7 +153,7 @@ def _run_one(data: dict[str, Any], out: str) -> RunOutcome:
                 if step == current:
                     _inject(kind, config.run_id())
 
-    return execute(config, out, on_step=on_step)
+    return execute(config, out, on_step=on_step, trackers=trackers)
 
 
 # -- the driver side -----------------------------------------------------------------------------------------
@@ -180,10 +184,13 @@ def _mark_failed(path: Path, message: str) -> None:
 class _Sweep:
     """The bookkeeping of one ``run_sweep`` call: outcomes by run index, the progress bar."""
 
-    def __init__(self, runs: list[tuple[str, RunConfig]], out: Path, bar: tqdm[Any]) -> None:
+    def __init__(
+        self, runs: list[tuple[str, RunConfig]], out: Path, bar: tqdm[Any], trackers: Sequence[dict[str, Any]] = ()
+    ) -> None:
         self.runs = runs
         self.out = out
         self.bar = bar
+        self.trackers = list(trackers)
         self.outcomes: dict[int, RunOutcome] = {}
         self.retried = 0
 
@@ -211,7 +218,7 @@ class _Sweep:
         try:
             for index in indices:
                 try:
-                    outcome = _run_one(self.runs[index][1].to_dict(), str(self.out))
+                    outcome = _run_one(self.runs[index][1].to_dict(), str(self.out), self.trackers)
                 except Exception as error:  # escaped execute: recorded, and the sweep goes on
                     self.fail(index, f"{type(error).__name__}: {error}")
                 else:
@@ -261,7 +268,8 @@ class _Sweep:
                     break  # a run retried after a worker died runs alone
                 pending.popleft()
                 try:
-                    in_flight[pool.submit(_run_one, self.runs[index][1].to_dict(), str(self.out))] = (index, alone)
+                    future = pool.submit(_run_one, self.runs[index][1].to_dict(), str(self.out), self.trackers)
+                    in_flight[future] = (index, alone)
                 except BrokenProcessPool:
                     pending.appendleft((index, alone))
                     broken = True
@@ -298,6 +306,9 @@ def run_sweep(
     workers: int = 1,
     progress: bool = True,
     threads_per_worker: int | None = None,
+    trackers: Sequence[Mapping[str, Any]] = (),
+    executor: str = "local",
+    address: str | None = None,
 ) -> SweepResult:
     """Run every config into ``out/<run_id>`` (see the module docstring); returns the outcomes in config order.
 
@@ -305,16 +316,31 @@ def run_sweep(
     is given); more use a local ``spawn`` process pool. ``progress`` shows an overall bar over the runs.
     Raises ``ConfigError`` for a config that cannot be resolved (nothing is written) and ``ValueError`` for
     ``workers`` or ``threads_per_worker`` below 1.
+
+    ``executor="ray"`` runs each run as a Ray task (``mtlscope.sweeps.ray_executor``) on a local Ray instance, or
+    on the cluster at ``address``, with ``threads_per_worker`` (default 1) CPUs and torch threads per run;
+    ``workers`` does not apply (Ray schedules by the cluster's CPUs).
+
+    ``trackers``: tracker specs passed unchanged to every run's ``execute`` (see ``mtlscope.runs.tracking``). They
+    are checked and their backends reached (MLflow experiments created) here first: a bad spec, a missing package
+    or an unreachable backend raises ``TrackingError`` before any run starts.
     """
     if workers < 1:
         raise ValueError(f"workers: expected a positive integer, got {workers}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor: expected one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "ray":
+        from mtlscope.sweeps.ray_executor import import_ray
+
+        import_ray()  # a missing Ray is a one-line error before anything is written
     if threads_per_worker is not None and threads_per_worker < 1:
         raise ValueError(f"threads_per_worker: expected a positive integer, got {threads_per_worker}")
     started = time.monotonic()
     out = Path(out)
     runs, duplicates = unique_runs(configs)
+    specs = prepare_trackers(trackers) if trackers else []
     with tqdm(total=len(runs), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True) as bar:
-        sweep = _Sweep(runs, out, bar)
+        sweep = _Sweep(runs, out, bar, specs)
         to_run = []
         for index, (run_id, _) in enumerate(runs):
             done = _already_done(out / run_id, run_id)
@@ -322,7 +348,11 @@ def run_sweep(
                 sweep.record(index, done)
             else:
                 to_run.append(index)
-        if workers == 1 or not to_run:
+        if executor == "ray" and to_run:
+            from mtlscope.sweeps.ray_executor import run_on_ray
+
+            run_on_ray(sweep, to_run, address, threads_per_worker or 1)
+        elif workers == 1 or not to_run:
             sweep.run_here(to_run, threads_per_worker)
         else:
             pool_size = min(workers, len(to_run))

@@ -448,16 +448,20 @@ def run_protocol(
     workers: int = 1,
     overrides: Sequence[str] = (),
     progress: bool = True,
+    **execution: Any,
 ) -> ProtocolResult:
     """Run the protocol of the sweep file ``path`` into ``out`` (module docstring): the selection stage, then
     ``out/selection.csv`` (with ``.md`` and ``.tex`` copies) and ``out/final.csv`` (the final runs: run_id,
     variant, the selected values, seed), then the final stage. Both stages are recorded in
-    ``out/sweep.json`` before they start and resume like any sweep; completed runs are never run again."""
+    ``out/sweep.json`` before they start and resume like any sweep; completed runs are never run again.
+    ``execution``: passed to both stages' ``run_sweep`` (``executor``, ``address``, ``trackers``,
+    ``threads_per_worker``).
+    """
     plan = load_protocol(path, overrides)
     out = Path(out)
     selection_sweep = plan.selection_sweep()
     write_manifest(selection_sweep, out)
-    first = run_sweep(selection_sweep.configs, out, workers=workers, progress=progress)
+    first = run_sweep(selection_sweep.configs, out, workers=workers, progress=progress, **execution)
     selection = select_best(score_selection(plan, first, out), plan.keys)
     columns = ["variant", *plan.keys, "score", "status", "chosen", "run_id", "steps", "message"]
     selection = selection[columns]
@@ -482,7 +486,7 @@ def run_protocol(
     final_runs.to_csv(out / FINAL_FILE, index=False)
     files.append(out / FINAL_FILE)
     write_manifest(final_sweep, out)
-    final = run_sweep(final_sweep.configs, out, workers=workers, progress=progress)
+    final = run_sweep(final_sweep.configs, out, workers=workers, progress=progress, **execution)
     unselected = [str(v) for v, group in selection.groupby("variant", sort=False) if not group["chosen"].any()]
     excluded = _excluded(selection, final_sweep, final, plan)
     return ProtocolResult(
