@@ -64,11 +64,13 @@ def generalization_by_run(results: RunResults, metric: str | None = None, top: i
     return pd.DataFrame(rows, columns=["run_id", "variant", "tasks", "seed", "task", "metric", "generalization"])
 
 
-def primary_metric(results: RunResults, run_id: str, task: str) -> str:
-    """The task's primary metric as recorded: ``accuracy`` for classification, else ``r2``."""
-    recorded = set(
-        results.records.loc[(results.records["run_id"] == run_id) & (results.records["task"] == task), "metric"]
-    )
+def primary_metric(results: RunResults, run_id: str | None, task: str) -> str:
+    """The task's primary metric as recorded (in run ``run_id``, or in any run when None): ``accuracy`` for
+    classification, else ``r2``."""
+    rows = results.records["task"] == task
+    if run_id is not None:
+        rows &= results.records["run_id"] == run_id
+    recorded = set(results.records.loc[rows, "metric"])
     return "accuracy" if "accuracy" in recorded else "r2"
 
 

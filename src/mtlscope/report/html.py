@@ -163,6 +163,7 @@ def _figures(results: RunResults, scratch: Path) -> Section:
         method_changes,
         temperature_table,
     )
+    from mtlscope.analysis.transfer import primary_metric
     from mtlscope.report import plots
     from mtlscope.report.figures import factors_vs_loss, generalization_vs_loss
 
@@ -184,7 +185,7 @@ def _figures(results: RunResults, scratch: Path) -> Section:
                 scratch,
                 f"generalization-{index}",
                 f"{task}: test metric vs full training loss, mean ± 2 std over seeds (Fig. 1)",
-                partial(generalization_vs_loss, results, task, metric=_metric(results, task)),
+                partial(generalization_vs_loss, results, task, metric=primary_metric(results, None, task)),
                 "No checkpoints to draw.",
             )
         )
@@ -284,11 +285,6 @@ def _figures(results: RunResults, scratch: Path) -> Section:
     else:
         parts.append('<p class="missing">Needs multi-task runs with the affinity probe (probes: {affinity: {}}).</p>')
     return Section("figures", "Figures", "".join(parts))
-
-
-def _metric(results: RunResults, task: str) -> str:
-    recorded = set(results.records.loc[results.records["task"] == task, "metric"])
-    return "accuracy" if "accuracy" in recorded else "r2"
 
 
 def _inventory(results: RunResults) -> Section:
