@@ -52,6 +52,31 @@ def test_same_config_same_run_id_and_duplicates_run_once() -> None:
     assert len(doubled.configs) == 1 and doubled.duplicates == 1
 
 
+def test_auxiliary_sets_of_several_targets_equal_each_target_alone() -> None:
+    attributes = {**BASE, "setting": {"name": "digits-attributes", "tasks": ["digit"]}}
+    both = expand(
+        {"base": attributes, "auxiliary_sets": {"target": ["digit", "prime"], "size": 2, "count": 3, "seed": 4}}
+    )
+    alone = [
+        expand({"base": attributes, "auxiliary_sets": {"target": target, "size": 2, "count": 3, "seed": 4}})
+        for target in ("digit", "prime")
+    ]
+    assert [c.setting.tasks for c in both.configs] == [c.setting.tasks for s in alone for c in s.configs]
+    assert [c.setting.tasks[0] for c in both.configs] == ["digit"] * 3 + ["prime"] * 3
+    shared = expand(
+        {
+            "base": attributes,
+            "auxiliary_sets": {"target": ["digit", "prime"], "pool": ["digit", "prime", "loop"], "count": 2},
+        }
+    )
+    # a shared pool: each target draws from the pool without itself (here: both other tasks, in drawn order)
+    drawn = [tuple(c.setting.tasks) for c in shared.configs]
+    assert [tasks[0] for tasks in drawn] == ["digit", "digit", "prime", "prime"]
+    assert set(drawn) == {("digit", "loop"), ("digit", "prime"), ("prime", "digit"), ("prime", "loop")}
+    with pytest.raises(ConfigError, match=r"auxiliary_sets\.target: expected a task name or a list of distinct"):
+        expand({"base": attributes, "auxiliary_sets": {"target": ["digit", "digit"]}})
+
+
 def test_auxiliary_sets_are_seeded_distinct_and_include_the_target() -> None:
     spec = {"base": BASE, "auxiliary_sets": {"target": "digits1", "size": 1, "count": 2, "seed": 5}}
     first = [c.setting.tasks for c in expand(spec).configs]

@@ -308,20 +308,26 @@ def planned_steps(config: RunConfig) -> int:
 def load_protocol(path: str | Path, overrides: Sequence[str] = ()) -> ProtocolPlan:
     """Read a sweep file with a ``protocol`` mapping and expand its selection stage (writes nothing)."""
     path = Path(path)
-    source = str(path)
     data = read_yaml(path)
     if not isinstance(data, Mapping) or "protocol" not in data:
-        raise ConfigError(f"{source}: protocol: required key is missing (see docs/sweeps.md)")
+        raise ConfigError(f"{path}: protocol: required key is missing (see docs/sweeps.md)")
+    return plan_protocol(data, str(path), path.parent, overrides)
+
+
+def plan_protocol(data: Mapping[str, Any], source: str, base_dir: Path, overrides: Sequence[str] = ()) -> ProtocolPlan:
+    """``load_protocol`` on a sweep mapping with a ``protocol`` key (``base`` paths relative to ``base_dir``)."""
     data = dict(data)
+    if "protocol" not in data:
+        raise ConfigError(f"{source}: protocol: required key is missing (see docs/sweeps.md)")
     protocol = parse_protocol(data.pop("protocol"), data, source, overrides)
     data.pop("seeds", None)
-    name = str(data.get("name") or path.stem)
+    name = str(data.get("name") or Path(source).stem)
     found: list[tuple[int, int, str, RunConfig]] = []  # (variant index, point, variant key, config)
     order: dict[str, int] = {}
     labels: dict[str, str] = {}
     duplicates = 0
     for point_index, point in enumerate(protocol.points()):
-        sweep = _expand_point(data, source, path.parent, overrides, point, [protocol.selection_seed])
+        sweep = _expand_point(data, source, base_dir, overrides, point, [protocol.selection_seed])
         duplicates += sweep.duplicates
         for config in sweep.configs:
             key = variant_key(config, protocol.keys)
@@ -334,7 +340,7 @@ def load_protocol(path: str | Path, overrides: Sequence[str] = ()) -> ProtocolPl
         Candidate(key, labels[key], point_index, config, planned_steps(config)) for _, point_index, key, config in found
     )
     _check_equal_steps(ordered, protocol, source)
-    return ProtocolPlan(name, source, protocol, data, path.parent, tuple(overrides), ordered, labels, duplicates)
+    return ProtocolPlan(name, source, protocol, data, base_dir, tuple(overrides), ordered, labels, duplicates)
 
 
 def _unique_labels(labels: Mapping[str, str]) -> dict[str, str]:
@@ -442,7 +448,7 @@ def score_selection(plan: ProtocolPlan, result: SweepResult, out: Path) -> pd.Da
 
 
 def run_protocol(
-    path: str | Path,
+    path: str | Path | ProtocolPlan,
     out: str | Path,
     *,
     workers: int = 1,
@@ -450,14 +456,15 @@ def run_protocol(
     progress: bool = True,
     **execution: Any,
 ) -> ProtocolResult:
-    """Run the protocol of the sweep file ``path`` into ``out`` (module docstring): the selection stage, then
+    """Run the protocol of the sweep file ``path`` (or an already loaded plan) into ``out`` (module docstring):
+    the selection stage, then
     ``out/selection.csv`` (with ``.md`` and ``.tex`` copies) and ``out/final.csv`` (the final runs: run_id,
     variant, the selected values, seed), then the final stage. Both stages are recorded in
     ``out/sweep.json`` before they start and resume like any sweep; completed runs are never run again.
     ``execution``: passed to both stages' ``run_sweep`` (``executor``, ``address``, ``trackers``,
     ``threads_per_worker``).
     """
-    plan = load_protocol(path, overrides)
+    plan = path if isinstance(path, ProtocolPlan) else load_protocol(path, overrides)
     out = Path(out)
     selection_sweep = plan.selection_sweep()
     write_manifest(selection_sweep, out)

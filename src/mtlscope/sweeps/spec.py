@@ -174,7 +174,7 @@ def _seeds(value: Any, source: str) -> list[int | None]:
 
 
 def _auxiliary_sets(value: Any, base: Mapping[str, Any], source: str) -> list[list[str] | None]:
-    """``[target, *auxiliary]`` task lists, drawn without repetition from a seeded generator."""
+    """``[target, *auxiliary]`` task lists, drawn without repetition from a seeded generator per target."""
     if value is None:
         return [None]
     if not isinstance(value, Mapping):
@@ -185,31 +185,37 @@ def _auxiliary_sets(value: Any, base: Mapping[str, Any], source: str) -> list[li
             f"{source}: auxiliary_sets.{unknown[0]}: unknown key; expected one of: {', '.join(AUXILIARY_KEYS)}"
         )
     target = value.get("target")
-    if not isinstance(target, str):
-        raise ConfigError(f"{source}: auxiliary_sets.target: expected a task name")
-    pool = value.get("pool")
-    if pool is None:
-        pool = [task for task in _setting_tasks(base, source) if task != target]
-    if not isinstance(pool, list) or not all(isinstance(t, str) for t in pool) or target in pool:
-        raise ConfigError(f"{source}: auxiliary_sets.pool: expected a list of task names without the target")
+    targets: list[Any] = target if isinstance(target, list) else [target]
+    if not targets or not all(isinstance(t, str) for t in targets) or len(set(targets)) < len(targets):
+        raise ConfigError(f"{source}: auxiliary_sets.target: expected a task name or a list of distinct task names")
     size, count, seed = value.get("size", 1), value.get("count", 1), value.get("seed", 0)
     for key, number in (("size", size), ("count", count), ("seed", seed)):
         lowest = 0 if key == "seed" else 1
         if isinstance(number, bool) or not isinstance(number, int) or number < lowest:
             raise ConfigError(f"{source}: auxiliary_sets.{key}: expected an integer >= {lowest}, got {number!r}")
-    if size > len(pool):
-        raise ConfigError(f"{source}: auxiliary_sets.size: {size} is more than the {len(pool)} tasks of the pool")
-    possible = math.comb(len(pool), size)
-    if count > possible:
-        raise ConfigError(f"{source}: auxiliary_sets.count: only {possible} distinct sets of {size} from the pool")
-    generator = np.random.default_rng(seed)
-    chosen: list[tuple[str, ...]] = []
-    while len(chosen) < count:
-        picked = generator.permutation(len(pool))[:size]
-        draw = tuple(sorted(str(pool[int(i)]) for i in picked))
-        if draw not in chosen:
-            chosen.append(draw)
-    return [[target, *aux] for aux in chosen]
+    sets: list[list[str] | None] = []
+    for name in targets:
+        pool = value.get("pool")
+        if pool is None:
+            pool = [task for task in _setting_tasks(base, source) if task != name]
+        elif isinstance(pool, list) and len(targets) > 1:
+            pool = [task for task in pool if task != name]  # a shared pool: each target draws from the others
+        if not isinstance(pool, list) or not all(isinstance(t, str) for t in pool) or name in pool:
+            raise ConfigError(f"{source}: auxiliary_sets.pool: expected a list of task names without the target")
+        if size > len(pool):
+            raise ConfigError(f"{source}: auxiliary_sets.size: {size} is more than the {len(pool)} tasks of the pool")
+        possible = math.comb(len(pool), size)
+        if count > possible:
+            raise ConfigError(f"{source}: auxiliary_sets.count: only {possible} distinct sets of {size} from the pool")
+        generator = np.random.default_rng(seed)  # one generator per target: its sets do not depend on the others
+        chosen: list[tuple[str, ...]] = []
+        while len(chosen) < count:
+            picked = generator.permutation(len(pool))[:size]
+            draw = tuple(sorted(str(pool[int(i)]) for i in picked))
+            if draw not in chosen:
+                chosen.append(draw)
+        sets += [[name, *aux] for aux in chosen]
+    return sets
 
 
 def _setting_tasks(base: Mapping[str, Any], source: str) -> list[str]:
