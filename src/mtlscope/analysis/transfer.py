@@ -103,3 +103,46 @@ def transfer_table(results: RunResults, metric: str | None = None, top: int = 10
             }
         )
     return pd.DataFrame(rows, columns=list(TRANSFER_COLUMNS))
+
+
+GENERALIZATION_COLUMNS: tuple[str, ...] = ("task", "metric", "mean", "std", "sem", "n")
+
+
+def generalization_table(
+    results: RunResults, by: tuple[str, ...] = ("variant",), metric: str | None = None, top: int = 10
+) -> pd.DataFrame:
+    """Generalization per group of runs and task, as the IT-MTL tables report it (Fifty et al. 2021, Tables 2
+    and 5: mean test accuracy with its standard error over runs).
+
+    One row per (``by`` columns of ``results.runs``, task) over the completed runs; columns ``*by`` then
+    ``GENERALIZATION_COLUMNS``: ``mean``, ``std`` (sample standard deviation over seeds, NaN for one run),
+    ``sem = std / sqrt(n)`` and ``n`` of the runs' generalization (``generalization_by_run``), in order of
+    first appearance.
+    """
+    by = tuple(by)
+    missing = [column for column in by if column not in results.runs.columns]
+    if missing:
+        raise ValueError(f"by: {missing[0]!r} is not a column of the runs table")
+    per_run = generalization_by_run(results, metric, top)
+    columns = [*by, *GENERALIZATION_COLUMNS]
+    if per_run.empty:
+        return pd.DataFrame(columns=columns)
+    extra = [column for column in by if column not in per_run.columns]
+    if extra:
+        per_run = per_run.join(results.runs.set_index("run_id")[extra], on="run_id")
+    rows = []
+    for key, group in per_run.groupby([*by, "task"], sort=False, dropna=False):
+        values = group["generalization"].dropna().to_numpy(dtype=float)
+        n = len(values)
+        std = float(np.std(values, ddof=1)) if n > 1 else float("nan")
+        rows.append(
+            {
+                **dict(zip([*by, "task"], key)),
+                "metric": group["metric"].iloc[0],
+                "mean": float(values.mean()) if n else float("nan"),
+                "std": std,
+                "sem": std / np.sqrt(n) if n > 1 else float("nan"),
+                "n": n,
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)

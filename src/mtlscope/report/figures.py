@@ -9,6 +9,10 @@ training proceeds from left to right.
 ``factors_vs_loss``: the main paper's Figure 3 — each trajectory probe (sharpness, Fisher trace, gradient
 covariance trace, gradient similarity) of a task against its training loss, one panel per probe and one
 curve per variant, binned the same way.
+
+``learning_curves``: the temperature paper's Figure 1 — the full training loss and the validation metric
+against the epoch, one curve per variant (e.g. per loss scale C), mean ± 2 std over seeds, for one task or
+averaged over each run's tasks.
 """
 
 from __future__ import annotations
@@ -159,6 +163,73 @@ def factors_vs_loss(
         figure.suptitle(f"Trajectory factors vs training loss: {task} (mean ± 2 std over seeds)")
         figure.tight_layout(rect=(0, 0.08, 1, 1))
         return _save(figure, path, layout=False)
+
+
+def learning_curve_table(
+    results: RunResults, task: str | None = None, variants: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Rows (variant, panel, epoch, mean, std, seeds) behind ``learning_curves``: ``panel`` is ``train_loss``
+    (the full training loss) or ``val`` (the validation primary metric) of ``task``, or with ``task=None`` their
+    mean over each run's tasks, per checkpoint epoch; mean and sample std over the variant's completed runs."""
+    from mtlscope.analysis.transfer import primary_metric
+
+    runs = results.runs[results.runs["status"] == "completed"]
+    if task is not None:
+        runs = runs[runs["tasks"].astype(str).str.split("+").apply(lambda tasks: task in tasks)]
+    if variants is not None:
+        runs = runs[runs["variant"].isin(variants)]
+    if runs.empty:
+        where = f" training {task}" if task is not None else ""
+        raise ValueError(f"no completed runs{where} to draw learning curves of")
+    per_run = []
+    for run in runs.itertuples():
+        run_id = str(run.run_id)
+        tasks = [task] if task is not None else str(run.tasks).split("+")
+        tables = [checkpoint_table(results.records, run_id, t, primary_metric(results, run_id, t)) for t in tasks]
+        both = pd.concat(tables).groupby("epoch")[["train_loss", "val"]].mean()
+        both["variant"], both["run_id"] = str(run.variant), run_id
+        per_run.append(both.reset_index())
+    table = pd.concat(per_run).melt(
+        id_vars=["variant", "run_id", "epoch"], value_vars=["train_loss", "val"], var_name="panel"
+    )
+    table = table.dropna(subset=["value"])
+    grouped = table.groupby(["variant", "panel", "epoch"], sort=False)["value"]
+    summary = grouped.agg(mean="mean", std="std", seeds="count").reset_index()
+    order = {variant: index for index, variant in enumerate(dict.fromkeys(runs["variant"].astype(str)))}
+    summary["position"] = summary["variant"].map(order)
+    summary = summary.sort_values(["panel", "position", "epoch"], kind="stable").drop(columns="position")
+    return summary.reset_index(drop=True)
+
+
+def learning_curves(
+    results: RunResults, path: str | Path, task: str | None = None, variants: Sequence[str] | None = None
+) -> list[Path]:
+    """Write the temperature paper's Figure 1 for ``task`` (None: the mean over each run's tasks) to ``path``
+    (PNG) and a sibling SVG: full training loss (log scale) and validation metric against the epoch, one curve
+    per variant, mean ± 2 std over seeds (``learning_curve_table``); returns the written paths."""
+    curves = learning_curve_table(results, task, variants)
+    name = task if task is not None else "mean over tasks"
+    with plt.rc_context(STYLE):  # type: ignore[arg-type]
+        figure, (loss_axes, val_axes) = plt.subplots(1, 2, figsize=(10.5, 4.2))
+        cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        colors: dict[str, Any] = {}
+        for axes, panel in ((loss_axes, "train_loss"), (val_axes, "val")):
+            for variant, curve in curves[curves["panel"] == panel].groupby("variant", sort=False):
+                color = colors.setdefault(str(variant), cycle[len(colors) % len(cycle)])
+                epoch, mean, std = curve["epoch"], curve["mean"], curve["std"]
+                axes.plot(epoch, mean, color=color, label=str(variant))
+                banded = std.notna()
+                low, high = (mean - 2 * std)[banded], (mean + 2 * std)[banded]
+                if panel == "train_loss":
+                    low = low.clip(lower=float(mean[mean > 0].min()) / 10 if (mean > 0).any() else 1e-12)
+                axes.fill_between(epoch[banded], low, high, color=color, alpha=0.2, linewidth=0)
+            axes.set_xlabel("epoch")
+        loss_axes.set_yscale("log")
+        loss_axes.set_ylabel(f"full training loss ({name}, log scale)")
+        val_axes.set_ylabel(f"validation metric ({name})")
+        val_axes.legend(title="variant", fontsize="small")
+        figure.suptitle(f"Learning curves: {name} (mean ± 2 std over seeds)")
+        return _save(figure, path)
 
 
 def _draw_curves(

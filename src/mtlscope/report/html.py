@@ -59,17 +59,23 @@ class Section:
     body: str
 
 
-def write_report(directory: str | Path, out: str | Path, title: str | None = None) -> Path:
-    """Write the report of the runs below ``directory`` to ``out`` (one HTML file); returns its path.
+def write_report(directory: str | Path | RunResults, out: str | Path, title: str | None = None) -> Path:
+    """Write the report of the runs below ``directory`` (or of already loaded results, e.g. a protocol's
+    final runs) to ``out`` (one HTML file); returns its path.
 
     Raises ``FileNotFoundError`` for a missing directory and ``ValueError`` when it holds no runs; nothing is
     written then. The file is written at once (to a temporary name, then renamed).
     """
-    root = Path(directory)
-    results = load(root)
+    if isinstance(directory, RunResults):
+        results, name = directory, Path(out).stem
+    else:
+        root = Path(directory)
+        results, name = load(root), root.name
+        if results.runs.empty:
+            raise ValueError(f"{root}: no runs found (expected run directories with status.json)")
     if results.runs.empty:
-        raise ValueError(f"{root}: no runs found (expected run directories with status.json)")
-    page = build_report(results, title or f"mtlscope report: {root.name}")
+        raise ValueError("no runs to report")
+    page = build_report(results, title or f"mtlscope report: {name}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
