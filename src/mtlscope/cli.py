@@ -9,6 +9,9 @@
     mtlscope sweep FILE [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
                    [--dry-run] [--mlflow URI] [--tensorboard DIR]
     mtlscope sweep-status DIR [--workers N]
+    mtlscope reproduce NAME [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
+                       [--dry-run] [--mlflow URI] [--tensorboard DIR]
+    mtlscope reproduce --list
 
 Exit codes: 0 success (a diverged run is a result, not an error), 1 a run failed, 2 bad input (config,
 arguments or paths) — in which case nothing is written.
@@ -20,10 +23,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 import mtlscope
+
+if TYPE_CHECKING:
+    from mtlscope.reproduce.preset import Preset
 
 
 class UsageError(Exception):
@@ -149,6 +156,19 @@ def _results_directory(directory: str) -> Path:
     return path / "runs" if (path / "runs").is_dir() else path
 
 
+def _check_execution(args: argparse.Namespace) -> None:
+    if args.workers < 1:
+        raise UsageError(f"--workers: expected a positive integer, got {args.workers}")
+    if args.address is not None and args.executor != "ray":
+        raise UsageError("--address: only with --executor ray (the address of a running Ray cluster)")
+
+
+def _execution(args: argparse.Namespace, sweep: str) -> dict[str, Any]:
+    """The sweep's executor, address and trackers from ``--executor``, ``--address``, ``--mlflow``, ... (checked)."""
+    _check_execution(args)
+    return {"executor": args.executor, "address": args.address, "trackers": _tracker_specs(args, sweep)}
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from mtlscope.report.html import write_report
 
@@ -167,21 +187,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from mtlscope.sweeps import protocol
     from mtlscope.sweeps.execution import run_sweep
     from mtlscope.sweeps.manifest import write_manifest
     from mtlscope.sweeps.spec import load_sweep
 
-    if args.workers < 1:
-        raise UsageError(f"--workers: expected a positive integer, got {args.workers}")
-    if args.address is not None and args.executor != "ray":
-        raise UsageError("--address: only with --executor ray (the address of a running Ray cluster)")
-    from mtlscope.sweeps import protocol
-
-    execution = {
-        "executor": args.executor,
-        "address": args.address,
-        "trackers": _tracker_specs(args, _sweep_name(args.file)),
-    }
+    execution = _execution(args, _sweep_name(args.file))
 
     if protocol.has_protocol(args.file):  # a file with a protocol mapping runs the papers' protocol
         if args.dry_run:
@@ -218,6 +229,78 @@ def _cmd_sweep_status(args: argparse.Namespace) -> int:
     if not out.is_dir():
         raise UsageError(f"{out}: no such sweep directory")
     print(format_status(sweep_status(read_manifest(out), out, workers=args.workers)))
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from mtlscope.reproduce.preset import available_presets, load_preset
+    from mtlscope.reproduce.runner import check_settings, reproduce
+
+    if args.list:
+        from mtlscope.runs.config import ConfigError
+
+        for name in available_presets():
+            preset = load_preset(name)
+            try:
+                check_settings(preset)
+                runnable = ""
+            except ConfigError:
+                runnable = f"  [needs {', '.join(preset.settings)}]"
+            print(f"{name}: {preset.title}{runnable}")
+        return 0
+    if args.name is None:
+        raise UsageError("reproduce: expected a preset name (mtlscope reproduce --list shows them) or a .yaml path")
+    _check_execution(args)
+    preset = load_preset(args.name)
+    check_settings(preset)
+    out = Path(args.out or f"{preset.name}-out")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: --out exists and is not a directory")
+    if args.dry_run:
+        return _dry_run_preset(preset, out, args.overrides)
+    execution = _execution(args, preset.name)
+    command = " ".join(["mtlscope reproduce", args.name, *args.overrides, "--out", str(out)])
+    if args.workers > 1:
+        command += f" --workers {args.workers}"
+    print(f"{preset.name}: {preset.title}")
+    result = reproduce(
+        preset,
+        out,
+        workers=args.workers,
+        overrides=args.overrides,
+        command=command,
+        **execution,
+    )
+    print(result.log)
+    for output in result.outputs:
+        if output.produced is None:
+            print(f"not produced: {output.spec.name} ({output.spec.kind}): {output.error}")
+    for path in result.files:
+        print(f"wrote {path}")
+    print(f"{preset.name} finished in {result.elapsed_s:.1f} s")
+    failed = result.counts.get("failed", 0)
+    return 1 if failed or result.failed_outputs else 0
+
+
+def _dry_run_preset(preset: Preset, out: Path, overrides: Sequence[str]) -> int:
+    from mtlscope.sweeps import protocol
+    from mtlscope.sweeps.spec import expand
+
+    if preset.has_protocol:
+        plan = protocol.plan_protocol(preset.sweep, preset.source, preset.base_dir, overrides)
+        seeds = len(plan.protocol.seeds)
+        print(
+            f"{preset.name}: protocol with {len(plan.candidates)} selection runs of {len(plan.labels)} variants, "
+            f"then {seeds} seeds per variant -> {out / 'runs'}"
+        )
+        run_ids = [candidate.config.run_id() for candidate in plan.candidates]
+    else:
+        sweep = expand(preset.sweep, preset.source, preset.base_dir, overrides)
+        print(f"{preset.name}: {len(sweep.configs)} runs -> {out / 'runs'}")
+        run_ids = sweep.run_ids()
+    for run_id in run_ids:
+        print(run_id)
+    print("outputs: " + ", ".join(f"{spec.name} ({spec.kind})" for spec in preset.outputs))
     return 0
 
 
@@ -317,6 +400,20 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("directory", help="the --out of mtlscope sweep")
     status.add_argument("--workers", type=int, default=1, help="workers assumed for the ETA (default: 1)")
     status.set_defaults(handler=_cmd_sweep_status)
+
+    reproduce = commands.add_parser(
+        "reproduce", help="run a paper preset: its sweep, figures and tables, and the report (docs/experiments.md)"
+    )
+    reproduce.add_argument("name", nargs="?", help="a preset name (see --list) or a preset .yaml file")
+    reproduce.add_argument("overrides", nargs="*", help="key=value overrides of every run, e.g. training.epochs=5")
+    reproduce.add_argument("--list", action="store_true", help="list the presets and stop")
+    reproduce.add_argument("--out", default=None, help="output directory (default: <name>-out)")
+    reproduce.add_argument("--workers", type=int, default=1, help="runs in parallel (processes; default: 1)")
+    reproduce.add_argument("--executor", choices=["local", "ray"], default="local", help="where runs execute")
+    reproduce.add_argument("--address", default=None, help="with --executor ray: a running cluster's HOST:PORT")
+    _add_tracking_arguments(reproduce)
+    reproduce.add_argument("--dry-run", action="store_true", help="print the runs and outputs, run nothing")
+    reproduce.set_defaults(handler=_cmd_reproduce)
     return parser
 
 

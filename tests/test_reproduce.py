@@ -1,0 +1,197 @@
+"""Paper presets and ``mtlscope reproduce``: every shipped preset is valid; a reproduction writes its outputs,
+report and summary from the right runs, resumes, and records what it could not produce."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from mtlscope.cli import main
+from mtlscope.reproduce import OUTPUTS, available_presets, load_preset, reproduce
+from mtlscope.reproduce.runner import check_settings, select_runs
+from mtlscope.runs import ConfigError
+from mtlscope.runs.results import RunResults
+from mtlscope.settings import SETTINGS_REGISTRY
+from mtlscope.sweeps import protocol
+from mtlscope.sweeps.spec import expand
+
+PRESETS = available_presets()
+MINIS = [name for name in PRESETS if name.endswith("-mini")]
+
+
+def test_every_figure_family_has_a_mini_and_a_full_preset() -> None:
+    assert len(MINIS) >= 10
+    for name in MINIS:
+        preset = load_preset(name)
+        assert preset.full == name.removesuffix("-mini")
+        assert preset.full in PRESETS, f"{name}: its full preset {preset.full} is missing"
+        full = load_preset(preset.full)
+        assert full.mini == name
+        assert {spec.kind for spec in preset.outputs} <= {spec.kind for spec in full.outputs}
+
+
+@pytest.mark.parametrize("name", MINIS)
+def test_mini_presets_expand_on_the_embedded_settings(name: str) -> None:
+    preset = load_preset(name)
+    assert set(preset.settings) <= set(SETTINGS_REGISTRY.available())
+    check_settings(preset)  # runnable here
+    if preset.has_protocol:
+        plan = protocol.plan_protocol(preset.sweep, preset.source, preset.base_dir)
+        configs = [candidate.config for candidate in plan.candidates]
+    else:
+        configs = list(expand(preset.sweep, preset.source, preset.base_dir).configs)
+    assert configs and len({config.run_id() for config in configs}) == len(configs)
+    assert all(spec.kind in OUTPUTS.available() for spec in preset.outputs)
+
+
+@pytest.mark.parametrize("name", [name for name in PRESETS if not name.endswith("-mini")])
+def test_full_presets_name_the_setting_they_wait_for(name: str) -> None:
+    preset = load_preset(name)
+    missing = [setting for setting in preset.settings if setting not in SETTINGS_REGISTRY.available()]
+    if not missing:
+        pytest.skip(f"{name}: its settings exist")
+    with pytest.raises(ConfigError, match=rf"needs the setting '{missing[0]}'.*run {preset.mini} for its analogue"):
+        check_settings(preset)
+    assert main(["reproduce", name, "--dry-run"]) == 2
+
+
+TINY = {
+    "name": "tiny",
+    "title": "A tiny preset for the tests",
+    "paper": "none",
+    "reproduces": ["nothing"],
+    "description": "Two variants of digits-mtl, two learning rates, two seeds.",
+    "sweep": {
+        "base": {
+            "setting": {"name": "digits-mtl", "tasks": ["digits1"], "options": {"digits1_size": 60}},
+            "model": {"encoder": {"name": "mlp", "hidden": [16]}},
+            "training": {"batch_size": 64, "epochs": 3},
+        },
+        "zip": {"setting.tasks": [["digits1"], ["digits1", "digits2"]]},
+        "protocol": {"select": {"optimizer.lr": [0.001, 0.01]}, "seeds": 2},
+    },
+    "outputs": [
+        {"kind": "transfer_table"},
+        {"kind": "generalization_vs_loss", "name": "fig1", "task": "digits1"},
+        {"kind": "learning_curves", "name": "curves", "where": {"tasks": "digits1+digits2"}},
+        {"kind": "generalization_table", "by": ["variant", "lr"]},
+        {"kind": "smto_quadrants"},  # one method only: cannot be produced, and says so
+    ],
+}
+
+
+def _write(tmp_path: Path, data: dict[str, object], name: str = "tiny.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_reproduce_writes_outputs_report_and_summary_from_the_final_runs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = reproduce(_write(tmp_path, TINY), out, progress=False)
+    assert result.runs == 6  # 2 variants x 2 learning rates, then seed 1 of each variant (seed 0 reused)
+    assert result.counts == {"completed": 6}
+    final = pd.read_csv(out / "runs" / "final.csv")
+    tables = {path.name for path in (out / "tables").iterdir()}
+    assert {"transfer_table.csv", "transfer_table.md", "transfer_table.tex", "curves.csv"} <= tables
+    assert {"fig1.png", "fig1.svg", "curves.png"} <= {path.name for path in (out / "figures").iterdir()}
+    generalization = pd.read_csv(out / "tables" / "generalization_table.csv")
+    # only the final runs are analysed: each variant at its chosen learning rate, 2 seeds
+    assert generalization["n"].tolist() == [2, 2, 2]
+    chosen = final.groupby("variant")["optimizer.lr"].first()
+    for row in generalization.itertuples():
+        assert row.lr == pytest.approx(chosen[row.variant])
+    curves = pd.read_csv(out / "tables" / "curves.csv")
+    assert curves["variant"].tolist() == ["digits1+digits2"]  # the where filter
+    assert [output.spec.kind for output in result.failed_outputs] == ["smto_quadrants"]
+    summary = (out / "summary.md").read_text()
+    assert "# tiny: A tiny preset for the tests" in summary
+    assert "## smto_quadrants (smto_quadrants)\n\nNot produced:" in summary
+    assert "| task | variant | st_mean |" in summary
+    assert (out / "report.html").read_text().count("digits1+digits2") > 0
+
+    again = reproduce(_write(tmp_path, TINY), out, progress=False)
+    lines = again.log.splitlines()  # nothing runs again: both stages were done
+    assert "selection 4 runs: 4 completed, 0 diverged, 0 failed (4 already done)" in lines[0]
+    assert "final 4 runs: 4 completed, 0 diverged, 0 failed (4 already done)" in again.log
+
+
+def test_reproduce_cli_exit_codes_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reproduce", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"{name}:" in listed for name in PRESETS)
+    assert main(["reproduce", "main-fig1-mini", "--dry-run", "--out", str(tmp_path / "x")]) == 0
+    dry = capsys.readouterr().out
+    assert "protocol with 9 selection runs of 3 variants" in dry and "outputs: generalization_vs_loss" in dry
+    assert not (tmp_path / "x").exists()
+    assert main(["reproduce", "no-such-preset"]) == 2
+    assert "no-such-preset: unknown preset; available: " in capsys.readouterr().err
+    data = {**TINY, "outputs": [{"kind": "transfer_table"}, {"kind": "smto_quadrants"}]}
+    path = _write(tmp_path, data)
+    assert main(["reproduce", str(path), "--out", str(tmp_path / "cli")]) == 1  # an output was not produced
+    assert "not produced: smto_quadrants" in capsys.readouterr().out
+    assert main(["reproduce", str(path), "--workers", "0"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": 1}, "colour: unknown key; expected one of: name, title"),
+        ({"title": ""}, "title: expected a non-empty string"),
+        ({"results": "best"}, "results: expected one of final, all"),
+        ({"outputs": []}, "outputs: expected a non-empty list"),
+        ({"outputs": [{"kind": "histogram"}]}, "outputs\\[0\\]: unknown output 'histogram'; available: affinity"),
+        ({"outputs": [{"kind": "transfer_table", "tops": 3}]}, "outputs\\[0\\]: output 'transfer_table' has no option"),
+        ({"outputs": [{"kind": "generalization_vs_loss"}]}, "output 'generalization_vs_loss' needs option 'task'"),
+        ({"outputs": [{"kind": "transfer_table"}, {"kind": "transfer_table"}]}, "outputs\\[1\\]\\.name: 'transfer"),
+        ({"outputs": [{"kind": "transfer_table", "where": [1]}]}, "outputs\\[0\\]\\.where: expected a mapping"),
+        ({"sweep": [1]}, "sweep: expected a sweep mapping"),
+    ],
+)
+def test_bad_presets_are_one_line_errors(tmp_path: Path, change: dict[str, object], message: str) -> None:
+    path = _write(tmp_path, {**TINY, **change})
+    with pytest.raises(ConfigError, match=message) as error:
+        load_preset(path)
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
+
+
+def test_missing_required_key_and_missing_file(tmp_path: Path) -> None:
+    data = {key: value for key, value in TINY.items() if key != "paper"}
+    with pytest.raises(ConfigError, match="paper: required key is missing"):
+        load_preset(_write(tmp_path, data))
+    with pytest.raises(ConfigError, match=r"nope\.yaml: no such preset file"):
+        load_preset(tmp_path / "nope.yaml")
+
+
+def test_select_runs_matches_numbers_as_numbers_and_text_as_text() -> None:
+    runs = pd.DataFrame({"run_id": ["a", "b", "c"], "lr": [0.001, 0.01, 0.001], "method": ["umtg", "pcgrad", "pcgrad"]})
+    records = pd.DataFrame({"run_id": ["a", "b", "c", "c"], "value": [1, 2, 3, 4]})
+    results = RunResults(runs=runs, records=records)
+    assert select_runs(results, {"lr": [1e-3]}).runs["run_id"].tolist() == ["a", "c"]
+    chosen = select_runs(results, {"lr": [0.001], "method": ["pcgrad"]})
+    assert chosen.runs["run_id"].tolist() == ["c"] and chosen.records["value"].tolist() == [3, 4]
+    assert select_runs(results, {"method": ["umtg", "pcgrad"]}).runs["run_id"].tolist() == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="where: 'optimizer' is not a column"):
+        select_runs(results, {"optimizer": ["adam"]})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MINIS)
+def test_every_mini_preset_produces_every_output(name: str, tmp_path: Path) -> None:
+    """Each mini preset end to end with 2 epochs per run and cheap probes: every run completes and every output
+    is produced."""
+    cheap = {
+        "sharpness": ["subset=128", "iterations=3"],
+        "fim_trace": ["subset=128"],
+        "grad_cov_trace": ["subset=256", "large_batch=128"],
+        "grad_similarity": ["batches=5"],
+    }
+    probes = load_preset(name).sweep["base"].get("probes") or {}
+    overrides = ["training.epochs=2", *(f"probes.{p}.{o}" for p in probes if p in cheap for o in cheap[p])]
+    result = reproduce(name, tmp_path / name, overrides=overrides, progress=False)
+    assert set(result.counts) == {"completed"}, result.counts
+    assert not result.failed_outputs, [(o.spec.name, o.error) for o in result.failed_outputs]
+    assert (tmp_path / name / "report.html").is_file() and (tmp_path / name / "summary.md").is_file()
