@@ -150,6 +150,14 @@ def _add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files under DIR/<run_id>/")
 
 
+def _add_execution_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--workers``, ``--executor``, ``--address`` and the tracking flags of commands that run sweeps."""
+    parser.add_argument("--workers", type=int, default=1, help="runs in parallel (processes; default: 1)")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local", help="where runs execute")
+    parser.add_argument("--address", default=None, help="with --executor ray: a running cluster's HOST:PORT")
+    _add_tracking_arguments(parser)
+
+
 def _results_directory(directory: str) -> Path:
     """A results directory, or a directory holding one as ``runs/`` (e.g. a demo's output)."""
     path = Path(directory)
@@ -389,10 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("file", help="YAML sweep file (see docs/sweeps.md)")
     sweep.add_argument("overrides", nargs="*", help="key=value overrides of the base config, e.g. training.epochs=5")
     sweep.add_argument("--out", default="sweep-out", help="results directory (default: sweep-out)")
-    sweep.add_argument("--workers", type=int, default=1, help="runs in parallel (processes; default: 1)")
-    sweep.add_argument("--executor", choices=["local", "ray"], default="local", help="where runs execute")
-    sweep.add_argument("--address", default=None, help="with --executor ray: a running cluster's HOST:PORT")
-    _add_tracking_arguments(sweep)
+    _add_execution_arguments(sweep)
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded run ids and stop")
     sweep.set_defaults(handler=_cmd_sweep)
 
@@ -408,10 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("overrides", nargs="*", help="key=value overrides of every run, e.g. training.epochs=5")
     reproduce.add_argument("--list", action="store_true", help="list the presets and stop")
     reproduce.add_argument("--out", default=None, help="output directory (default: <name>-out)")
-    reproduce.add_argument("--workers", type=int, default=1, help="runs in parallel (processes; default: 1)")
-    reproduce.add_argument("--executor", choices=["local", "ray"], default="local", help="where runs execute")
-    reproduce.add_argument("--address", default=None, help="with --executor ray: a running cluster's HOST:PORT")
-    _add_tracking_arguments(reproduce)
+    _add_execution_arguments(reproduce)
     reproduce.add_argument("--dry-run", action="store_true", help="print the runs and outputs, run nothing")
     reproduce.set_defaults(handler=_cmd_reproduce)
     return parser

@@ -63,6 +63,11 @@ def _table(directory: Path, name: str, table: pd.DataFrame, title: str) -> list[
     return write_table(table, path, title=title)
 
 
+def _tabled(directory: Path, name: str, table: pd.DataFrame, title: str) -> Produced:
+    """A table output: written as CSV, Markdown and LaTeX, and kept for the summary."""
+    return Produced(title, _table(directory, name, table, title), table)
+
+
 def _metric(results: RunResults, task: str, metric: str | None) -> str:
     from mtlscope.analysis.transfer import primary_metric
 
@@ -133,7 +138,7 @@ def transfer_table(
         f"Transfer: generalization = mean test metric of the {top} best validation checkpoints, mean and std over "
         "seeds; significant = the mean ± 2 std intervals do not overlap"
     )
-    return Produced(title, _table(directory, name, table, title), table)
+    return _tabled(directory, name, table, title)
 
 
 @OUTPUTS.register("factor_transfer_table", "main paper Table 1: the change of every factor from ST to MT")
@@ -149,7 +154,7 @@ def factor_transfer_table(
 
     table = build(results, factors, reference)
     title = f"Factor transfer (Table 1): each factor's delta over the {reference} runs, 2-std significance"
-    return Produced(title, _table(directory, name, table, title), table)
+    return _tabled(directory, name, table, title)
 
 
 @OUTPUTS.register("phase_table", "main paper §3: a probe or metric compared with ST at comparable training loss")
@@ -169,7 +174,7 @@ def phase_table(
         raise ValueError(f"phase: expected 'early' or 'end', got {phase!r}")
     table = build(results, task, column, phase, reference_variant)
     title = f"{task}: {column} in the {phase} phase, each run vs its same-seed reference at comparable loss"
-    return Produced(title, _table(directory, name, table, title), table)
+    return _tabled(directory, name, table, title)
 
 
 # -- main paper: SMTOs (Fig. 4) -------------------------------------------------------------------------------
@@ -183,7 +188,7 @@ def method_changes(
 
     table = build(results, baseline, factors)
     title = f"Method changes: % change over {baseline} of generalization and of each factor (means over seeds)"
-    return Produced(title, _table(directory, name, table, title), table)
+    return _tabled(directory, name, table, title)
 
 
 @OUTPUTS.register("smto_quadrants", "main paper Fig. 4: % change of a factor vs of generalization, per method")
@@ -281,7 +286,7 @@ def temperature_table(results: RunResults, directory: Path, name: str, *, metric
 
     table = build(results, metric)
     title = "Generalization by temperature T = lr / B: mean and std over seeds, per variant and task (and the mean)"
-    return Produced(title, _table(directory, name, table, title), table)
+    return _tabled(directory, name, table, title)
 
 
 @OUTPUTS.register("best_temperatures", "temperature paper Fig. 3: each task's best temperature per variant")
@@ -291,7 +296,7 @@ def best_temperatures(results: RunResults, directory: Path, name: str, *, metric
 
     table = best(build(results, metric))
     title = "Best temperature of each task (and of the task mean) per variant"
-    return Produced(title, _table(directory, name, table, title), table)
+    return _tabled(directory, name, table, title)
 
 
 @OUTPUTS.register("method_vs_baseline_by_temperature", "temperature paper Figs. 2c and 4: SMTOs minus UMTG per T")
@@ -303,7 +308,7 @@ def method_vs_baseline_by_temperature(
 
     table = compare(build(results, metric), baseline)
     title = f"Each method minus {baseline} at the same temperature and loss scale (2-std significance)"
-    return Produced(title, _table(directory, name, table, title), table)
+    return _tabled(directory, name, table, title)
 
 
 @OUTPUTS.register("temperature_curves", "temperature paper Figs. 2-4: generalization vs temperature")
@@ -404,7 +409,7 @@ def generalization_table(
         f"Generalization per {', '.join(by)} and task: mean, std and standard error over seeds of the mean test "
         f"metric of the {top} best validation checkpoints"
     )
-    return Produced(title, _table(directory, name, table, title), table)
+    return _tabled(directory, name, table, title)
 
 
 @OUTPUTS.register("candidate_wins", "Fifty et al. §4: how often IT-MTL chose each candidate gradient")
@@ -419,7 +424,7 @@ def candidate_wins(results: RunResults, directory: Path, name: str, *, window: i
     table = table.reset_index()
     table["fraction"] = table["wins"] / table["steps"]
     title = "IT-MTL candidate wins summed over runs: fraction of steps each candidate was chosen"
-    return Produced(title, _table(directory, name, table, title), table)
+    return _tabled(directory, name, table, title)
 
 
 def build_output(kind: str, results: RunResults, directory: Path, name: str, options: dict[str, Any]) -> Produced:
