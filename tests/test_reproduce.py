@@ -195,3 +195,15 @@ def test_every_mini_preset_produces_every_output(name: str, tmp_path: Path) -> N
     assert set(result.counts) == {"completed"}, result.counts
     assert not result.failed_outputs, [(o.spec.name, o.error) for o in result.failed_outputs]
     assert (tmp_path / name / "report.html").is_file() and (tmp_path / name / "summary.md").is_file()
+
+
+def test_reproduce_on_a_local_ray_instance_equals_the_local_executor(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    path = _write(tmp_path, {**TINY, "outputs": [{"kind": "transfer_table"}, {"kind": "generalization_table"}]})
+    local = reproduce(path, tmp_path / "local", progress=False, threads_per_worker=1)
+    on_ray = reproduce(path, tmp_path / "ray", progress=False, executor="ray", threads_per_worker=1)
+    assert on_ray.counts == local.counts == {"completed": 6}
+    for table in ("transfer_table.csv", "generalization_table.csv"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(tmp_path / "ray" / "tables" / table), pd.read_csv(tmp_path / "local" / "tables" / table)
+        )
