@@ -67,14 +67,13 @@ def write_report(directory: str | Path | RunResults, out: str | Path, title: str
     written then. The file is written at once (to a temporary name, then renamed).
     """
     if isinstance(directory, RunResults):
-        results, name = directory, Path(out).stem
+        results, name, empty = directory, Path(out).stem, "no runs to report"
     else:
         root = Path(directory)
         results, name = load(root), root.name
-        if results.runs.empty:
-            raise ValueError(f"{root}: no runs found (expected run directories with status.json)")
+        empty = f"{root}: no runs found (expected run directories with status.json)"
     if results.runs.empty:
-        raise ValueError("no runs to report")
+        raise ValueError(empty)
     page = build_report(results, title or f"mtlscope report: {name}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -457,9 +457,8 @@ def run_protocol(
     **execution: Any,
 ) -> ProtocolResult:
     """Run the protocol of the sweep file ``path`` (or an already loaded plan) into ``out`` (module docstring):
-    the selection stage, then
-    ``out/selection.csv`` (with ``.md`` and ``.tex`` copies) and ``out/final.csv`` (the final runs: run_id,
-    variant, the selected values, seed), then the final stage. Both stages are recorded in
+    the selection stage, then ``out/selection.csv`` (with ``.md`` and ``.tex`` copies) and ``out/final.csv`` (the
+    final runs: run_id, variant, the selected values, seed), then the final stage. Both stages are recorded in
     ``out/sweep.json`` before they start and resume like any sweep; completed runs are never run again.
     ``execution``: passed to both stages' ``run_sweep`` (``executor``, ``address``, ``trackers``,
     ``threads_per_worker``).
