@@ -42,7 +42,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
 from torch import Tensor
 
 from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
@@ -90,6 +89,8 @@ def dual_weights(gramian: np.ndarray, c: float) -> tuple[np.ndarray, float]:
     def gradient(w: np.ndarray) -> np.ndarray:
         mw = matrix @ w
         return b + radius * mw / math.sqrt(max(float(w @ mw), 0.0) + NORM_EPS)
+
+    from scipy.optimize import minimize  # here: a sweep worker that never runs CAGrad does not import it
 
     result = minimize(
         objective,

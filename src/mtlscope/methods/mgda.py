@@ -58,7 +58,6 @@ from typing import Literal, cast
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
 from torch import Tensor
 
 from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
@@ -137,6 +136,8 @@ def exact_min_norm(gramian: np.ndarray) -> np.ndarray:
     system = np.vstack([factor.T, np.ones((1, num_tasks))])
     target = np.zeros(num_tasks + 1)
     target[-1] = 1.0
+    from scipy.optimize import nnls  # here: a sweep worker that never runs MGDA does not import it
+
     u, _ = nnls(system, target, maxiter=50 * num_tasks)
     total = u.sum()
     if not total > 0:

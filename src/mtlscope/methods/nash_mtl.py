@@ -58,15 +58,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from scipy.optimize import OptimizeResult, minimize
 from torch import Tensor
 
 from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian, check_loss_scale
 from mtlscope.methods.registry import METHODS
+
+if TYPE_CHECKING:
+    from scipy.optimize import OptimizeResult
 
 #: The solver stops once every utility alpha_k (J J^T alpha)_k is within this of 1.
 _TOLERANCE = 1e-10
@@ -135,6 +137,8 @@ def solve(gramian: Tensor, beta_init: Tensor | None = None, optim_niter: int = 2
             x = intermediate_result.x
             if np.abs(x * (scaled @ x) - 1.0).max() <= _TOLERANCE:  # the utilities b_k (M b)_k are all 1
                 raise StopIteration
+
+        from scipy.optimize import minimize  # here: a sweep worker that never runs Nash-MTL does not import it
 
         result = minimize(
             objective,
