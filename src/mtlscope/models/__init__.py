@@ -2,6 +2,6 @@
 
 from mtlscope.models.encoders import ENCODERS, Encoder
 from mtlscope.models.heads import HEADS
-from mtlscope.models.multitask import MultiTaskModel, build_model, derived_seed
+from mtlscope.models.multitask import MAX_SEED, MultiTaskModel, build_model, derived_seed, is_seed
 
-__all__ = ["ENCODERS", "HEADS", "Encoder", "MultiTaskModel", "build_model", "derived_seed"]
+__all__ = ["ENCODERS", "HEADS", "MAX_SEED", "Encoder", "MultiTaskModel", "build_model", "derived_seed", "is_seed"]

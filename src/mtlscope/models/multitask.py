@@ -10,10 +10,12 @@ from the same encoder and the same head for every task they share.
 
 from __future__ import annotations
 
+import numbers
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -61,11 +63,37 @@ class MultiTaskModel(nn.Module):
         return [*self.shared_parameters(), *self.task_parameters(task)]
 
 
+#: The largest run seed: seeds are integers in ``[0, MAX_SEED]`` (63 bits).
+MAX_SEED = 2**63 - 1
+_MASK_63 = 0x7FFFFFFFFFFFFFFF
+
+
+def is_seed(value: object) -> bool:
+    """Whether ``value`` is a valid run seed: an integer (not a bool) in ``[0, MAX_SEED]``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
+
+
 def derived_seed(seed: int, *parts: str) -> int:
-    """A stable 63-bit seed from ``seed`` and names (CRC32 based: identical across processes)."""
-    value = seed & 0xFFFFFFFF
-    for part in parts:
-        value = (value * 1_000_003 + zlib.crc32(part.encode())) & 0x7FFFFFFFFFFFFFFF
+    """A stable 63-bit seed from ``seed`` (in ``[0, MAX_SEED]``) and names, identical across processes.
+
+    The low 32 bits of ``seed`` are mixed with each name as ``value * 1_000_003 + crc32(name)`` modulo
+    ``2**63`` (an odd multiplier: a bijection, on the low 32 bits too). torch's CPU generators keep only the
+    low 32 bits of a seed, so the bits of ``seed`` above 32 are hashed with the names (numpy's
+    ``SeedSequence``) and XORed in: they change the low 32 bits as well, so seeds that differ by a multiple
+    of ``2**32`` give unrelated generators instead of the same ones. Seeds below ``2**32`` have no such bits:
+    their derived seeds, and so their trajectories, are those of earlier versions. Raises ``ValueError``
+    for a seed outside the range.
+    """
+    if not is_seed(seed):
+        raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {seed!r}")
+    names = [zlib.crc32(part.encode()) for part in parts]
+    value = int(seed) & 0xFFFFFFFF
+    for name in names:
+        value = (value * 1_000_003 + name) & _MASK_63
+    high = int(seed) >> 32
+    if high:
+        state = np.random.SeedSequence(high, spawn_key=names).generate_state(1, np.uint64)
+        value ^= int(state[0]) & _MASK_63
     return value
 
 

@@ -23,6 +23,7 @@ from mtlscope.engine.loss_scale import parse_loss_scale
 from mtlscope.methods.registry import METHODS
 from mtlscope.models.encoders import ENCODERS
 from mtlscope.models.heads import HEADS
+from mtlscope.models.multitask import MAX_SEED
 from mtlscope.probes.base import check_probe_options
 from mtlscope.registry import Registry
 from mtlscope.settings.registry import SETTINGS
@@ -141,7 +142,7 @@ class RunConfig(_Strict):
     """A whole run. ``name`` labels the variant (default: its tasks joined by '+', plus the method)."""
 
     name: str | None = None
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     setting: SettingConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "umtg"})

@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from mtlscope.analysis.trajectories import checkpoint_table
+from mtlscope.models.multitask import MAX_SEED, is_seed
 from mtlscope.report.tables import to_markdown, write_table
 from mtlscope.runs.config import ConfigError, RunConfig, read_yaml
 from mtlscope.runs.results import RunResults, load, read_records
@@ -201,8 +202,10 @@ def parse_protocol(value: Any, data: Mapping[str, Any], source: str, overrides: 
         raise ConfigError(f"{source}: protocol.{unknown[0]}: unknown key; expected one of: {', '.join(PROTOCOL_KEYS)}")
     select = _select(value.get("select"), data, source, overrides)
     selection_seed = value.get("selection_seed", 0)
-    if isinstance(selection_seed, bool) or not isinstance(selection_seed, int) or selection_seed < 0:
-        raise ConfigError(f"{source}: protocol.selection_seed: expected an integer >= 0, got {selection_seed!r}")
+    if not is_seed(selection_seed):
+        raise ConfigError(
+            f"{source}: protocol.selection_seed: expected an integer in [0, 2**63 - 1], got {selection_seed!r}"
+        )
     if "seeds" in value and data.get("seeds") is not None:
         raise ConfigError(f"{source}: protocol.seeds: the sweep file has seeds too; give the final seeds in one place")
     if "seeds" in value:
@@ -252,16 +255,13 @@ def _select(value: Any, data: Mapping[str, Any], source: str, overrides: Sequenc
 
 
 def _seeds(value: Any, where: str) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SEED + 1:
         return tuple(range(value))
-    if (
-        isinstance(value, list)
-        and value
-        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
-        and len(set(value)) == len(value)
-    ):
+    if isinstance(value, list) and value and all(is_seed(s) for s in value) and len(set(value)) == len(value):
         return tuple(value)
-    raise ConfigError(f"{where}: expected a positive count or a non-empty list of distinct seeds >= 0, got {value!r}")
+    raise ConfigError(
+        f"{where}: expected a positive count or a non-empty list of distinct seeds in [0, 2**63 - 1], got {value!r}"
+    )
 
 
 def variant_key(config: RunConfig, keys: Sequence[str]) -> str:

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from mtlscope.models.multitask import MAX_SEED, is_seed
 from mtlscope.runs.config import ConfigError, RunConfig, apply_overrides, read_yaml, resolve, validate_config
 
 SWEEP_KEYS: tuple[str, ...] = ("name", "base", "overrides", "zip", "grid", "auxiliary_sets", "seeds")
@@ -159,18 +160,16 @@ def _seeds(value: Any, source: str) -> list[int | None]:
     if isinstance(value, bool):
         raise ConfigError(f"{source}: seeds: expected a count or a list of seeds, got {value!r}")
     if isinstance(value, int):
-        if value < 1:
-            raise ConfigError(f"{source}: seeds: expected a positive count, got {value}")
+        if not 1 <= value <= MAX_SEED + 1:
+            raise ConfigError(f"{source}: seeds: expected a positive count of at most 2**63, got {value}")
         return list(range(value))
-    if (
-        isinstance(value, list)
-        and value
-        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
-    ):
+    if isinstance(value, list) and value and all(is_seed(s) for s in value):
         if len(set(value)) != len(value):
             raise ConfigError(f"{source}: seeds: seeds must be distinct, got {value}")
         return list(value)
-    raise ConfigError(f"{source}: seeds: expected a positive count or a non-empty list of seeds >= 0, got {value!r}")
+    raise ConfigError(
+        f"{source}: seeds: expected a positive count or a non-empty list of seeds in [0, 2**63 - 1], got {value!r}"
+    )
 
 
 def _auxiliary_sets(value: Any, base: Mapping[str, Any], source: str) -> list[list[str] | None]:
@@ -189,10 +188,11 @@ def _auxiliary_sets(value: Any, base: Mapping[str, Any], source: str) -> list[li
     if not targets or not all(isinstance(t, str) for t in targets) or len(set(targets)) < len(targets):
         raise ConfigError(f"{source}: auxiliary_sets.target: expected a task name or a list of distinct task names")
     size, count, seed = value.get("size", 1), value.get("count", 1), value.get("seed", 0)
-    for key, number in (("size", size), ("count", count), ("seed", seed)):
-        lowest = 0 if key == "seed" else 1
-        if isinstance(number, bool) or not isinstance(number, int) or number < lowest:
-            raise ConfigError(f"{source}: auxiliary_sets.{key}: expected an integer >= {lowest}, got {number!r}")
+    for key, number in (("size", size), ("count", count)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise ConfigError(f"{source}: auxiliary_sets.{key}: expected an integer >= 1, got {number!r}")
+    if not is_seed(seed):
+        raise ConfigError(f"{source}: auxiliary_sets.seed: expected an integer in [0, 2**63 - 1], got {seed!r}")
     sets: list[list[str] | None] = []
     for name in targets:
         pool = value.get("pool")
