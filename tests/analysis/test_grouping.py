@@ -80,17 +80,17 @@ def test_three_tasks_with_self_affinity_for_a_task_alone(method: str) -> None:
     # Task 1: alone 0.5, {0,1} 0.6, {1,2} 0.4, all (0.6 + 0.4) / 2 = 0.5 -> best 0.6 in {0,1}.
     # Task 2: alone 0.3, {0,2} 0.1, {1,2} -0.3, all (0.1 - 0.3) / 2 = -0.1 -> best 0.3 alone.
     # Two splits reach every task's best: {0,1} and {2}, value (0.7 + 0.6 + 0.3) / 3.
-    two = group_tasks(matrix, 2, method=method)
+    two = group_tasks(matrix, 2, method=method, singleton="self")
     assert two.groups == (("0", "1"), ("2",))
     assert two.score == pytest.approx(1.6 / 3)
     assert two.served_by["2"] == ("2",)
     # One split: everything together, (0.45 + 0.5 - 0.1) / 3.
-    one = group_tasks(matrix, 1, method=method)
+    one = group_tasks(matrix, 1, method=method, singleton="self")
     assert one.groups == (("0", "1", "2"),)
     assert one.score == pytest.approx(0.85 / 3)
-    # A fixed value for a task alone: 0.0 < 0.1, so task 2 now prefers {0, 2}: {0,1} + {0,2} is worth
+    # The default, a task alone scores 0.0 < 0.1, so task 2 now prefers {0, 2}: {0,1} + {0,2} is worth
     # (0.7 + 0.6 + 0.1) / 3, more than {0,1} + {2} = (0.7 + 0.6 + 0.0) / 3.
-    fixed = group_tasks(matrix, 2, method=method, singleton=0.0)
+    fixed = group_tasks(matrix, 2, method=method)
     assert fixed.groups == (("0", "1"), ("0", "2"))
     assert fixed.score == pytest.approx(1.4 / 3)
 
@@ -268,3 +268,53 @@ def test_normalize_by_self_affinity_errors(matrix: np.ndarray, message: str) -> 
 def test_errors(affinity: object, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         group_tasks(affinity, **kwargs)  # type: ignore[arg-type]
+
+
+# The Taskonomy "TAG average inter-task affinities" of the authors' released network-selection notebook
+# (google-research/google-research, tag/network_selection/TAG_network_selection.ipynb). The notebook adds
+# ``revised_integrals[t][s]`` to task t's score in a group with s: entry [t][s] is the affinity onto t from s.
+TAG_TASKONOMY = {
+    "ss_l": {"ss_l": 11.999321423965947, "norm_l": 0.04891036220837213, "depth_l": 0.11537429894122785,
+             "key_l": 0.00454724706606927, "edge2d_l": 0.008776140044461892},
+    "depth_l": {"ss_l": 0.41355850961858076, "norm_l": 0.2914147606289435, "depth_l": 7.3276368896443556,
+                "key_l": 0.01353652075974951, "edge2d_l": 0.07395688217092156},
+    "norm_l": {"ss_l": 0.13982367687578146, "norm_l": 1.070989344832557, "depth_l": 0.22096194178241185,
+               "key_l": 0.010493772045577332, "edge2d_l": 0.07645966827511533},
+    "key_l": {"ss_l": 0.021098526716001414, "norm_l": 0.010729013557423, "depth_l": 0.013365983131803236,
+              "key_l": 0.7338844180545812, "edge2d_l": 0.6897358940641894},
+    "edge2d_l": {"ss_l": 0.056692022190245474, "norm_l": 0.03600666458561003, "depth_l": 0.03668338077695892,
+                 "key_l": 0.30372134710544996, "edge2d_l": 5.9661909882444615},
+}  # fmt: skip
+
+
+def _tag_value(groups: list[tuple[str, ...]]) -> float:
+    """The notebook's value of a grouping: mean over tasks of the best mean ``revised_integrals[t][s]``
+    over the groups of 2 or more that contain t."""
+    best = {}
+    for group in groups:
+        for t in group:
+            score = sum(TAG_TASKONOMY[t][s] for s in group if s != t) / (len(group) - 1)
+            best[t] = max(best.get(t, -np.inf), score)
+    return float(np.mean([best[t] for t in TAG_TASKONOMY]))
+
+
+@pytest.mark.parametrize(
+    ("splits", "expected", "score"),
+    [
+        (2, (("ss_l", "depth_l", "norm_l"), ("key_l", "edge2d_l")), 0.3217),
+        (3, (("ss_l", "depth_l"), ("depth_l", "norm_l"), ("key_l", "edge2d_l")), 0.3487),
+    ],
+)
+def test_default_reproduces_the_tag_reference_choice_on_taskonomy(
+    splits: int, expected: tuple[tuple[str, ...], ...], score: float
+) -> None:
+    tasks = list(TAG_TASKONOMY)
+    # A[source, target] = affinity onto target from source = revised_integrals[target][source]
+    affinity = pd.DataFrame([[TAG_TASKONOMY[t][s] for t in tasks] for s in tasks], index=tasks, columns=tasks)
+    result = group_tasks(affinity, splits)  # the default: a task alone contributes 0
+    assert result.groups == expected
+    assert result.score == pytest.approx(_tag_value(list(expected)), rel=1e-12)
+    assert round(result.score, 4) == score
+    # The self-affinity option puts semantic segmentation (largest self-affinity, 12.0) alone instead.
+    with_self = group_tasks(affinity, splits, singleton="self")
+    assert ("ss_l",) in with_self.groups and with_self.groups != expected

@@ -9,11 +9,13 @@ Definitions (those of Fifty et al. §5.1, with the conventions below made explic
 
 - Score of task ``t`` in a group ``G`` that contains it, ``|G| >= 2``: the mean affinity onto ``t`` from
   the other members, ``score(t, G) = mean_{s in G, s != t} A[s, t]`` (summed in task order, then divided).
-- Score of a task alone, ``G = {t}``: there are no other members, so a value must be chosen.
-  ``singleton="self"`` (default) uses the self-affinity ``A[t, t]`` (what a step on the task's own gradient
-  does for it, the yardstick the off-diagonal affinities are compared with; see
-  ``normalize_by_self_affinity``); ``singleton=<float>`` uses that fixed value for every task (e.g. ``0.0``:
-  training alone neither helps nor hurts).
+- Score of a task alone, ``G = {t}``: there are no other members, so no affinity onto it. The default
+  ``singleton=0.0`` is the rule of Fifty et al.: a task alone contributes 0 (no transfer, neither help nor
+  harm), and the diagonal is not used; the authors' released network-selection code chooses the same
+  groupings on its Taskonomy affinities (``{ss, depth, norm} + {key, edge2d}`` for 2 splits). Another number
+  scores every task alone with that value. ``singleton="self"`` uses the self-affinity ``A[t, t]`` (what a
+  step on the task's own gradient does for it); self-affinities are usually far larger than cross-task
+  affinities, so this option tends to put the tasks with the largest self-affinities alone.
 - A grouping is a list of at most ``splits`` distinct groups (non-empty task subsets; they may overlap)
   such that every task is in at least one group. Its value is the mean over tasks of the task's best score
   over the groups that contain it: ``value = mean_t max_{G contains t} score(t, G)``. Each task is served
@@ -91,14 +93,15 @@ def group_tasks(
     splits: int,
     *,
     method: str = "auto",
-    singleton: str | float = "self",
+    singleton: str | float = 0.0,
 ) -> Grouping:
     """Best grouping of the tasks of ``affinity`` (``A[source, target]``) into at most ``splits`` possibly
     overlapping groups (module docstring: definitions, tie-breaking, searches).
 
-    ``method``: ``"auto"``, ``"exhaustive"`` or ``"branch_and_bound"``. ``singleton``: ``"self"`` (a task
-    alone scores its self-affinity ``A[t, t]``) or a number. Raises ``ValueError`` for ``splits < 1``, a
-    non-square or mislabelled matrix, NaN or infinite entries, no tasks, more than ``MAX_TASKS`` tasks.
+    ``method``: ``"auto"``, ``"exhaustive"`` or ``"branch_and_bound"``. ``singleton``: the score of a task
+    alone, a number (default 0.0, the papers' rule) or ``"self"`` (its self-affinity ``A[t, t]``). Raises
+    ``ValueError`` for ``splits < 1``, a non-square or mislabelled matrix, NaN or infinite entries, no tasks,
+    more than ``MAX_TASKS`` tasks.
     """
     values, names = _square(affinity)
     if not np.isfinite(values).all():

@@ -369,6 +369,7 @@ def task_grouping(
     *,
     splits: Sequence[int] = (2, 3),
     affinity: str = "affinity_overall",
+    singleton: str | float = 0.0,
 ) -> Produced:
     from mtlscope.analysis.grouping import group_tasks
     from mtlscope.report.plots import grouping_diagram
@@ -377,7 +378,7 @@ def task_grouping(
     rows = []
     files: list[Path] = []
     for count in splits:
-        grouping = group_tasks(matrix, int(count))
+        grouping = group_tasks(matrix, int(count), singleton=singleton)
         files += grouping_diagram(grouping, _figure_path(directory, f"{name}-{count}"))
         rows.append(
             {
