@@ -16,7 +16,7 @@ moves head j by its own simulated update first, as in [F] eq. 1.
   ``MultiTaskModel`` and SGD/Adam/AdamW optimizer; ``A[source, target] = Z_{source -> target}``, the
   diagonal is the self-affinity.
 - The ``affinity`` probe does it on the training step's own batch, before the update, every
-  ``every_steps`` steps (model in eval mode), and reports at checkpoints the mean matrices over the steps
+  ``every_steps`` steps (in eval mode, like ``affinity``), and reports at checkpoints the mean matrices over the steps
   since its previous report (``affinity/<source>``, per epoch with the default checkpoints) and over all of
   training so far (``affinity_overall/<source>``), plus the same with ``_first_order``. Records have the
   *target* task in the ``task`` column and the source in the metric name;
@@ -35,7 +35,7 @@ from mtlscope.engine.gradients import forward, shared_jacobian
 from mtlscope.engine.lookahead import ModelLookahead, optimizer_update
 from mtlscope.engine.sampling import Batch
 from mtlscope.models.multitask import MultiTaskModel
-from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues, StepContext
+from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues, StepContext, probe_mode
 from mtlscope.settings.setting import Setting
 
 AFFINITY_MODES: tuple[str, ...] = ("both", "exact", "first_order")
@@ -63,19 +63,20 @@ def affinity(
 ) -> AffinityResult:
     """Inter-task affinities on ``batch`` for the model's current parameters and the optimizer's state.
 
-    Uses the model in whatever mode it is in (the probe puts it in eval mode); leaves the model, its
-    buffers, ``.grad`` and the optimizer state untouched. Exact costs K forward passes after the Jacobian;
-    first-order costs nothing more.
+    Runs the model in eval mode (``probe_mode``: BatchNorm statistics used, not updated; no dropout) and
+    restores its mode; leaves the model, its buffers, ``.grad``, the optimizer state and the global RNG
+    untouched. Exact costs K forward passes after the Jacobian; first-order costs nothing more.
     """
-    _, jacobian = shared_jacobian(model, setting, batch, jacobian_mode)
-    jacobian = jacobian.detach()
-    lookahead = ModelLookahead(model, setting, batch, optimizer)
-    head_deltas, head_change = _head_updates(model, setting, batch, optimizer) if update_heads else (None, None)
-    base = lookahead.losses(torch.zeros_like(jacobian[0]))
-    deltas = torch.stack([lookahead.update(row) for row in jacobian])  # [K, P]: Delta_i
+    with probe_mode(model):
+        _, jacobian = shared_jacobian(model, setting, batch, jacobian_mode)
+        jacobian = jacobian.detach()
+        lookahead = ModelLookahead(model, setting, batch, optimizer)
+        head_deltas, head_change = _head_updates(model, setting, batch, optimizer) if update_heads else (None, None)
+        base = lookahead.losses(torch.zeros_like(jacobian[0]))
+        deltas = torch.stack([lookahead.update(row) for row in jacobian])  # [K, P]: Delta_i
+        rows = [lookahead.losses(delta, head_deltas) for delta in deltas] if exact else []
     exact_matrix = first_order_matrix = None
     if exact:
-        rows = [lookahead.losses(delta, head_deltas) for delta in deltas]
         exact_matrix = 1.0 - torch.stack(rows) / base.unsqueeze(0)
     if first_order:
         # -(<grad_theta L_j, Delta_i> + <grad_phi_j L_j, Delta phi_j>) / L_j; the head term only when heads move

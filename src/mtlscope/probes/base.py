@@ -10,17 +10,21 @@ and always at the last one. The default is the probe's ``default_every``: 1 for 
 checkpoint they measure at.
 
 Probes must not change the model, its buffers, the optimizer state or the training random streams: each
-probe gets its own generator, seeded from the run seed and its name.
+probe gets its own generator, seeded from the run seed and its name, and measures inside ``probe_mode``
+(eval mode: BatchNorm running statistics used, not updated; no dropout, so no draw from the global RNG),
+which restores every submodule's mode afterwards, whatever mode the caller left the model in.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from mtlscope.engine.evaluation import Scores
 from mtlscope.engine.sampling import Batch
@@ -29,6 +33,18 @@ from mtlscope.registry import Registry
 from mtlscope.settings.setting import Setting
 
 ProbeValues = dict[str, dict[str, float]]  # task -> metric -> value
+
+
+@contextmanager
+def probe_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration of a probe; every submodule's ``training`` flag is restored afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 @dataclass(frozen=True)

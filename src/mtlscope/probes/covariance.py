@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mtlscope.probes.base import PROBES, Probe, ProbeContext
-from mtlscope.probes.per_example import LossFn, batch_gradient, probe_mode, selected_parameters
+from mtlscope.probes.base import PROBES, Probe, ProbeContext, probe_mode
+from mtlscope.probes.per_example import LossFn, batch_gradient, selected_parameters
 from mtlscope.probes.predictor import DEFAULT_SUBSET, TaskProbe, TaskView
 
 __all__ = ["CovarianceProbe", "CovarianceResult", "grad_cov_trace"]

@@ -35,12 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlscope.probes.base import PROBES, Probe, ProbeContext
+from mtlscope.probes.base import PROBES, Probe, ProbeContext, probe_mode
 from mtlscope.probes.per_example import (
     LossFn,
     batch_gradient,
     iter_per_example_gradients,
-    probe_mode,
     selected_parameters,
 )
 from mtlscope.probes.predictor import DEFAULT_SUBSET, TaskProbe, TaskView

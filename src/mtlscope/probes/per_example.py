@@ -4,7 +4,8 @@
 batch, flattened in parameter order. It uses ``torch.func`` (``functional_call`` + ``vmap(grad)``) in chunks and
 falls back to a Python loop of ``torch.autograd.grad`` for models ``vmap`` cannot handle.
 
-Shared rules of the probes (SPEC §4, common rules), implemented by ``probe_mode`` and ``selected_parameters``:
+Shared rules of the probes (SPEC §4, common rules), implemented by ``probe_mode`` (``mtlscope.probes.base``) and
+``selected_parameters``:
 
 - the model is put in eval mode (BatchNorm running statistics, no dropout) and every submodule's mode is restored
   afterwards;
@@ -17,12 +18,13 @@ Shared rules of the probes (SPEC §4, common rules), implemented by ``probe_mode
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+
+from mtlscope.probes.base import probe_mode
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Method = Literal["auto", "vmap", "loop"]
@@ -57,18 +59,6 @@ def selected_parameters(model: nn.Module, parameters: Iterable[Tensor] | None = 
     if not chosen:
         raise ValueError("no parameters selected")
     return chosen
-
-
-@contextmanager
-def probe_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration of a probe; every submodule's ``training`` flag is restored afterwards."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _leaves(chosen: Sequence[tuple[str, Tensor]], requires_grad: bool) -> dict[str, Tensor]:

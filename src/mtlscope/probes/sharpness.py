@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from mtlscope.probes.base import PROBES, Probe, ProbeContext
+from mtlscope.probes.base import PROBES, Probe, ProbeContext, probe_mode
 from mtlscope.probes.predictor import DEFAULT_SUBSET, TaskProbe, TaskView
 
 __all__ = ["SharpnessProbe", "SharpnessResult", "checkpoints", "sharpness"]
@@ -120,19 +120,14 @@ def sharpness(
         raise ValueError(f"need as many inputs as targets, at least one; got {len(inputs)} and {len(targets)}")
 
     names = _parameter_names(model, parameters)
-    training = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        per_batch: list[float] = []
-        losses: list[float] = []
+    per_batch: list[float] = []
+    losses: list[float] = []
+    with probe_mode(model):
         for start in range(0, len(inputs), batch_size):
             x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
             loss, worst, _ = _worst_case(model, loss_fn, x, y, names, rho=rho, iterations=iterations)
             per_batch.append(worst - loss)
             losses.append(loss)
-    finally:
-        for module, mode in training:
-            module.training = mode
     return SharpnessResult(
         sharpness=sum(per_batch) / len(per_batch), per_batch=per_batch, loss=sum(losses) / len(losses)
     )

@@ -10,7 +10,8 @@ has the closed form ``(|g1|^2 + g1.g2) / (|g1| |g1 + g2|)``. Low or negative sim
 gradient conflicts with the direction the shared parameters actually move in. Multi-task runs only.
 
 - ``grad_similarity(jacobian)`` is the pure function on a [K, P] matrix of task gradients;
-- the ``grad_similarity`` probe records ``grad_similarity`` per task at checkpoints.
+- the ``grad_similarity`` probe records ``grad_similarity`` per task at checkpoints, with the model in eval
+  mode (``probe_mode``; the caller's mode is restored).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from mtlscope.engine.gradients import shared_jacobian
 from mtlscope.engine.sampling import random_batch
-from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues
+from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues, probe_mode
 
 
 def grad_similarity(jacobian: Tensor, weights: Tensor | None = None) -> Tensor:
@@ -56,13 +57,14 @@ class GradSimilarityProbe(Probe):
         batch_size = self.batch_size or context.batch_size
         totals = torch.zeros(len(names), dtype=torch.float64)
         counts = torch.zeros(len(names), dtype=torch.float64)
-        for _ in range(self.batches):
-            batch = random_batch(context.setting, batch_size, context.generator)
-            _, jacobian = shared_jacobian(context.model, context.setting, batch, self.jacobian_mode)
-            cosines = grad_similarity(jacobian.detach()).double().cpu()
-            finite = torch.isfinite(cosines)
-            totals += torch.where(finite, cosines, torch.zeros_like(cosines))
-            counts += finite.double()
+        with probe_mode(context.model):
+            for _ in range(self.batches):
+                batch = random_batch(context.setting, batch_size, context.generator)
+                _, jacobian = shared_jacobian(context.model, context.setting, batch, self.jacobian_mode)
+                cosines = grad_similarity(jacobian.detach()).double().cpu()
+                finite = torch.isfinite(cosines)
+                totals += torch.where(finite, cosines, torch.zeros_like(cosines))
+                counts += finite.double()
         means = torch.where(counts > 0, totals / counts.clamp_min(1), torch.full_like(totals, math.nan))
         return {name: {"grad_similarity": float(value)} for name, value in zip(names, means)}
 
