@@ -19,7 +19,7 @@ through the heads (each head reads its own view of the representation, so each t
 separately: ``representation_gradients``), then one batched vector-Jacobian product carries them through
 the encoder (``encoder_jacobian``; K backwards in ``loop`` mode). MGDA-UB's representation gradients are
 the first stage alone; GradNorm's last-layer gradients are the second stage restricted to that layer's
-parameters (autograd then crosses only the last layer).
+parameters (autograd then crosses only that layer and the ones after it).
 
 In ``per_task`` mode each task's examples pass through the encoder alone, so BatchNorm layers see
 per-task batch statistics in the methods that need the Jacobian (the loss-weighting path encodes the
@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlscope.engine.sampling import Batch
+from mtlscope.models.encoders import Encoder, last_weight_layer
 from mtlscope.models.multitask import MultiTaskModel
 from mtlscope.settings.setting import Setting
 
@@ -207,15 +208,14 @@ def per_task_gradients(
 
 
 def last_shared_parameters(model: MultiTaskModel) -> list[nn.Parameter]:
-    """Parameters of the encoder's last module that has parameters of its own (GradNorm's layer)."""
-    last: list[nn.Parameter] = []
-    for module in model.encoder.modules():
-        own = list(module.parameters(recurse=False))
-        if own:
-            last = own
-    if not last:
-        raise ValueError("the encoder has no parameters")
-    return last
+    """Parameters of the last shared layer of weights (GradNorm's W): the encoder's ``last_shared_layer()``
+    (for an encoder that is not an ``Encoder``, its last Linear/Conv, ``last_weight_layer``)."""
+    encoder = model.encoder
+    layer = encoder.last_shared_layer() if isinstance(encoder, Encoder) else last_weight_layer(encoder)
+    parameters = list(layer.parameters())
+    if not parameters:
+        raise ValueError(f"the encoder's last shared layer {type(layer).__name__} has no parameters")
+    return parameters
 
 
 def resolve_mode(mode: str, setting: Setting) -> str:

@@ -9,7 +9,7 @@ must compute for it each step; the engine computes only that, and never branches
 - ``"representation"``: ``representation_jacobian``, [K, R] task-loss gradients on the encoder output of
   the batch, flattened (MGDA-UB);
 - ``"last_shared_jacobian"``: ``last_shared_jacobian``, [K, P_last] task-loss gradients on the parameters
-  of the encoder's last parameterized layer (GradNorm);
+  of the encoder's last shared layer of weights, ``Encoder.last_shared_layer()`` (GradNorm);
 - ``"lookahead"``: ``lookahead``, a ``Lookahead``: the optimizer's update for a candidate shared gradient
   and the task losses after it (IT-MTL);
 - ``"post_step_losses"``: ``after_step`` is called with the [K] task losses on the same batch after the

@@ -2,7 +2,9 @@
 Balancing in Deep Multitask Networks", ICML 2018 (PMLR 80:794-803).
 
 Task weights ``w_k`` (initially 1) scale the task losses; the model is trained on ``(1/C) sum_k w_k L_k``.
-At each step, with W the parameters of the last shared layer (the encoder's last parameterized layer):
+At each step, with W the parameters of the last shared layer of weights (``Encoder.last_shared_layer()``: the
+last Linear/Conv on the encoder's main path, e.g. an MLP's last Linear, a ResNet's last block's second
+convolution; never a normalization layer or a shortcut projection):
 
     G_k = ||grad_W (w_k L_k)||_2 = w_k * ||grad_W L_k||        (the rows of ``last_shared_jacobian``)
     Lt_k = L_k(t) / L_k(0),   r_k = Lt_k / mean_j Lt_j           (inverse training rate)

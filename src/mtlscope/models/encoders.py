@@ -20,11 +20,36 @@ from torch import Tensor, nn
 
 from mtlscope.registry import Registry
 
+#: The layers of weights (GradNorm's "last shared layer of weights" is one of them).
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def last_weight_layer(module: nn.Module) -> nn.Module:
+    """The last ``WEIGHT_LAYERS`` submodule of ``module`` in registration order; without one, the last
+    submodule with parameters of its own. Raises ``ValueError`` when ``module`` has no parameters."""
+    weights = [layer for layer in module.modules() if isinstance(layer, WEIGHT_LAYERS)]
+    if weights:
+        return weights[-1]
+    owners = [layer for layer in module.modules() if next(layer.parameters(recurse=False), None) is not None]
+    if not owners:
+        raise ValueError("the encoder has no parameters")
+    return owners[-1]
+
 
 class Encoder(nn.Module):
     """Base class: a module mapping a batch of inputs to ``[batch, output_dim]`` representations."""
 
     output_dim: int
+
+    def last_shared_layer(self) -> nn.Module:
+        """The last layer of weights on the encoder's main path (GradNorm's W, Chen et al. 2018 §3).
+
+        Default: ``last_weight_layer(self)``, the last Linear/Conv in registration order — right for an
+        encoder whose layers are registered in forward order with no side branch (normalization layers,
+        activations and dropout are skipped). An encoder with side branches (ResNet's shortcut projections)
+        overrides this.
+        """
+        return last_weight_layer(self)
 
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}

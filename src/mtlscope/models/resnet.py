@@ -99,6 +99,15 @@ class ResNetEncoder(Encoder):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def last_shared_layer(self) -> nn.Module:
+        """The second convolution of the last block: the last layer of weights on the main path (its BatchNorm
+        and a shortcut projection come after it in registration order, but are not that layer)."""
+        stage = self.stages[-1]
+        assert isinstance(stage, nn.Sequential)
+        block = stage[-1]
+        assert isinstance(block, BasicBlock)
+        return block.conv2
+
     def forward(self, inputs: Tensor) -> Tensor:
         out: Tensor = self.pool(self.stages(self.stem(inputs)))
         return out
