@@ -70,7 +70,7 @@ _MASK_63 = 0x7FFFFFFFFFFFFFFF
 
 def is_seed(value: object) -> bool:
     """Whether ``value`` is a valid run seed: an integer (not a bool) in ``[0, MAX_SEED]``."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= int(value) <= MAX_SEED
 
 
 def derived_seed(seed: int, *parts: str) -> int:
