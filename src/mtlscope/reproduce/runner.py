@@ -97,9 +97,7 @@ def _equal(cell: Any, value: Any) -> bool:
 
 
 def _only(results: RunResults, run_ids: set[str]) -> RunResults:
-    runs = results.runs[results.runs["run_id"].isin(run_ids)].reset_index(drop=True)
-    records = results.records[results.records["run_id"].isin(run_ids)].reset_index(drop=True)
-    return RunResults(runs=runs, records=records)
+    return results.subset(run_ids)
 
 
 def run_preset(
