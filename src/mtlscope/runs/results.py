@@ -72,7 +72,14 @@ RUN_COLUMNS: tuple[str, ...] = (
 )
 
 RECORDS_HEADER = ",".join(RECORD_COLUMNS)
-_RECORD_DTYPES = {"step": "int64", "epoch": "float64", "task": str, "split": str, "metric": str, "value": "float64"}
+_RECORD_DTYPES: dict[str, Any] = {
+    "step": "int64",
+    "epoch": "float64",
+    "task": str,
+    "split": str,
+    "metric": str,
+    "value": "float64",
+}
 _INTEGER = re.compile(r"\d+")
 
 
