@@ -77,7 +77,7 @@ def test_sweep_status_accepts_a_reproduce_output_directory(tmp_path: Path, capsy
     file.write_text(yaml.safe_dump(preset))
     out = tmp_path / "out"
     assert main(["reproduce", str(file), "--out", str(out), "--quiet"]) == 0
-    capsys.readouterr()
+    assert capsys.readouterr().err == ""  # --quiet: no progress lines
     assert main(["analyze", str(out)]) == 0
     capsys.readouterr()
     assert main(["sweep-status", str(out)]) == 0
