@@ -80,7 +80,7 @@ _RECORD_DTYPES: dict[str, Any] = {
     "metric": str,
     "value": "float64",
 }
-_INTEGER = re.compile(r"\d+")
+_INTEGER = re.compile(r"[0-9]+")
 
 
 class DamagedRunWarning(UserWarning):
