@@ -145,7 +145,7 @@ def _read_json(file: Path) -> dict[str, Any]:
     try:
         data = json.loads(_read_text(file))
     except json.JSONDecodeError as error:
-        raise DamagedRun(file, f"invalid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
+        raise DamagedRun(file, f"invalid JSON ({error.msg}: line {error.lineno}, column {error.colno})") from None
     if not isinstance(data, dict):
         raise DamagedRun(file, f"expected a JSON object, got {_kind(data)}")
     return data
