@@ -15,8 +15,12 @@ from mtlscope.runs import load
 def test_demo_writes_runs_figure_and_transfer_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--seeds", "2", "--epochs", "3"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "demo finished in" in printed and "transfer.csv" in printed
+    progress = captured.err.splitlines()  # stderr is not a terminal here: plain progress lines, no bar
+    assert progress and all(line.startswith("demo: ") for line in progress) and "\r" not in captured.err
+    assert progress[-1].startswith("demo: ") and "finished in" in progress[-1]
     results = load(out / "runs")
     assert len(results.runs) == 6 and (results.runs["status"] == "completed").all()
     assert set(results.runs["variant"]) == {"digits1", "digits1+digits2", "digits1+noisy-digits"}
@@ -48,6 +52,9 @@ def test_demo_writes_runs_figure_and_transfer_table(tmp_path: Path, capsys: pyte
     multi = results.runs[results.runs["num_tasks"] == 2]["run_id"]
     assert set(probes[probes["metric"] == "grad_similarity"]["run_id"]) == set(multi)
     assert set(probes[probes["metric"].str.startswith("affinity_overall/")]["run_id"]) == set(results.runs["run_id"])
+    assert main(["demo", "--out", str(out), "--seeds", "2", "--epochs", "3", "--quiet"]) == 0  # runs skipped
+    quiet = capsys.readouterr()
+    assert quiet.err == "" and "demo finished in" in quiet.out
 
 
 def test_demo_rejects_one_seed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

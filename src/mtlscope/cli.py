@@ -1,26 +1,31 @@
 """The ``mtlscope`` command line.
 
-    mtlscope run CONFIG [key=value ...] [--out DIR] [--force] [--mlflow URI] [--tensorboard DIR]
-    mtlscope demo [--out DIR] [--seeds N] [--epochs N]
+    mtlscope run CONFIG [key=value ...] [--out DIR] [--force] [--quiet] [--mlflow URI] [--tensorboard DIR]
+    mtlscope demo [--out DIR] [--seeds N] [--epochs N] [--quiet]
     mtlscope settings
     mtlscope runs DIR
     mtlscope analyze DIR [--out DIR] [--format markdown|latex|csv]
     mtlscope report DIR [--out report.html]
     mtlscope sweep FILE [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
-                   [--dry-run] [--mlflow URI] [--tensorboard DIR]
+                   [--dry-run] [--quiet] [--mlflow URI] [--tensorboard DIR]
     mtlscope sweep-status DIR [--workers N]
     mtlscope reproduce NAME [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
-                       [--dry-run] [--mlflow URI] [--tensorboard DIR]
+                       [--dry-run] [--quiet] [--mlflow URI] [--tensorboard DIR]
     mtlscope reproduce --list
 
 Exit codes: 0 success (a diverged run is a result, not an error), 1 a run failed, 2 bad input (config,
-arguments or paths) — in which case nothing is written.
+arguments or paths) — in which case nothing is written, 130 interrupted (Ctrl-C; running the same command
+again resumes).
+
+Progress goes to stderr: a bar on a terminal, plain periodic lines in a log (``mtlscope.progress``); ``--quiet``
+shows none. A damaged stored run is skipped by ``runs``, ``analyze`` and ``report`` with one ``warning:`` line.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 import mtlscope
+from mtlscope.runs.results import DamagedRunWarning
 
 if TYPE_CHECKING:
     from mtlscope.reproduce.preset import Preset
@@ -37,6 +43,10 @@ class UsageError(Exception):
     """Bad command-line input (exit code 2)."""
 
 
+INTERRUPTED = "interrupted; run the same command to resume"
+INTERRUPTED_EXIT_CODE = 130
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from mtlscope.runs.config import load_config
     from mtlscope.runs.launch import execute, prepare
@@ -44,17 +54,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     steps = prepare(config, args.config).schedule.steps
     trackers = _tracker_specs(args)
-    from tqdm import tqdm
+    from mtlscope.progress import Progress
 
-    with tqdm(total=steps, desc=config.variant, unit="step") as bar:
-        done = 0
-
-        def advance(step: int) -> None:
-            nonlocal done
-            bar.update(step - done)
-            done = step
-
-        outcome = execute(config, args.out, force=args.force, on_step=advance, source=args.config, trackers=trackers)
+    with Progress(steps, config.variant, unit="step", enabled=not args.quiet) as bar:
+        outcome = execute(
+            config, args.out, force=args.force, on_step=bar.advance_to, source=args.config, trackers=trackers
+        )
     if outcome.skipped:
         print(f"{outcome.path}: {outcome.message} (use --force to run it again)")
         return 0
@@ -65,7 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mtlscope.demo import run_demo
 
-    output = run_demo(args.out, seeds=args.seeds, epochs=args.epochs)
+    output = run_demo(args.out, seeds=args.seeds, epochs=args.epochs, progress=not args.quiet)
     statuses = pd.Series([o.status for o in output.outcomes]).value_counts().to_dict()
     print(
         f"runs: {len(output.outcomes)} in {output.out / 'runs'} ({', '.join(f'{v} {k}' for k, v in statuses.items())})"
@@ -99,7 +104,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     except FileNotFoundError as error:
         raise UsageError(str(error)) from None
     if results.runs.empty:
-        print(f"{args.directory}: no runs")
+        print(f"{args.directory}: no runs" + _skipped_note(results.skipped))
         return 0
     columns = [
         "run_id",
@@ -116,8 +121,14 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 48):
         print(results.runs[columns].to_string(index=False))
     counts = results.runs["status"].value_counts().to_dict()
-    print(f"{len(results.runs)} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    counted = ", ".join(f"{v} {k}" for k, v in counts.items())
+    print(f"{len(results.runs)} runs: {counted}{_skipped_note(results.skipped)}")
     return 0
+
+
+def _skipped_note(skipped: Sequence[object]) -> str:
+    """`` (2 damaged runs skipped)`` after a count, or nothing."""
+    return f" ({len(skipped)} damaged run{'s' if len(skipped) != 1 else ''} skipped)" if skipped else ""
 
 
 def _tracker_specs(args: argparse.Namespace, sweep: str | None = None) -> list[dict[str, object]]:
@@ -148,6 +159,10 @@ def _add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlflow", metavar="URI", help="also log to this MLflow tracking URI (docs/tracking.md)")
     parser.add_argument("--mlflow-experiment", metavar="NAME", default="mtlscope", help="MLflow experiment")
     parser.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files under DIR/<run_id>/")
+
+
+def _add_quiet_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="show no progress (only the result lines)")
 
 
 def _add_execution_arguments(parser: argparse.ArgumentParser) -> None:
@@ -211,7 +226,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             for candidate in plan.candidates:
                 print(candidate.config.run_id())
             return 0
-        ran = protocol.run_protocol(args.file, args.out, workers=args.workers, overrides=args.overrides, **execution)
+        ran = protocol.run_protocol(
+            args.file, args.out, workers=args.workers, overrides=args.overrides, progress=not args.quiet, **execution
+        )
         print(protocol.format_result(ran))
         return 1 if ran.selection_result.counts.get("failed", 0) + ran.final.counts.get("failed", 0) else 0
     sweep = load_sweep(args.file, args.overrides)
@@ -223,19 +240,21 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print(config.run_id())
         return 0
     write_manifest(sweep, out)
-    result = run_sweep(sweep.configs, out, workers=args.workers, **execution)
+    result = run_sweep(sweep.configs, out, workers=args.workers, progress=not args.quiet, **execution)
     counts = ", ".join(f"{count} {status}" for status, count in sorted(result.counts.items()))
     print(f"sweep {sweep.name}: {counts} ({result.skipped} already done) in {result.elapsed_s:.1f} s")
     return 1 if result.counts.get("failed", 0) else 0
 
 
 def _cmd_sweep_status(args: argparse.Namespace) -> int:
-    from mtlscope.sweeps.manifest import read_manifest
+    from mtlscope.sweeps.manifest import MANIFEST_FILE, read_manifest
     from mtlscope.sweeps.status import format_status, sweep_status
 
     out = Path(args.directory)
     if not out.is_dir():
         raise UsageError(f"{out}: no such sweep directory")
+    if not (out / MANIFEST_FILE).exists() and (out / "runs" / MANIFEST_FILE).is_file():
+        out = out / "runs"  # the output directory of mtlscope reproduce (or demo): its sweep is in runs/
     print(format_status(sweep_status(read_manifest(out), out, workers=args.workers)))
     return 0
 
@@ -276,6 +295,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         out,
         workers=args.workers,
         overrides=args.overrides,
+        progress=not args.quiet,
         command=command,
         **execution,
     )
@@ -323,7 +343,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     except FileNotFoundError as error:
         raise UsageError(str(error)) from None
     if results.runs.empty:
-        raise UsageError(f"{source}: no runs found (expected run directories, e.g. from mtlscope run or demo)")
+        raise UsageError(
+            f"{source}: no runs found (expected run directories, e.g. from mtlscope run or demo)"
+            + _skipped_note(results.skipped)
+        )
     out = Path(args.out) if args.out is not None else None
     if out is not None and out.exists() and not out.is_dir():
         raise UsageError(f"{out}: --out exists and is not a directory")
@@ -361,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optimizer.lr=0.01")
     run.add_argument("--out", default="runs-out", help="results directory (default: runs-out)")
     run.add_argument("--force", action="store_true", help="run again even when already completed")
+    _add_quiet_argument(run)
     _add_tracking_arguments(run)
     run.set_defaults(handler=_cmd_run)
 
@@ -368,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")
     demo.add_argument("--seeds", type=int, default=3, help="seeds per variant (default: 3)")
     demo.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's)")
+    _add_quiet_argument(demo)
     demo.set_defaults(handler=_cmd_demo)
 
     settings = commands.add_parser("settings", help="list the settings and their tasks")
@@ -399,10 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", default="sweep-out", help="results directory (default: sweep-out)")
     _add_execution_arguments(sweep)
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded run ids and stop")
+    _add_quiet_argument(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
 
     status = commands.add_parser("sweep-status", help="done / running / failed / diverged / remaining, and an ETA")
-    status.add_argument("directory", help="the --out of mtlscope sweep")
+    status.add_argument("directory", help="the --out of mtlscope sweep (or of mtlscope reproduce)")
     status.add_argument("--workers", type=int, default=1, help="workers assumed for the ETA (default: 1)")
     status.set_defaults(handler=_cmd_sweep_status)
 
@@ -415,11 +441,34 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--out", default=None, help="output directory (default: <name>-out)")
     _add_execution_arguments(reproduce)
     reproduce.add_argument("--dry-run", action="store_true", help="print the runs and outputs, run nothing")
+    _add_quiet_argument(reproduce)
     reproduce.set_defaults(handler=_cmd_reproduce)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; Ctrl-C anywhere ends it with one line and exit code 130, no traceback."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DamagedRunWarning)
+            warnings.showwarning = _show_warning
+            return _main(argv)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """A damaged stored run is one ``warning: ...`` line on stderr; other warnings are shown as Python shows them."""
+    if issubclass(category, DamagedRunWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from mtlscope.runs.config import ConfigError
     from mtlscope.runs.tracking import TrackingError
 

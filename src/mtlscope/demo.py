@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from tqdm import tqdm
-
 from mtlscope.analysis.transfer import transfer_table
+from mtlscope.progress import Progress
 from mtlscope.report.figures import factors_vs_loss, generalization_vs_loss
 from mtlscope.report.html import write_report
 from mtlscope.report.tables import write_table
@@ -73,18 +72,16 @@ def run_demo(
     configs = demo_configs(seeds, epochs, overrides)
     steps_per_run = prepare(configs[0]).schedule.steps
     outcomes = []
-    with tqdm(total=steps_per_run * len(configs), desc="demo", unit="step", disable=not progress) as bar:
-        for config in configs:
-            bar.set_postfix_str(f"{config.variant} seed {config.seed}")
-            done = 0
+    with Progress(steps_per_run * len(configs), "demo", unit="step", enabled=progress) as bar:
+        for index, config in enumerate(configs):
+            bar.note(f"{config.variant} seed {config.seed}")
+            start = index * steps_per_run
 
-            def advance(step: int) -> None:
-                nonlocal done
-                bar.update(step - done)
-                done = step
+            def advance(step: int, start: int = start) -> None:
+                bar.advance_to(start + step)
 
             outcome = execute(config, out / "runs", on_step=advance)
-            bar.update(steps_per_run - done)
+            bar.advance_to(start + steps_per_run, timed=not outcome.skipped)
             outcomes.append(outcome)
     results = load(out / "runs")
     files = generalization_vs_loss(results, TARGET, out / "generalization_vs_loss.png", metric="accuracy")

@@ -197,3 +197,20 @@ def test_a_variant_whose_every_run_diverges_gets_no_final_runs(tmp_path: Path) -
     assert result.unselected == ["digits1"] and result.final_configs == () and result.final.outcomes == []
     assert result.excluded[["stage", "variant", "status"]].values.tolist() == [["selection", "digits1", "diverged"]]
     assert "non-finite" in result.excluded["message"].iloc[0]
+
+
+def test_a_damaged_selection_run_is_excluded_with_the_file_named(tmp_path: Path) -> None:
+    path = write(tmp_path, {**PROTOCOL_FILE, "zip": {}})  # digits1 at two learning rates
+    out = tmp_path / "out"
+    first = run_protocol(path, out, progress=False)
+    damaged = str(first.selection["run_id"].iloc[0])
+    file = out / damaged / RECORDS_FILE
+    lines = file.read_text().splitlines(keepends=True)
+    lines[1] = "0,0.0,digits1,val,accuracy,abc\n"
+    file.write_text("".join(lines))
+    again = run_protocol(path, out, progress=False)
+    row = again.selection.set_index("run_id").loc[damaged]
+    assert not row["chosen"] and math.isnan(row["score"])
+    assert row["message"] == f"{file}, line 2: value: expected a number, got 'abc'"
+    assert again.selection["chosen"].tolist() == [False, True]
+    assert again.excluded["run_id"].tolist() == [damaged]

@@ -126,6 +126,13 @@ def _overview(results: RunResults) -> Section:
         f"<p>{len(runs)} runs ({html.escape(status_text)}) on setting(s) {html.escape(settings)}. "
         f"Probe values recorded: {html.escape(', '.join(probes) or 'none')}.</p>{table_html(rows)}"
     )
+    if results.skipped:
+        damaged = "".join(f"<li>{html.escape(reason)}</li>" for _, reason in results.skipped)
+        body += (
+            f'<p class="missing">{len(results.skipped)} damaged run director'
+            f"{'ies were' if len(results.skipped) != 1 else 'y was'} skipped (not in any table or figure):</p>"
+            f"<ul>{damaged}</ul>"
+        )
     return Section("overview", "Overview", body)
 
 

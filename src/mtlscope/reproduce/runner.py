@@ -2,7 +2,7 @@
 
 ``reproduce(preset, out)`` writes
 
-- ``DIR/runs/``: the sweep's run directories and manifest (``mtlscope sweep-status DIR/runs`` works), and
+- ``DIR/runs/``: the sweep's run directories and manifest (``mtlscope sweep-status DIR`` follows it), and
   for a preset with the papers' protocol ``selection.csv`` and ``final.csv``;
 - ``DIR/figures/`` and ``DIR/tables/``: the preset's outputs (``mtlscope.reproduce.outputs``) from the
   preset's runs — the protocol's final runs by default (``results: final``), the sweep's runs otherwise;
@@ -97,9 +97,7 @@ def _equal(cell: Any, value: Any) -> bool:
 
 
 def _only(results: RunResults, run_ids: set[str]) -> RunResults:
-    runs = results.runs[results.runs["run_id"].isin(run_ids)].reset_index(drop=True)
-    records = results.records[results.records["run_id"].isin(run_ids)].reset_index(drop=True)
-    return RunResults(runs=runs, records=records)
+    return results.subset(run_ids)
 
 
 def run_preset(

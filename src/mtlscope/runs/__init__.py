@@ -5,12 +5,13 @@
 
 from mtlscope.runs.config import ConfigError, RunConfig, load_config, resolve, validate_config
 from mtlscope.runs.launch import RunOutcome, execute, prepare
-from mtlscope.runs.results import RunResults, load, read_records
+from mtlscope.runs.results import DamagedRunWarning, RunResults, load, read_records
 from mtlscope.runs.store import STATUSES, RunDirectory
 
 __all__ = [
     "STATUSES",
     "ConfigError",
+    "DamagedRunWarning",
     "RunConfig",
     "RunDirectory",
     "RunOutcome",

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections import Counter, deque
@@ -48,8 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from mtlscope.progress import Progress
 from mtlscope.runs.config import RunConfig, resolve, validate_config
 from mtlscope.runs.launch import RunOutcome, execute
 from mtlscope.runs.store import STATUS_FILE, now, read_status, write_atomic
@@ -109,6 +110,7 @@ def _init_worker(threads: int, parent: int) -> None:
     """Pool initializer: torch threads once, and a watchdog that ends this worker when the driver is gone."""
     global _in_worker
     _in_worker = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the driver, which stops the workers
     torch.set_num_threads(threads)
     threading.Thread(target=_watch_parent, args=(parent,), name="mtlscope-sweep-watchdog", daemon=True).start()
 
@@ -185,7 +187,7 @@ class _Sweep:
     """The bookkeeping of one ``run_sweep`` call: outcomes by run index, the progress bar."""
 
     def __init__(
-        self, runs: list[tuple[str, RunConfig]], out: Path, bar: tqdm[Any], trackers: Sequence[dict[str, Any]] = ()
+        self, runs: list[tuple[str, RunConfig]], out: Path, bar: Progress, trackers: Sequence[dict[str, Any]] = ()
     ) -> None:
         self.runs = runs
         self.out = out
@@ -197,12 +199,10 @@ class _Sweep:
     def record(self, index: int, outcome: RunOutcome) -> None:
         self.outcomes[index] = outcome
         counts = Counter(recorded.status for recorded in self.outcomes.values())
-        postfix = {status: counts.get(status, 0) for status in RESULT_STATUSES}
         skipped = sum(recorded.skipped for recorded in self.outcomes.values())
-        if skipped:
-            postfix["skipped"] = skipped
-        self.bar.set_postfix(postfix, refresh=False)
-        self.bar.update(1)
+        noted = [(counts.get(status, 0), status) for status in RESULT_STATUSES] + [(skipped, "already done")]
+        self.bar.note(", ".join(f"{count} {label}" for count, label in noted if count))
+        self.bar.advance(1, timed=not outcome.skipped)
 
     def fail(self, index: int, message: str) -> None:
         run_id = self.runs[index][0]
@@ -313,7 +313,8 @@ def run_sweep(
     """Run every config into ``out/<run_id>`` (see the module docstring); returns the outcomes in config order.
 
     ``workers == 1`` runs in this process (torch threads are left as they are unless ``threads_per_worker``
-    is given); more use a local ``spawn`` process pool. ``progress`` shows an overall bar over the runs.
+    is given); more use a local ``spawn`` process pool. ``progress`` shows the runs done on stderr
+    (``mtlscope.progress``: a bar on a terminal, plain lines in a log).
     Raises ``ConfigError`` for a config that cannot be resolved (nothing is written) and ``ValueError`` for
     ``workers`` or ``threads_per_worker`` below 1.
 
@@ -339,7 +340,7 @@ def run_sweep(
     out = Path(out)
     runs, duplicates = unique_runs(configs)
     specs = prepare_trackers(trackers) if trackers else []
-    with tqdm(total=len(runs), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True) as bar:
+    with Progress(len(runs), "sweep", unit="run", enabled=progress) as bar:
         sweep = _Sweep(runs, out, bar, specs)
         to_run = []
         for index, (run_id, _) in enumerate(runs):

@@ -54,7 +54,7 @@ from mtlscope.analysis.trajectories import checkpoint_table
 from mtlscope.models.multitask import MAX_SEED, is_seed
 from mtlscope.report.tables import to_markdown, write_table
 from mtlscope.runs.config import ConfigError, RunConfig, read_yaml
-from mtlscope.runs.results import RunResults, load, read_records
+from mtlscope.runs.results import DamagedRun, RunResults, load, read_records
 from mtlscope.settings.task import HIGHER_IS_BETTER
 from mtlscope.sweeps.execution import SweepResult, run_sweep
 from mtlscope.sweeps.manifest import write_manifest
@@ -423,12 +423,18 @@ def score_selection(plan: ProtocolPlan, result: SweepResult, out: Path) -> pd.Da
         run_id = candidate.config.run_id()
         outcome = outcomes[run_id]
         score = math.nan
+        message = _message(outcome.status, score, outcome.message)
         if outcome.status == "completed":
-            records = read_records(out / run_id)
-            records.insert(0, "run_id", run_id)
-            setting = _setting(candidate.config)
-            metrics = {task: setting.task(task).primary_metric for task in candidate.config.setting.tasks or []}
-            score = validation_score(records, run_id, metrics, plan.protocol.metric)
+            try:
+                records = read_records(out / run_id)
+            except DamagedRun as damage:  # excluded from the selection, like a run without validation records
+                message = str(damage)
+            else:
+                records.insert(0, "run_id", run_id)
+                setting = _setting(candidate.config)
+                metrics = {task: setting.task(task).primary_metric for task in candidate.config.setting.tasks or []}
+                score = validation_score(records, run_id, metrics, plan.protocol.metric)
+                message = _message(outcome.status, score, outcome.message)
         rows.append(
             {
                 "variant": candidate.label,
@@ -437,7 +443,7 @@ def score_selection(plan: ProtocolPlan, result: SweepResult, out: Path) -> pd.Da
                 "status": outcome.status,
                 "run_id": run_id,
                 "steps": candidate.steps,
-                "message": _message(outcome.status, score, outcome.message),
+                "message": message,
             }
         )
     columns = ["variant", *plan.keys, "score", "status", "run_id", "steps", "message"]
@@ -515,10 +521,7 @@ def load_final(out: str | Path) -> RunResults:
     if not (out / FINAL_FILE).is_file():
         raise FileNotFoundError(f"{out / FINAL_FILE}: no final runs listed (is {out} the output of a protocol?)")
     run_ids = set(pd.read_csv(out / FINAL_FILE, dtype={"run_id": str})["run_id"])
-    results = load(out)
-    runs = results.runs[results.runs["run_id"].isin(run_ids)].reset_index(drop=True)
-    records = results.records[results.records["run_id"].isin(run_ids)].reset_index(drop=True)
-    return RunResults(runs=runs, records=records)
+    return load(out).subset(run_ids)
 
 
 def _excluded(selection: pd.DataFrame, final_sweep: Sweep, final: SweepResult, plan: ProtocolPlan) -> pd.DataFrame:

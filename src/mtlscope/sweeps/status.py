@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtlscope.progress import format_duration
 from mtlscope.runs.config import RunConfig
 from mtlscope.runs.store import CONFIG_FILE, STATUS_FILE, SUMMARY_FILE, read_status
 from mtlscope.sweeps.execution import unique_runs
@@ -115,16 +116,6 @@ def sweep_status(configs: Sequence[RunConfig], out: str | Path, *, workers: int 
         eta_s=eta,
         mean_wall_time_s=mean,
     )
-
-
-def format_duration(seconds: float) -> str:
-    """``42 s``, ``3 min 20 s``, ``2 h 05 min``."""
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def format_status(status: SweepStatus, *, width: int = 30, show_failed: int = 5) -> str:
