@@ -2,7 +2,7 @@
 function (not raw results), writes a PNG to ``path`` and an SVG beside it, and returns both paths; an empty
 input raises ``ValueError``.
 
-- ``smto_quadrants``: the main paper's Figure 4 (Mueller, Dredze & Andrews, TMLR 2025) — per (task, method),
+- ``smto_quadrants``: the main paper's Figure 4 (Mueller, Dredze & Andrews, TMLR 2025) — per (task, variant),
   the % change over the UMTG of a factor (x) and of generalization (y), from ``analysis.factors.method_changes``.
 - ``similarity_scatter``: Figures 5–6 — a quantity of each (run, target task) against the target's gradient
   similarity with the UMTG, with Pearson's r and the least-squares line per target, from
@@ -54,11 +54,12 @@ def smto_quadrants(
     significant_on: str = "both",
     symlog: bool | None = None,
 ) -> list[Path]:
-    """Figure 4 of the main paper: one point per (task, task set, method) of ``changes`` (a ``method_changes``
+    """Figure 4 of the main paper: one point per (task, task set, variant) of ``changes`` (a ``method_changes``
     table) at x = % change of ``factor`` over the baseline method and y = % change of ``generalization``.
 
     The half-planes where generalization improves (y > 0; the primary metrics, accuracy and r2, are higher-is-
-    better) and worsens are shaded green and red. Color = task, marker = method; a point is filled when its
+    better) and worsens are shaded green and red. Color = task, marker = variant (two variants of one method,
+    e.g. ``pcgrad`` with two option values, are two markers); a point is filled when its
     change is significant by the 2-std rule on ``significant_on``: ``"both"`` axes (default), ``"either"``,
     ``"factor"`` or ``"generalization"``, hollow otherwise. ``symlog``: a symmetric-log x axis (None: when some
     |x| exceeds 1000 %). Points with a NaN change (baseline mean 0) are left out. Mix task sets with care:
@@ -73,7 +74,7 @@ def smto_quadrants(
     for name in (factor, generalization):
         if name not in known:
             raise ValueError(f"{name!r} is not a factor of changes; factors: {', '.join(known)}")
-    keys = ["task", "tasks", "method"]
+    keys = ["task", "tasks", "variant"]
     columns = [*keys, "pct_change", "significant"]
     xs = changes.loc[changes["factor"] == factor, columns]
     ys = changes.loc[changes["factor"] == generalization, columns]
@@ -82,7 +83,7 @@ def smto_quadrants(
         np.isfinite(points["pct_change_x"].astype(float)) & np.isfinite(points["pct_change_y"].astype(float))
     ]
     if points.empty:
-        raise ValueError(f"no (task, method) has finite % changes of both {factor!r} and {generalization!r}")
+        raise ValueError(f"no (task, variant) has finite % changes of both {factor!r} and {generalization!r}")
     sig_x, sig_y = points["significant_x"].astype(bool), points["significant_y"].astype(bool)
     filled = {"both": sig_x & sig_y, "either": sig_x | sig_y, "factor": sig_x, "generalization": sig_y}[significant_on]
     baseline = ", ".join(dict.fromkeys(changes["baseline"].astype(str)))
@@ -92,17 +93,17 @@ def smto_quadrants(
     with plt.rc_context(STYLE):  # type: ignore[arg-type]
         figure, axes = plt.subplots(figsize=(8.4, 5.4))
         tasks = list(dict.fromkeys(points["task"].astype(str)))
-        methods = list(dict.fromkeys(points["method"].astype(str)))
+        variants = list(dict.fromkeys(points["variant"].astype(str)))
         colors = _colors(tasks)
-        markers = {method: METHOD_MARKERS[i % len(METHOD_MARKERS)] for i, method in enumerate(methods)}
-        for task, method, x, y, full in zip(
-            points["task"].astype(str), points["method"].astype(str), x_values, y_values, filled
+        markers = {variant: METHOD_MARKERS[i % len(METHOD_MARKERS)] for i, variant in enumerate(variants)}
+        for task, variant, x, y, full in zip(
+            points["task"].astype(str), points["variant"].astype(str), x_values, y_values, filled
         ):
             color = colors[task]
             axes.scatter(
                 x,
                 y,
-                marker=markers[method],
+                marker=markers[variant],
                 s=60,
                 facecolors=color if full else "white",
                 edgecolors=color,
@@ -133,10 +134,10 @@ def smto_quadrants(
             handles.append(Line2D([], [], linestyle="none", marker="o", color=colors[task], markersize=7))
             labels.append(task)
         handles.append(_header())
-        labels.append("method (marker)")
-        for method in methods:
-            handles.append(Line2D([], [], linestyle="none", marker=markers[method], color="0.2", markersize=7))
-            labels.append(method)
+        labels.append("variant (marker)")
+        for variant in variants:
+            handles.append(Line2D([], [], linestyle="none", marker=markers[variant], color="0.2", markersize=7))
+            labels.append(variant)
         hollow = Line2D([], [], linestyle="none", marker="o", markerfacecolor="white", color="0.2", markersize=7)
         handles += [_header(), Line2D([], [], linestyle="none", marker="o", color="0.2", markersize=7), hollow]
         labels += [f"2-std rule ({significant_on})", "filled: significant", "hollow: not significant"]

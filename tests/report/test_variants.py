@@ -1,0 +1,62 @@
+"""Variants that share a method (two ``it_mtl`` candidate sets, as in the itmtl-table2 presets) stay apart in
+the key tables, their readings and the preset outputs: nothing is grouped by method alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtlscope.report.summary import ITMTL_WINS, METHOD_CHANGES, key_tables
+from mtlscope.reproduce.outputs import build_output
+from mtlscope.runs import RunResults, execute, load, validate_config
+
+VARIANTS = {
+    "MTL": {"name": "umtg"},
+    "IT-MTL": {"name": "it_mtl", "candidates": ["singles", "umtg"]},
+    "IT-PCGrad": {"name": "it_mtl", "candidates": ["umtg", "pcgrad"]},
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> RunResults:
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("variants") / "runs"
+    for name, method in VARIANTS.items():
+        for seed in (0, 1):
+            config = {
+                "name": name,
+                "setting": {"name": "digits-mtl", "tasks": ["digits1", "digits2"]},
+                "model": {"encoder": {"name": "mlp", "hidden": [32, 8]}},
+                "method": method,
+                "optimizer": {"name": "adam", "lr": 0.003},
+                "training": {"steps": 12, "eval_every": 4, "batch_size": 16, "diagnostics_every": 1},
+                "seed": seed,
+            }
+            assert execute(validate_config(config), out).status == "completed"
+    return load(out)
+
+
+def test_method_changes_entry_has_one_row_per_variant(results: RunResults) -> None:
+    entry = {e.title: e for e in key_tables(results)}[METHOD_CHANGES]
+    general = entry.table[entry.table["factor"] == "generalization"]
+    assert sorted(general["variant"].unique()) == ["IT-MTL", "IT-PCGrad"]
+    assert len(general) == 4  # 2 variants x 2 tasks, not 2 method rows averaging both variants
+    for variant in ("IT-MTL", "IT-PCGrad"):
+        assert f"{variant} (it_mtl) changes" in entry.reading
+
+
+def test_candidate_wins_entry_and_output_keep_variants_apart(results: RunResults, tmp_path: Path) -> None:
+    entry = {e.title: e for e in key_tables(results)}[ITMTL_WINS]
+    table = entry.table
+    assert set(table["variant"]) == {"IT-MTL", "IT-PCGrad"}
+    assert sorted(table.loc[table["variant"] == "IT-MTL", "label"]) == ["digits1", "digits2", "umtg"]
+    assert sorted(table.loc[table["variant"] == "IT-PCGrad", "label"]) == ["pcgrad", "umtg"]
+    assert set(table["steps"]) == {24}  # 12 steps x 2 seeds of one variant
+    assert "IT-MTL on digits1+digits2 chose" in entry.reading and "IT-PCGrad on digits1+digits2 chose" in entry.reading
+
+    produced = build_output("candidate_wins", results, tmp_path, "wins", {})
+    assert produced.table is not None
+    per_variant = produced.table.groupby("variant")["fraction"].sum()
+    assert per_variant.to_dict() == pytest.approx({"IT-MTL": 1.0, "IT-PCGrad": 1.0})
