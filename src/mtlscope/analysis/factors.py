@@ -225,8 +225,9 @@ def method_changes(
 
     Rows are per variant, not per method: two variants of one method (e.g. ``it_mtl`` with two candidate sets,
     or ``pcgrad`` with two option values) get a row each; ``method`` names the variant's method. Runs are
-    matched by ``tasks`` alone: filter ``results`` to one setting and one hyperparameter configuration first. ``significant`` applies the 2-std rule to the two sets of values; ``pct_change`` is NaN when the
-    baseline mean is 0. Rows where either side has no value are left out.
+    matched by ``tasks`` alone: filter ``results`` to one setting and one hyperparameter configuration first.
+    ``significant`` applies the 2-std rule to the two sets of values; ``pct_change`` is NaN when the baseline
+    mean is 0. Rows where either side has no value are left out.
     """
     methods = _completed(results, "method")
     if baseline not in methods:
@@ -237,7 +238,9 @@ def method_changes(
     for (tasks, task), group in values.groupby(["tasks", "task"], sort=False):
         is_baseline = group["method"] == baseline
         base, others = group[is_baseline], group[~is_baseline]
-        for (variant, method, factor), changed in others.groupby(["variant", "method", "factor"], sort=False, dropna=False):
+        for (variant, method, factor), changed in others.groupby(
+            ["variant", "method", "factor"], sort=False, dropna=False
+        ):
             row = _delta(base.loc[base["factor"] == factor, "value"], changed["value"])
             if row is None:
                 continue

@@ -43,6 +43,9 @@ GENERALIZATION_LABEL = "generalization: test metric,\nmean of the 10 best valida
 ANNOTATE_MAX_TASKS = 12
 _IMPROVES, _WORSENS = "#dff3df", "#fbe2e2"  # light green / light red
 _SERVED, _MEMBER = "#3b75af", "0.87"
+_NOT_MEASURED = "0.8"
+#: The legend of the affinity heatmap's grey cells (drawn when there are any).
+NOT_MEASURED_LABEL = "grey: not measured (no run trained both tasks with the affinity probe)"
 _GRIDLESS: dict[str, Any] = {**STYLE, "axes.grid": False}
 
 
@@ -297,7 +300,8 @@ def temperature_curves(table: pd.DataFrame, path: str | Path, task: str = MEAN_T
 def affinity_heatmap(matrix: pd.DataFrame | np.ndarray, path: str | Path, title: str | None = None) -> list[Path]:
     """``A[source, target]`` (an ``affinity_matrix``: index = source tasks, columns = target tasks) as a heatmap
     with a diverging colormap centered at 0 (blue: a step on the source lowers the target's loss; red: raises
-    it), NaN cells grey, the diagonal (self-affinity) outlined, and the values written in the cells when there
+    it), NaN cells grey with a legend below saying so (``NOT_MEASURED_LABEL``: no run trained both tasks with
+    the affinity probe), the diagonal (self-affinity) outlined, and the values written in the cells when there
     are at most ``ANNOTATE_MAX_TASKS`` tasks. Very small or large affinities are shown scaled by a power of ten,
     stated on the colorbar.
     """
@@ -317,7 +321,7 @@ def affinity_heatmap(matrix: pd.DataFrame | np.ndarray, path: str | Path, title:
         width = min(10.0, max(5.6, 0.62 * len(targets) + 3.2))
         height = min(8.5, max(4.4, 0.5 * len(sources) + 2.4))
         figure, axes = plt.subplots(figsize=(width, height))
-        colormap = plt.get_cmap("RdBu").with_extremes(bad="0.8")
+        colormap = plt.get_cmap("RdBu").with_extremes(bad=_NOT_MEASURED)
         image = axes.imshow(np.ma.masked_invalid(shown), cmap=colormap, vmin=-limit, vmax=limit)
         if count <= ANNOTATE_MAX_TASKS:
             size = 9 if count <= 6 else 7
@@ -340,6 +344,11 @@ def affinity_heatmap(matrix: pd.DataFrame | np.ndarray, path: str | Path, title:
         scale = f" (×1e{exponent})" if exponent else ""
         colorbar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
         colorbar.set_label(f"affinity Z (source → target){scale}")
+        if not np.isfinite(values).all():
+            grey = Patch(facecolor=_NOT_MEASURED, edgecolor="0.55", label=NOT_MEASURED_LABEL)
+            axes.legend(
+                handles=[grey], loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize="small", frameon=False
+            )
         axes.set_title(
             title or "Inter-task affinity A[source, target]\n(> 0: a step on the source lowers the target's loss)"
         )
