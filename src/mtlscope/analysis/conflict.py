@@ -1,14 +1,14 @@
 """Conflict studies: how much a target task's gradient agrees with the multi-task gradient, against the
 factors of its trajectory and against its generalization (Mueller, Dredze & Andrews, TMLR 2025, §5,
-Figs. 5–6; SPEC §6).
+Figs. 5–6).
 
 For a target task trained with different auxiliary task sets, each multi-task run gives one point per task:
 
 - ``similarity``: the mean over the trajectory's measured checkpoints of the ``grad_similarity`` probe
-  (cosine of the task gradient with the UMTG, SPEC §4.4) — low similarity means much conflict;
+  (cosine of the task gradient with the UMTG, the paper's eq. 6) — low similarity means much conflict;
 - ``generalization``: the mean test metric of the 10 best validation checkpoints
   (``mtlscope.analysis.transfer.generalization_by_run``);
-- one value per factor probe, aggregated over the trajectory by a rule (SPEC §6): ``sharpness`` and
+- one value per factor probe, aggregated over the trajectory by a rule (Mueller et al. 2025, §3–5): ``sharpness`` and
   ``grad_cov_trace`` the mean of the last 20 measured checkpoints, ``fim_trace`` the mean of its 20 largest.
 
 ``conflict_table`` builds those points, ``correlation`` is Pearson's r with its p-value and the

@@ -1,4 +1,4 @@
-"""Single values per trajectory and the main paper's factor tables (SPEC §6; Mueller et al., TMLR 2025, §4).
+"""Single values per trajectory and the main paper's factor tables (Mueller et al., TMLR 2025, §4).
 
 A *factor* is a value of the optimization trajectory of one (run, task): a probe value recorded at checkpoints
 (``sharpness``, ``fim_trace``, ``grad_cov_trace``, ``grad_similarity``, ...) or ``generalization`` (the

@@ -1,5 +1,5 @@
-"""Inter-task affinity (transference): Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task
-Learning", NeurIPS 2021, eq. 1 and §3.2; SPEC §4.5.
+"""Inter-task affinity (transference): Fifty et al., "Measuring and Harnessing Transference in Multi-Task
+Learning", arXiv:2010.15413, 2020, eq. 1 (§3.1) and its first-order approximation (§3.2).
 
 On a training batch, the affinity of source task i onto target task j is
 
@@ -201,7 +201,7 @@ class AffinityProbe(Probe):
             self.overall[kind].load_state_dict(state.get("overall", {}).get(kind, {}))
 
 
-@PROBES.register("affinity", "inter-task affinity matrices, exact lookahead and first-order (SPEC §4.5)")
+@PROBES.register("affinity", "inter-task affinity matrices, exact lookahead and first-order (Fifty et al., eq. 1)")
 def build_probe(
     *, every_steps: int = 50, mode: str = "both", update_heads: bool = False, jacobian_mode: str = "auto"
 ) -> Probe:

@@ -328,7 +328,7 @@ def _figures(results: RunResults, scratch: Path, missing: Missing) -> Section:
     else:
         figures.cannot("needs runs at two or more temperatures lr/B (sweep lr or batch size).")
 
-    figures.start("Inter-task affinity and task grouping (Fifty et al. 2021)")
+    figures.start("Inter-task affinity and task grouping (Fifty et al. 2020)")
     multi = results.records[results.records["run_id"].isin(set(runs.loc[runs["num_tasks"] > 1, "run_id"]))]
     try:
         matrix = affinity_matrix(multi)

@@ -10,7 +10,7 @@ input raises ``ValueError``.
 - ``temperature_curves``: Figures 1–3 of the temperature paper (OPT 2022) — generalization against the
   temperature ``T = lr / B`` per (variant, method, loss scale), ±2 std over seeds, the best temperature starred,
   from ``analysis.temperature.temperature_table``.
-- ``affinity_heatmap``: ``A[source, target]`` (Fifty et al., 2021) from ``analysis.affinity.affinity_matrix``.
+- ``affinity_heatmap``: ``A[source, target]`` (Fifty et al., 2020) from ``analysis.affinity.affinity_matrix``.
 - ``grouping_diagram``: the groups of ``analysis.grouping.group_tasks`` and which group serves each task.
 """
 

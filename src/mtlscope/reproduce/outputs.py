@@ -322,7 +322,7 @@ def temperature_curves(
     return Produced(f"Generalization vs temperature ({task})", files)
 
 
-# -- transference (Fifty et al. 2021) -------------------------------------------------------------------------
+# -- transference (Fifty et al. 2020) -------------------------------------------------------------------------
 
 
 def _affinity(results: RunResults, kind: str) -> pd.DataFrame:
