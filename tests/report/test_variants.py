@@ -60,3 +60,23 @@ def test_candidate_wins_entry_and_output_keep_variants_apart(results: RunResults
     assert produced.table is not None
     per_variant = produced.table.groupby("variant")["fraction"].sum()
     assert per_variant.to_dict() == pytest.approx({"IT-MTL": 1.0, "IT-PCGrad": 1.0})
+
+
+def test_report_keeps_variants_apart_and_fits_its_inventory(results: RunResults, tmp_path: Path) -> None:
+    import re
+
+    from mtlscope.report.html import INVENTORY_COLUMNS, write_report
+
+    page = write_report(results, tmp_path / "report.html").read_text()
+    inventory = page[page.index('<section id="inventory">') :]
+    header = re.findall(r"<th>([^<]+)</th>", inventory[: inventory.index("</thead>")])
+    assert header == [c for c in INVENTORY_COLUMNS if c in results.runs]  # no optimizer, planned_steps columns
+    assert "<td>12/12</td>" in inventory  # steps done/planned in one column
+    assert '<div class="inventory"><div class="table">' in page  # scrolls within its box when wider than the page
+    # generic report: what cannot be drawn is one list in the last section, nothing of it before
+    sections = re.findall(r'<section id="([^"]+)">', page)
+    assert sections == ["overview", "tables", "figures", "inventory", "not-shown"]
+    body, last = page[: page.index('<section id="not-shown">')], page[page.index('<section id="not-shown">') :]
+    assert "Needs " not in body and 'class="missing"' not in body
+    assert last.count("<li>") == len(set(re.findall(r"<li><b>([^<]+)</b>", last)))  # each listed once
+    assert "IT-MTL (it_mtl) changes" in page and "IT-PCGrad (it_mtl) changes" in page

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -385,12 +386,16 @@ def _inventory_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _count(value: object) -> str:
-    return "?" if pd.isna(value) else str(int(float(str(value))))
+    return "?" if _missing(value) else str(int(float(str(value))))
 
 
 def _shortened(message: object) -> str:
-    text = "" if pd.isna(message) else str(message)
+    text = "" if _missing(message) else str(message)
     return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 1] + "…"
 
 

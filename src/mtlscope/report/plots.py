@@ -344,14 +344,14 @@ def affinity_heatmap(matrix: pd.DataFrame | np.ndarray, path: str | Path, title:
         scale = f" (×1e{exponent})" if exponent else ""
         colorbar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
         colorbar.set_label(f"affinity Z (source → target){scale}")
-        if not np.isfinite(values).all():
-            grey = Patch(facecolor=_NOT_MEASURED, edgecolor="0.55", label=NOT_MEASURED_LABEL)
-            axes.legend(
-                handles=[grey], loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize="small", frameon=False
-            )
         axes.set_title(
             title or "Inter-task affinity A[source, target]\n(> 0: a step on the source lowers the target's loss)"
         )
+        if not np.isfinite(values).all():  # below everything, so that rotated task names never cover it
+            grey = Patch(facecolor=_NOT_MEASURED, edgecolor="0.55", label=NOT_MEASURED_LABEL)
+            figure.tight_layout(rect=(0, 0.07, 1, 1))
+            figure.legend(handles=[grey], loc="lower center", fontsize="small", frameon=False)
+            return _save(figure, path, layout=False)
         return _save(figure, path)
 
 
