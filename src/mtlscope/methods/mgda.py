@@ -24,7 +24,7 @@ computed from the normalized gradients are applied to the *unnormalized* gradien
   K x K Gramian; ``α = u / Σu``). ``"frank_wolfe"`` is the routine of Sener & Koltun
   (``find_min_norm_element_FW``): start from the best pair (exact closed form for two vectors), then
   Frank-Wolfe steps with exact line search, at most 250 iterations, stop when the L1 change of ``α`` is
-  below 1e-5. For K = 2 both are the exact closed form. The default departs from the brief's Frank-Wolfe
+  below 1e-5. For K = 2 both are the exact closed form. The default departs from Sener & Koltun's Frank-Wolfe
   routine on purpose: with 250 iterations Frank-Wolfe leaves KKT residuals of a few percent of ``max|g|²``
   at K = 10, so the invariant ``g_i . d >= |d|^2`` would hold only loosely; the exact solver is also cheaper. (Our
   closed form for two vectors clips ``γ`` to [0, 1]; Sener & Koltun's code returns 0.999 / 0.001 at the

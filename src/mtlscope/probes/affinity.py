@@ -10,7 +10,7 @@ alone, simulated exactly from its current state (``mtlscope.engine.lookahead.opt
 Adam moments and bias correction included; the real optimizer is untouched). Positive Z: a step for task i
 lowers task j's loss. The first-order approximation ``Z_{i->j} ~ -<grad L_j, Delta_i> / L_j`` (SGD:
 ``lr <g_j, g_i> / L_j``) needs no extra forward pass. Heads stay fixed by default; ``update_heads=True``
-moves head j by its own simulated update first, as in [F] eq. 1.
+moves head j by its own simulated update first, as in Fifty et al.'s eq. 1.
 
 - ``affinity(model, setting, batch, optimizer)`` computes both K x K matrices for one batch, any
   ``MultiTaskModel`` and SGD/Adam/AdamW optimizer; ``A[source, target] = Z_{source -> target}``, the
