@@ -80,3 +80,36 @@ def test_report_keeps_variants_apart_and_fits_its_inventory(results: RunResults,
     assert "Needs " not in body and 'class="missing"' not in body
     assert last.count("<li>") == len(set(re.findall(r"<li><b>([^<]+)</b>", last)))  # each listed once
     assert "IT-MTL (it_mtl) changes" in page and "IT-PCGrad (it_mtl) changes" in page
+
+
+def test_affinity_entry_uses_one_variant() -> None:
+    """Two umtg variants on one task set (e.g. two loss scales): the entry shows one variant's matrix, not the
+    mean of both."""
+    import pandas as pd
+
+    from mtlscope.report.summary import AFFINITY
+
+    runs, records = [], []
+    for variant, value in (("C=1", 0.2), ("C=2", -0.4)):
+        for seed in (0, 1):
+            run_id = f"{variant}-{seed}"
+            runs.append(
+                {
+                    "run_id": run_id,
+                    "status": "completed",
+                    "variant": variant,
+                    "tasks": "a+b",
+                    "num_tasks": 2,
+                    "method": "umtg",
+                    "seed": seed,
+                    "temperature": 0.001,
+                }
+            )
+            for source in "ab":
+                for target in "ab":
+                    records.append((run_id, 10, 1.0, target, "probe", f"affinity_overall/{source}", value))
+    columns = ["run_id", "step", "epoch", "task", "split", "metric", "value"]
+    results = RunResults(pd.DataFrame(runs), pd.DataFrame(records, columns=columns))
+    entry = {e.title: e for e in key_tables(results)}[AFFINITY]
+    assert entry.table.set_index("source").to_numpy().tolist() == [[0.2, 0.2], [0.2, 0.2]]  # not 0.2 and -0.4 mixed
+    assert entry.reading.startswith("In C=1 on a+b (2 runs; 1 other variant on these tasks)")

@@ -8,8 +8,9 @@
    factor (variants that share a method, e.g. two ``it_mtl`` candidate sets, are kept apart);
 4. ``Best temperatures`` — ``best_temperatures``: each task's best ``T = lr / B``, for the variants run at
    several temperatures;
-5. ``Task affinity and grouping`` — ``affinity_matrix`` (``affinity_overall``, mean over runs) of the largest
-   task set with affinity records, and ``group_tasks`` with at most ``GROUPING_SPLITS`` encoders;
+5. ``Task affinity and grouping`` — ``affinity_matrix`` (``affinity_overall``, mean over the runs of one
+   variant, preferably ``umtg``) of the largest task set with affinity records, and ``group_tasks`` with at
+   most ``GROUPING_SPLITS`` encoders;
 6. ``IT-MTL candidate wins`` — ``candidate_wins`` summed over runs per variant, task set and candidate.
 
 When the results cannot support an analysis (no single-task runs, no probes, one method, one temperature, no
@@ -296,12 +297,18 @@ def _affinity(results: RunResults) -> KeyTable:
     also = f"; also recorded for {others} other task set{'s' if others > 1 else ''}" if others else ""
     if (chosen["method"] == BASELINE_METHOD).any():
         chosen = chosen[chosen["method"] == BASELINE_METHOD]
+    counts = chosen["variant"].astype(str).value_counts(sort=False)
+    variant = str(counts.idxmax())  # one variant (the first with the most runs): variants are never averaged
+    chosen = chosen[chosen["variant"].astype(str) == variant]
+    if len(counts) > 1:
+        also += f"; {len(counts) - 1} other variant{'s' if len(counts) > 2 else ''} on these tasks"
     matrix = affinity_matrix(rows[rows["run_id"].isin(set(chosen["run_id"]))])
     table = matrix.reset_index()
     table.columns.name = None
     names = list(matrix.index)
     pairs = [(s, t, float(matrix.loc[s, t])) for s in names for t in names if s != t and pd.notna(matrix.loc[s, t])]
-    where = f"In {tasks} ({len(chosen)} runs{_at(note)}{also})"
+    name = tasks if variant == tasks else f"{variant} on {tasks}"
+    where = f"In {name} ({len(chosen)} runs{_at(note)}{also})"
     if not pairs:
         return KeyTable(AFFINITY, table, f"{where}, no cross-task affinity was measured.")
     source, target, value = max(pairs, key=lambda p: p[2])
