@@ -3,6 +3,7 @@ report and summary from the right runs, resumes, and records what it could not p
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -111,12 +112,35 @@ def test_reproduce_writes_outputs_report_and_summary_from_the_final_runs(tmp_pat
     assert "# tiny: A tiny preset for the tests" in summary
     assert "## smto_quadrants (smto_quadrants)\n\nNot produced:" in summary
     assert "| task | variant | st_mean |" in summary
-    assert (out / "report.html").read_text().count("digits1+digits2") > 0
+    _check_report_leads_with_the_outputs((out / "report.html").read_text())
 
     again = reproduce(_write(tmp_path, TINY), out, progress=False)
     lines = again.log.splitlines()  # nothing runs again: both stages were done
     assert "selection 4 runs: 4 completed, 0 diverged, 0 failed (4 already done)" in lines[0]
     assert "final 4 runs: 4 completed, 0 diverged, 0 failed (4 already done)" in again.log
+
+
+def _check_report_leads_with_the_outputs(page: str) -> None:
+    """The preset report: the preset's outputs first, in the preset's order; what cannot be drawn listed once,
+    in one list, in the last section; no warning boxes in between."""
+    sections = re.findall(r'<section id="([^"]+)"><h2>', page)
+    assert sections[0] == "preset" and sections[-1] == "not-shown"
+    assert sections[1:-1] == ["overview", "tables", "figures", "inventory"]
+    first = page[page.index('<section id="preset">') : page.index('<section id="overview">')]
+    headings = re.findall(r"<h3>([^<]+)</h3>", first)
+    assert headings == [
+        "transfer_table (transfer_table)",
+        "fig1 (generalization_vs_loss)",
+        "curves (learning_curves)",
+        "generalization_table (generalization_table)",
+    ]
+    assert first.count("<img ") == 2 and first.count("<table") == 3  # fig1, curves (+ its table), 2 tables
+    last = page[page.index('<section id="not-shown">') :]
+    assert page.count("Preset output smto_quadrants (smto_quadrants)") == 1
+    assert "Preset output smto_quadrants (smto_quadrants)" in last
+    assert last.count("<ul") == 1 and "Key table: Method changes" in last
+    assert "Method changes" not in page[: page.index('<section id="not-shown">')]  # shown once, at the end
+    assert 'class="missing"' not in page[: page.index('<section id="not-shown">')]
 
 
 def test_reproduce_cli_exit_codes_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

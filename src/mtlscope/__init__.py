@@ -1,6 +1,6 @@
 """mtlscope: see how multi-task learning changes optimization, and whether that explains transfer.
 
-The flow (DESIGN.md): config -> setting -> model -> method -> trainer (+ probes) -> run directory ->
+The flow: config -> setting -> model -> method -> trainer (+ probes) -> run directory ->
 results DataFrames -> analysis -> report.
 
     import mtlscope

@@ -149,12 +149,18 @@ def test_correlation_matches_scipy_and_polyfit() -> None:
 
 
 def test_correlation_degenerate_cases() -> None:
-    two = correlation([0.0, 1.0, np.nan], [1.0, 3.0, 5.0])
-    assert two.n == 2 and math.isnan(two.r) and math.isnan(two.p) and "fewer than 3" in two.reason
-    assert two.slope == pytest.approx(2.0) and two.intercept == pytest.approx(1.0)
-    flat = correlation([1.0, 2.0, 3.0], [4.0, 4.0, 4.0])
+    # fewer than 5 points: no r, no p-value, no line (3 points on a line would give r = -1.00, p = 0.0016)
+    three = correlation([0.1, 0.2, 0.3, np.nan], [3.0, 2.0, 1.0, 5.0])
+    assert three.n == 3 and math.isnan(three.r) and math.isnan(three.p)
+    assert math.isnan(three.slope) and math.isnan(three.intercept)
+    assert three.reason == "fewer than 5 points: no fit"
+    four = correlation([0.0, 1.0, 2.0, 3.0], [1.0, 3.0, 5.0, 8.0])
+    assert math.isnan(four.r) and math.isnan(four.p) and "fewer than 5 points" in four.reason
+    five = correlation([0.0, 1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 5.0, 7.0, 9.5])
+    assert math.isfinite(five.r) and math.isfinite(five.p) and five.slope == pytest.approx(2.1)
+    flat = correlation([1.0, 2.0, 3.0, 4.0, 5.0], [4.0, 4.0, 4.0, 4.0, 4.0])
     assert math.isnan(flat.r) and flat.reason == "y is constant" and flat.slope == pytest.approx(0.0)
-    vertical = correlation([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+    vertical = correlation([1.0] * 5, [1.0, 2.0, 3.0, 4.0, 5.0])
     assert vertical.reason == "x is constant" and math.isnan(vertical.slope)
     none = correlation([], [])
     assert none.n == 0 and math.isnan(none.slope)
@@ -164,7 +170,7 @@ def test_correlation_degenerate_cases() -> None:
 
 def test_conflict_correlations() -> None:
     rng = np.random.default_rng(1)
-    n = 8
+    n = 10
     table = pd.DataFrame(
         {
             "run_id": [f"r{i}" for i in range(2 * n)],
@@ -172,8 +178,8 @@ def test_conflict_correlations() -> None:
             "method": "umtg",
             "tasks": "x",
             "target": ["a"] * n + ["b"] * n,
-            "auxiliary": [f"aux{i % 4}" for i in range(2 * n)],
-            "seed": [i // 4 for i in range(2 * n)],
+            "auxiliary": [f"aux{i % 5}" for i in range(2 * n)],
+            "seed": [i // 5 for i in range(2 * n)],
             "similarity": rng.uniform(size=2 * n),
             "generalization": rng.uniform(size=2 * n),
             "sharpness": rng.uniform(size=2 * n),
@@ -194,7 +200,7 @@ def test_conflict_correlations() -> None:
     assert len(only_b) == 1 and only_b.iloc[0]["r"] == pytest.approx(result.iloc[3]["r"])
     averaged = conflict_correlations(table, target="a", average_seeds=True)
     means = a.groupby("auxiliary")[["similarity", "sharpness"]].mean()
-    assert averaged.iloc[0]["n"] == 4
+    assert averaged.iloc[0]["n"] == 5
     assert averaged.iloc[0]["r"] == pytest.approx(stats.pearsonr(means["similarity"], means["sharpness"])[0])
     with pytest.raises(ValueError, match="target"):
         conflict_correlations(table, target="zzz")

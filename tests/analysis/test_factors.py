@@ -186,3 +186,22 @@ def test_method_changes_percentages() -> None:
     assert rows.loc[("b", "mgda", "grad_similarity"), "pct_change"] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="baseline: no completed runs with method 'famo'"):
         method_changes(build(runs), baseline="famo")
+
+
+def test_method_changes_keeps_variants_of_one_method_apart() -> None:
+    runs = []
+    for seed in range(3):
+        umtg = {"generalization": 0.80 + 0.01 * seed, "sharpness": 2.0}
+        mild = {"generalization": 0.90 + 0.01 * seed, "sharpness": 1.0}  # pcgrad, one option value
+        strong = {"generalization": 0.60 + 0.01 * seed, "sharpness": 4.0}  # pcgrad, another
+        runs.append(("MTL", "a+b", "umtg", seed, {"a": umtg}))
+        runs.append(("PCGrad-mild", "a+b", "pcgrad", seed, {"a": mild}))
+        runs.append(("PCGrad-strong", "a+b", "pcgrad", seed, {"a": strong}))
+    table = method_changes(build(runs))
+    general = table[table["factor"] == "generalization"].set_index("variant")
+    assert set(general.index) == {"PCGrad-mild", "PCGrad-strong"}
+    assert set(general["method"]) == {"pcgrad"}
+    assert general.loc["PCGrad-mild", "mean"] == pytest.approx(0.91)  # not the mean of both variants (0.76)
+    assert general.loc["PCGrad-strong", "mean"] == pytest.approx(0.61)
+    sharp = table[table["factor"] == "sharpness"].set_index("variant")["pct_change"]
+    assert sharp["PCGrad-mild"] == pytest.approx(-50.0) and sharp["PCGrad-strong"] == pytest.approx(100.0)

@@ -69,7 +69,7 @@ def test_report_is_self_contained_with_every_supported_section(results_dir: Path
         assert heading in page
     # Figs 1 and 3 per task, SMTO quadrants, conflict scatters, temperature curves, affinity, grouping
     assert page.count('<img src="data:image/png;base64,') >= 10
-    for caption in ("(Fig. 1)", "(Fig. 3)", "vs UMTG, per task and method (Fig. 4)", "temperature lr/B", "affinity"):
+    for caption in ("(Fig. 1)", "(Fig. 3)", "vs UMTG, per task and variant (Fig. 4)", "temperature lr/B", "affinity"):
         assert caption in page
     assert "Needs UMTG runs and runs of at least one other method" not in page
     assert "IT-MTL" in page  # no it_mtl runs: its entry says what to run

@@ -226,3 +226,37 @@ def test_grouping_diagram(tmp_path: Path) -> None:
     _check(grouping_diagram(overlapping, tmp_path / "overlap.png"), "2 groups", "0.7", "served by another group")
     with pytest.raises(ValueError, match="no groups"):
         grouping_diagram(Grouping((), float("nan"), {}, {}, "exhaustive"), tmp_path / "x.png")
+
+
+def test_similarity_scatter_draws_no_fit_below_five_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.axes import Axes
+
+    lines: list[int] = []
+    plot = Axes.plot
+
+    def spy(self: Axes, *args: object, **kwargs: object) -> object:
+        lines.append(len(args[0]))  # type: ignore[arg-type]
+        return plot(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    table = _conflict_table()
+    three = table[(table["target"] == "a") & (table["seed"] < 3)]  # 3 points on a line: r = -1.00 and p < 0.01
+    content = _check(similarity_scatter(three, "generalization", tmp_path / "three.png"), "a: r = n/a")
+    assert "fewer than 5 points: no fit" in content and "p = " not in content
+    assert lines == []  # no least-squares line
+    five = table[(table["target"] == "a") & (table["seed"] < 5)]
+    content = _check(similarity_scatter(five, "generalization", tmp_path / "five.png"), "p = ", "n = 5")
+    assert lines == [100]  # one fitted line (100 grid points)
+
+
+def test_affinity_heatmap_says_what_grey_cells_mean(tmp_path: Path) -> None:
+    from mtlscope.report.plots import NOT_MEASURED_LABEL
+
+    tasks = ["a", "b", "c"]
+    full = pd.DataFrame([[0.2, 0.1, 0.0], [0.05, 0.3, -0.1], [0.0, 0.02, 0.1]], index=tasks, columns=tasks)
+    content = _check(affinity_heatmap(full, tmp_path / "full.png"))
+    assert "not measured" not in content  # no grey cell, no legend for it
+    gaps = full.copy()
+    gaps.loc["b", "c"] = gaps.loc["c", "b"] = np.nan  # b and c never trained together
+    assert NOT_MEASURED_LABEL.startswith("grey: not measured")
+    _check(affinity_heatmap(gaps, tmp_path / "gaps.png"), NOT_MEASURED_LABEL)

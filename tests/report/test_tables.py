@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -48,7 +49,7 @@ def test_to_latex_exact_booktabs_table() -> None:
             r"task\_name & delta & n & significant \\",
             r"\midrule",
             r"a\&b & 0.123 & 2 & yes \\",
-            r"50\% \$x\$ & -1.500 & 3 & no \\",
+            r"50\% \$x\$ & -1.50 & 3 & no \\",  # 3 significant digits
             r"\bottomrule",
             r"\end{tabular}",
             "",
@@ -80,7 +81,7 @@ def test_escape_latex_every_special_character() -> None:
 def test_to_latex_nan_and_numpy_scalars() -> None:
     frame = pd.DataFrame({"x": [math.nan, 1.0], "ok": pd.Series([True, False], dtype=object)})
     body = to_latex(frame, digits=2).splitlines()[4:6]
-    assert body == [r"nan & yes \\", r"1.00 & no \\"]
+    assert body == [r"nan & yes \\", r"1 & no \\"]  # a whole number is written as one
 
 
 def test_write_table_writes_csv_markdown_and_latex(tmp_path: Path) -> None:
@@ -214,10 +215,31 @@ def test_key_tables_of_single_task_runs_only(results: RunResults) -> None:
     assert not readings[BEST_TEMPERATURES].table.empty  # the lr sweep of digits1 alone still has a best T
 
 
-def test_small_numbers_keep_their_significant_digits() -> None:
+def test_one_number_format_with_four_significant_digits() -> None:
     from mtlscope.report.tables import format_number
 
+    # the three numbers the report mixed (1.371e-05, 0.007136, -595.893) now read alike: 4 significant digits
+    assert format_number(1.371e-05) == "1.371e-05"  # scientific below 0.001
+    assert format_number(0.007136) == "0.007136"
+    assert format_number(-595.893) == "-595.9"
     assert format_number(0.000674) == "6.740e-04"  # not 0.0007
     assert format_number(-1.3e-5) == "-1.300e-05"
-    assert format_number(0.0) == "0.0000" and format_number(12.5) == "12.5000" and format_number(0.01) == "0.0100"
-    assert format_number(float("nan")) == "nan"
+    assert format_number(0.001) == "0.001000" and format_number(0.96634) == "0.9663" and format_number(12.5) == "12.50"
+    assert format_number(54321.4) == "54320" and format_number(123456.7) == "1.235e+05"  # scientific from 1e5
+    assert format_number(99999.5) == "1.000e+05"  # rounding up crosses into scientific
+    assert format_number(0.0) == "0" and format_number(3.0) == "3" and format_number(1020.0) == "1020"
+    assert format_number(float("nan")) == "nan" and format_number(float("-inf")) == "-inf"
+    assert format_number(np.float32(0.25)) == "0.2500"
+
+
+def test_every_table_format_uses_the_one_number_format() -> None:
+    from mtlscope.report.html import table_html
+    from mtlscope.report.tables import format_number
+
+    frame = pd.DataFrame({"name": ["a", "b"], "value": [1.371e-05, -595.893], "other": [0.007136, math.nan]})
+    expected = [format_number(v) for v in (1.371e-05, -595.893, 0.007136)]
+    for text in (to_markdown(frame), to_latex(frame), table_html(frame)):
+        for number in expected:
+            assert number in text
+        assert "595.893" not in text and "0.000014" not in text
+    assert "<td>–</td>" in table_html(frame)  # a missing value in the report

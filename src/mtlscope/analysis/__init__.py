@@ -1,4 +1,4 @@
-"""Analyses of stored results, as pure functions of the results DataFrames (SPEC §6).
+"""Analyses of stored results, as pure functions of the results DataFrames (Mueller et al. 2025, §3–5).
 
 - trajectories: ``checkpoint_table``, ``generalization``; binning: ``geometric_edges``, ``assign_bins``;
 - phases (comparable training loss): ``compare_at_loss``, ``phase_table``;

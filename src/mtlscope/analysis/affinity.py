@@ -1,4 +1,5 @@
-"""Inter-task affinity matrices from stored probe records (Fifty et al., NeurIPS 2021; SPEC §4.5).
+"""Inter-task affinity matrices from stored probe records (Fifty et al., "Measuring and Harnessing
+Transference in Multi-Task Learning", arXiv:2010.15413, 2020, eq. 1).
 
 The ``affinity`` probe stores ``Z_{source -> target}`` as records with the target in the ``task`` column and
 the source in the metric name (``affinity/<source>``, ``affinity_overall/<source>``, and the same with

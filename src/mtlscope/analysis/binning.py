@@ -1,4 +1,4 @@
-"""Loss bins: comparing trajectories at comparable training loss (SPEC §6; Mueller et al. 2025, §3).
+"""Loss bins: comparing trajectories at comparable training loss (Mueller et al. 2025, §3).
 
 Bins are geometrically spaced between a maximum and a minimum training loss and numbered from 1 (the
 highest losses, early in training) to ``n`` (the lowest). A checkpoint falls in the bin containing its

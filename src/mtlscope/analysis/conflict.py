@@ -1,14 +1,14 @@
 """Conflict studies: how much a target task's gradient agrees with the multi-task gradient, against the
 factors of its trajectory and against its generalization (Mueller, Dredze & Andrews, TMLR 2025, §5,
-Figs. 5–6; SPEC §6).
+Figs. 5–6).
 
 For a target task trained with different auxiliary task sets, each multi-task run gives one point per task:
 
 - ``similarity``: the mean over the trajectory's measured checkpoints of the ``grad_similarity`` probe
-  (cosine of the task gradient with the UMTG, SPEC §4.4) — low similarity means much conflict;
+  (cosine of the task gradient with the UMTG, the paper's eq. 6) — low similarity means much conflict;
 - ``generalization``: the mean test metric of the 10 best validation checkpoints
   (``mtlscope.analysis.transfer.generalization_by_run``);
-- one value per factor probe, aggregated over the trajectory by a rule (SPEC §6): ``sharpness`` and
+- one value per factor probe, aggregated over the trajectory by a rule (Mueller et al. 2025, §3–5): ``sharpness`` and
   ``grad_cov_trace`` the mean of the last 20 measured checkpoints, ``fim_trace`` the mean of its 20 largest.
 
 ``conflict_table`` builds those points, ``correlation`` is Pearson's r with its p-value and the
@@ -37,14 +37,19 @@ SIMILARITY_PROBE = "grad_similarity"
 #: Columns of ``conflict_table`` that identify a point (the rest are quantities).
 CONFLICT_ID_COLUMNS: tuple[str, ...] = ("run_id", "variant", "method", "tasks", "target", "auxiliary", "seed")
 CORRELATION_COLUMNS: tuple[str, ...] = ("target", "quantity", "r", "p", "n", "slope", "intercept", "reason")
+#: The fewest finite pairs for a correlation, its p-value and a fitted line: with 3 or 4 points r is mostly
+#: noise (3 points give |r| near 1 and p < 0.01 by chance far too often to be read as evidence).
+MIN_POINTS = 5
 
 
 @dataclass(frozen=True)
 class Correlation:
     """Pearson correlation of y with x and the least-squares line ``y ~ slope * x + intercept``.
 
-    ``n`` counts the pairs where both values are finite. With fewer than 3 pairs, or a constant x or y, r and
-    p are NaN and ``reason`` says why (empty when r is defined). The line needs 2 pairs and a non-constant x.
+    ``n`` counts the pairs where both values are finite. With fewer than ``MIN_POINTS`` (5) pairs nothing is
+    computed: r, p, slope and intercept are NaN and ``reason`` is ``"fewer than 5 points: no fit"``.
+    With a constant x or y, r and p are NaN and ``reason`` says which (empty when r is defined); the line then
+    needs a non-constant x.
     """
 
     r: float
@@ -70,11 +75,11 @@ def correlation(
     nan = math.nan
     x_constant = n > 0 and bool(np.all(xs == xs[0]))
     y_constant = n > 0 and bool(np.all(ys == ys[0]))
+    if n < MIN_POINTS:
+        return Correlation(nan, nan, n, nan, nan, f"fewer than {MIN_POINTS} points: no fit")
     slope = intercept = nan
-    if n >= 2 and not x_constant:
+    if not x_constant:
         slope, intercept = (float(v) for v in np.polyfit(xs, ys, 1))
-    if n < 3:
-        return Correlation(nan, nan, n, slope, intercept, f"fewer than 3 finite pairs ({n})")
     if x_constant or y_constant:
         return Correlation(nan, nan, n, slope, intercept, f"{'x' if x_constant else 'y'} is constant")
     result = stats.pearsonr(xs, ys)

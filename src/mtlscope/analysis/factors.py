@@ -1,4 +1,4 @@
-"""Single values per trajectory and the main paper's factor tables (SPEC §6; Mueller et al., TMLR 2025, §4).
+"""Single values per trajectory and the main paper's factor tables (Mueller et al., TMLR 2025, §4).
 
 A *factor* is a value of the optimization trajectory of one (run, task): a probe value recorded at checkpoints
 (``sharpness``, ``fim_trace``, ``grad_cov_trace``, ``grad_similarity``, ...) or ``generalization`` (the
@@ -57,6 +57,7 @@ FACTOR_TRANSFER_COLUMNS: tuple[str, ...] = (*TRANSFER_COLUMNS[:2], "reference", 
 METHOD_CHANGE_COLUMNS: tuple[str, ...] = (
     "task",
     "tasks",
+    "variant",
     "method",
     "baseline",
     "factor",
@@ -218,13 +219,15 @@ def method_changes(
     rules: Mapping[str, Rule | str] | None = None,
     metric: str | None = None,
 ) -> pd.DataFrame:
-    """Figure 4 of the main paper: for each task and task set, each method's percentage change over the
-    ``baseline`` method, ``100 * (mean - baseline_mean) / |baseline_mean|`` (means over seeds), of every factor
-    and of generalization; columns ``METHOD_CHANGE_COLUMNS``, one row per (task, tasks, method, factor).
+    """Figure 4 of the main paper: for each task and task set, each variant's percentage change over the runs of
+    the ``baseline`` method, ``100 * (mean - baseline_mean) / |baseline_mean|`` (means over seeds), of every
+    factor and of generalization; columns ``METHOD_CHANGE_COLUMNS``, one row per (task, tasks, variant, factor).
 
-    Runs are matched by ``tasks`` alone: filter ``results`` to one setting and one hyperparameter configuration
-    first. ``significant`` applies the 2-std rule to the two sets of values; ``pct_change`` is NaN when the
-    baseline mean is 0. Rows where either side has no value are left out.
+    Rows are per variant, not per method: two variants of one method (e.g. ``it_mtl`` with two candidate sets,
+    or ``pcgrad`` with two option values) get a row each; ``method`` names the variant's method. Runs are
+    matched by ``tasks`` alone: filter ``results`` to one setting and one hyperparameter configuration first.
+    ``significant`` applies the 2-std rule to the two sets of values; ``pct_change`` is NaN when the baseline
+    mean is 0. Rows where either side has no value are left out.
     """
     methods = _completed(results, "method")
     if baseline not in methods:
@@ -235,7 +238,9 @@ def method_changes(
     for (tasks, task), group in values.groupby(["tasks", "task"], sort=False):
         is_baseline = group["method"] == baseline
         base, others = group[is_baseline], group[~is_baseline]
-        for (method, factor), changed in others.groupby(["method", "factor"], sort=False):
+        for (variant, method, factor), changed in others.groupby(
+            ["variant", "method", "factor"], sort=False, dropna=False
+        ):
             row = _delta(base.loc[base["factor"] == factor, "value"], changed["value"])
             if row is None:
                 continue
@@ -245,6 +250,7 @@ def method_changes(
                 {
                     "task": task,
                     "tasks": tasks,
+                    "variant": variant,
                     "method": method,
                     "baseline": baseline,
                     "factor": factor,

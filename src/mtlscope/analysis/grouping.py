@@ -1,5 +1,6 @@
-"""Task grouping from inter-task affinities (Fifty et al., "Efficiently Identifying Task Groupings for
-Multi-Task Learning", NeurIPS 2021, §5.1 and App. B; SPEC §4.6).
+"""Task grouping from inter-task affinities (Fifty et al., "Measuring and Harnessing Transference in
+Multi-Task Learning", arXiv:2010.15413, 2020, §5.1 and App. B; as in the released code of their NeurIPS 2021
+follow-up, "Efficiently Identifying Task Groupings for Multi-Task Learning").
 
 Question answered: with a budget of ``splits`` shared encoders (networks), which tasks should be trained
 together? Input: an affinity matrix ``A[source, target] = Z_{source -> target}`` (row = source, column =

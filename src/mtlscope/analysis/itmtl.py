@@ -1,5 +1,5 @@
 """IT-MTL candidate wins: how often each candidate gradient was chosen over training (Fifty et al.,
-"Measuring and Harnessing Transference in Multi-Task Learning", 2020, §4; SPEC §5).
+"Measuring and Harnessing Transference in Multi-Task Learning", 2020, §4).
 
 An ``it_mtl`` run trained with ``training.diagnostics_every`` records, at each such step, the index of the
 chosen candidate (split ``step``, task ``*``, metric ``chosen_candidate``; see ``mtlscope.methods.itmtl``).

@@ -1,4 +1,4 @@
-"""Comparing two trajectories at comparable training loss (SPEC §6; Mueller et al., TMLR 2025, §3 and App. B.4).
+"""Comparing two trajectories at comparable training loss (Mueller et al., TMLR 2025, §3 and App. B.4).
 
 A trajectory's training loss is cut into ``bins`` (20) geometrically spaced bins between its maximum and its
 minimum, numbered 1 (highest loss, start of training) to ``bins`` (lowest loss). A *phase* is a range of bins:
@@ -9,8 +9,8 @@ minimum, numbered 1 (highest loss, start of training) to ``bins`` (lowest loss).
 Two trajectories reach different losses (a multi-task trajectory typically stops an order of magnitude above
 its single-task counterpart), so their phases are made comparable by computing **one** set of edges, from the
 trajectory with the **highest minimum** training loss, and applying it to both: each trajectory's value is the
-mean over its checkpoints whose training loss lies in the same interval ``[low, high]``. The SPEC states this
-rule for the end phase; it is applied to the early phase as well, so that both phases compare values at the
+mean over its checkpoints whose training loss lies in the same interval ``[low, high]``. The paper states this
+rule for the end phase (App. B.4); it is applied to the early phase as well, so that both phases compare values at the
 same losses (the paper's early interval, "often 10^0 to 10^-1", differs little between the two choices, since
 trajectories start at about the same loss).
 """

@@ -1,6 +1,6 @@
 """Temperature studies: generalization against the optimization temperature ``T = lr / B`` for single- and
 multi-task runs (Mueller, Dredze & Andrews, "The Importance of Temperature in Multi-Task Optimization",
-OPT 2022, §3–4, Figs. 1–4; SPEC §2 and §6).
+OPT 2022, §3–4, Figs. 1–4).
 
 The temperature of a run is its learning rate divided by its batch size (per task), ``runs["temperature"]``;
 the loss scale C (``runs["loss_scale"]``, C in {1, sqrt(K), K}) divides the multi-task gradient, so with

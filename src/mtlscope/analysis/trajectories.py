@@ -1,4 +1,4 @@
-"""Per-trajectory views of stored records (SPEC §6).
+"""Per-trajectory views of stored records (Mueller et al., TMLR 2025, §3–5 and App. B.4).
 
 A *trajectory* is one (run, task): its checkpoints in step order. ``checkpoint_table`` pivots the long
 records into one row per checkpoint with columns ``train_loss``, ``val``, ``test`` (the task's primary

@@ -1,4 +1,4 @@
-"""Transfer tables: multi-task minus single-task generalization per task, with significance (SPEC §6).
+"""Transfer tables: multi-task minus single-task generalization per task, with significance (Mueller et al. 2025, §3–5).
 
 ``Delta E_k = mean_seeds E_k(MT) - mean_seeds E_k(ST)`` where E_k is the generalization of a trajectory
 (``mtlscope.analysis.trajectories.generalization``). A delta is *significant* when the intervals
@@ -111,7 +111,7 @@ GENERALIZATION_COLUMNS: tuple[str, ...] = ("task", "metric", "mean", "std", "sem
 def generalization_table(
     results: RunResults, by: tuple[str, ...] = ("variant",), metric: str | None = None, top: int = 10
 ) -> pd.DataFrame:
-    """Generalization per group of runs and task, as the IT-MTL tables report it (Fifty et al. 2021, Tables 2
+    """Generalization per group of runs and task, as the IT-MTL tables report it (Fifty et al. 2020, Tables 2
     and 5: mean test accuracy with its standard error over runs).
 
     One row per (``by`` columns of ``results.runs``, task) over the completed runs; columns ``*by`` then

@@ -1,4 +1,4 @@
-"""Evaluation at checkpoints: every metric of every task on the requested splits (SPEC §3).
+"""Evaluation at checkpoints: every metric of every task on the requested splits (Mueller et al. 2025, App. A).
 
 The model is put in eval mode (no dropout, BatchNorm running statistics) and restored to its previous
 mode afterwards; no gradients are recorded. Tasks that share inputs (shared-input layout) share one

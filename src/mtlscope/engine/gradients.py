@@ -1,4 +1,5 @@
-"""Per-task gradients: the K x P Jacobian on the shared parameters and its relatives (SPEC §5).
+"""Per-task gradients: the K x P Jacobian on the shared parameters and its relatives (docs/methods.md,
+"Per-task gradients").
 
 Jacobian modes (``training.jacobian_mode``):
 

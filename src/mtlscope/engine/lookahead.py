@@ -1,4 +1,4 @@
-"""Optimizer lookahead: the update an optimizer *would* make, without touching its state (SPEC §4.5).
+"""Optimizer lookahead: the update an optimizer *would* make, without touching its state (Fifty et al. 2020, eq. 1).
 
 ``optimizer_update(optimizer, parameters, gradients)`` returns, for each parameter, the change
 ``p_new - p`` that ``optimizer.step()`` would apply if the parameters had these gradients, simulated

@@ -3,7 +3,7 @@
 ``grad_MT = (1/C) sum_k w_k grad L_k``. A run gives C as a positive number or as ``"K"`` (uniform
 average) or ``"sqrt(K)"`` (keeps the gradient-noise of the sum equal to the average task noise); ``1`` is
 the uniform sum, the papers' default. With Adam the step is nearly invariant to a constant gradient
-scale, so C mainly matters for SGD (SPEC §2): both C and the optimizer are recorded with every run.
+scale, so C mainly matters for SGD (Mueller et al. 2025, eq. 2): both C and the optimizer are recorded with every run.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Optimizers of a run (SPEC §3): Adam (default, constant learning rate), AdamW, SGD and SGD with
+"""Optimizers of a run (Mueller et al. 2025, App. A): Adam (default, constant learning rate), AdamW, SGD and SGD with
 momentum (``name: sgd`` with ``momentum > 0``; the temperature paper uses momentum 0.9)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training batches: B examples per task per step (SPEC §1, §3).
+"""Training batches: B examples per task per step (Mueller et al., TMLR 2025, §2.2).
 
 Each task (multi-input layout) or the shared inputs (shared-input layout) has its own index stream:
 passes over the training set in a fresh random order, batches continuing across pass boundaries, so

@@ -1,4 +1,4 @@
-"""The training loop (SPEC §3): steps, checkpoints, probes and divergence, for any method and probe.
+"""The training loop (Mueller et al. 2025, App. A): steps, checkpoints, probes and divergence, for any method and probe.
 
 At step 0, every ``eval_every`` steps and at the last step, the trainer records for every task the
 metrics on train (the full training set, or its first ``train_eval_limit`` examples), val and test, the

@@ -1,4 +1,4 @@
-"""Multi-task methods: how task losses and gradients combine into the shared update (SPEC §5).
+"""Multi-task methods: how task losses and gradients combine into the shared update (docs/methods.md).
 
 ``mtlscope.methods.get(name, **options)`` builds one; ``available()`` lists them. See docs/methods.md.
 """

@@ -19,7 +19,7 @@ C = K — a sum-type aggregator divided by C. When all task gradients are equal,
 **equals the UMTG** ``(1/C) Σ_k g_k`` at every C. Heads receive ``grad L_k / C`` (the official code leaves the
 decoders' gradients unscaled by default).
 
-**Cost.** The [K, P] Jacobian on the shared parameters (K per-task gradients, SPEC §5), the K x K Gramian
+**Cost.** The [K, P] Jacobian on the shared parameters (K per-task gradients, docs/methods.md), the K x K Gramian
 (K²P multiply-adds), a K x K symmetric eigendecomposition (on the Jacobian's device, in float64 except on
 MPS), then one [K] x [K, P] product. (The paper's cheaper Aligned-MTL-UB variant, at the shared
 representation, is not implemented.)

@@ -20,7 +20,7 @@ must compute for it each step; the engine computes only that, and never branches
 - ``loss_weights`` [K]: the engine back-propagates ``sum_k loss_weights[k] * L_k`` through the whole model,
   heads included (one backward). The weights are final: they already contain 1/C where the method uses C.
 - ``shared_gradient`` [P] (``shared_parameters()`` order): written as the shared parameters' gradient; every
-  head receives its own task gradient divided by C (SPEC §2).
+  head receives its own task gradient divided by C (Mueller et al., TMLR 2025, eq. 2).
 
 plus ``diagnostics``: named floats stored with the run's per-step records (e.g. ``weight/<task>``,
 ``chosen_candidate``). Stateful methods keep their state in ``state_dict``/``load_state_dict`` (tensors,
@@ -45,7 +45,7 @@ NEEDS: frozenset[str] = frozenset(
 
 
 class Lookahead(Protocol):
-    """Simulated optimizer steps on the shared parameters (SPEC §4.5); the real state is never touched."""
+    """Simulated optimizer steps on the shared parameters (Fifty et al. 2020, eq. 1); real state is never touched."""
 
     def update(self, shared_gradient: Tensor) -> Tensor:
         """[P] the change the run's optimizer would make to the shared parameters from this gradient."""
@@ -63,7 +63,7 @@ class StepInput:
     Attributes:
         losses: detached task losses on this step's batch, shape [K], in ``task_names`` order.
         task_names: the run's tasks.
-        loss_scale: C, the scaling of the multi-task objective (SPEC §2), resolved to a number.
+        loss_scale: C, the scaling of the multi-task objective (Mueller et al., TMLR 2025, eq. 2), resolved to a number.
         step: index of the step (0-based).
         epoch: number of completed epochs before this step (``step // steps_per_epoch``).
         generator: the run's method generator (every random draw of a method comes from it).

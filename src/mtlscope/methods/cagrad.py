@@ -26,7 +26,7 @@ method equals the UMTG times ``(1 + c)`` (rescale 0), ``(1 + c) / (1 + c²)`` (r
 exactly (rescale 2), at every C. Heads receive ``grad L_k / C``, as in the official code (heads keep their
 summed gradient).
 
-**Cost.** The [K, P] Jacobian on the shared parameters (K per-task gradients, SPEC §5), the K x K Gramian
+**Cost.** The [K, P] Jacobian on the shared parameters (K per-task gradients, docs/methods.md), the K x K Gramian
 (K²P multiply-adds), one K x K transfer to the CPU and an SLSQP solve of K variables (about a millisecond for
 K = 10, ~5 ms for K = 40), then one [K] x [K, P] product.
 

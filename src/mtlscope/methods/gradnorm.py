@@ -15,7 +15,7 @@ gradient of ``L_grad`` is closed-form, ``dL_grad/dw_k = sign(G_k - target_k) * |
 subgradient 0 at a kink, as autograd's ``abs``), so no second-order back-propagation is needed: the engine
 supplies the task gradients on W, and this module never builds a graph. The weights (a ``LearnedVector``:
 float64, CPU) take one step of their own ``torch.optim.Adam`` on that gradient, are floored at ``MIN_WEIGHT``
-to stay positive, and are renormalized to sum to K (paper Algorithm 1; SPEC §5 invariant; the Adam moments
+to stay positive, and are renormalized to sum to K (paper Algorithm 1, a tested invariant; the Adam moments
 are kept across the renormalization). The model uses the weights from before
 the update (as in Algorithm 1, where the network and the weights are updated from the same forward pass).
 ``L_k(0)`` are the losses of the first step after ``setup`` (paper: "t = 0"), floored at 1e-12.

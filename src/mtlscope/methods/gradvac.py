@@ -14,11 +14,13 @@ the first step is PCGrad (the correction with target 0 is PCGrad's projection).
 
 As in the reference implementations, ``eps`` (1e-8) is added to the denominators of phi and of the
 correction, and the gradients are not split into parameter groups (the paper's "whole model"
-granularity; per-layer targets are not implemented). Differences from LibMTL's GradVac: LibMTL updates
-the EMA only when a correction was made (its current code) and defaults to beta = 0.5; here the EMA is
-updated at every visit (Algorithm 1 of the paper, as TorchJD) and beta defaults to the paper's 1e-2.
-TorchJD's ``GradVac`` (beta default 0.5) draws the same visiting orders (``randperm(K - 1)`` over the
-other tasks) from the global generator, and agrees with this implementation for equal seeds and beta.
+granularity; per-layer targets are not implemented). The EMA is updated at every visit (Algorithm 1 of
+the paper), as in TorchJD and in LibMTL since its fix of 15 February 2024 (earlier LibMTL versions updated it
+only after a correction): for the same visiting order and beta, this implementation computes LibMTL's
+update and targets (whole-model granularity, its default). LibMTL defaults to beta = 0.5 and draws the order
+with Python's ``random.shuffle``; beta defaults here to the paper's 1e-2. TorchJD's ``GradVac`` (beta
+default 0.5) draws the same visiting orders (``randperm(K - 1)`` over the other tasks) from the global
+generator, and agrees with this implementation for equal seeds and beta.
 
 The output is a linear combination of the task gradients; everything is computed from the K x K Gramian by
 tracking the coefficients ``g_i^PC = sum_k c_ik g_k`` (``|g_i^PC|^2 = c_i G c_i``, ``g_i^PC . g_j =

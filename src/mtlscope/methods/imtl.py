@@ -38,7 +38,7 @@ equal (``imtl``: at initialization, ``s = 0``, and whenever the gradients are eq
 UMTG's). ``imtl_l`` returns the loss weights ``e^{s_k} / C`` — the UMTG at its initialization ``s = 0``.
 Heads receive ``grad L_k / C`` (``imtl_g``, ``imtl``) or ``(e^{s_k} / C) grad L_k`` (``imtl_l``).
 
-**Cost.** ``imtl_g`` and ``imtl`` need the [K, P] Jacobian (K per-task gradients, SPEC §5), the K x K Gramian
+**Cost.** ``imtl_g`` and ``imtl`` need the [K, P] Jacobian (K per-task gradients, docs/methods.md), the K x K Gramian
 and its pseudo-inverse (O(K²P + K³), on the Jacobian's device) and one [K] x [K, P] product. ``imtl_l`` needs
 only the losses: one backward of the weighted loss, plus O(K) work.
 

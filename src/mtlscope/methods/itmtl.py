@@ -1,10 +1,10 @@
 """IT-MTL: increased-transfer multi-task learning (Fifty, Amid, Zhao, Yu, Anil & Finn, "Measuring and
-Harnessing Transference in Multi-Task Learning", arXiv:2010.15413, 2020; §4, Algorithm 1; SPEC §5).
+Harnessing Transference in Multi-Task Learning", arXiv:2010.15413, 2020; §4, Algorithm 1).
 
 At every step, IT-MTL builds a set of candidate shared gradients ``g_phi`` from the [K, P] Jacobian, simulates
 the update ``Delta_phi`` the run's optimizer would make from each (``StepInput.lookahead.update``: momentum and
-Adam state included, the real state untouched, SPEC §4.5), scores each by its *total transference* onto the
-tasks (Fifty et al., eq. 2)
+Adam state included, the real state untouched, as in the affinity probe), scores each by its *total
+transference* onto the tasks (Fifty et al., eq. 2)
 
     Z_phi = sum_j ( 1 - L_j(theta + Delta_phi) / L_j(theta) ),
 
@@ -15,7 +15,7 @@ are the task losses on the same batch with the heads unchanged (``lookahead.loss
 Approximation (option ``approximation``):
 
 - ``"exact"`` (default): one simulated optimizer update and one forward pass per candidate.
-- ``"first_order"``: the first-order Taylor expansion of eq. 2 (Fifty et al., §4.1; SPEC §4.5),
+- ``"first_order"``: the first-order Taylor expansion of eq. 2 (Fifty et al., §4.1),
   ``Z_phi ~ -sum_j <grad L_j, Delta_phi> / L_j = -<grad sum_j log L_j, Delta_phi>``: the gradient of the
   "log-product loss" from the Jacobian, no extra forward pass (one simulated update per candidate). For SGD
   (``Delta = -lr g``) this is ``lr <sum_j g_j / L_j, g_phi>``, the paper's formula.
@@ -56,9 +56,9 @@ Options:
         and ``init_log_variance`` (default 0.0), as for method ``uw``; ignored without such candidates.
 
 Departures from the paper, all documented in docs/methods/itmtl.md: heads are not updated before the
-lookahead (Algorithm 1, line 5, updates them first; SPEC §4.5 keeps them fixed by default); in the exact
-mode the loss before the update is ``lookahead.losses(0)``, from the same forward as the losses after it
-(with dropout, the same masks), rather than the step's own loss. Non-finite scores
+lookahead (Algorithm 1, line 5, updates them first; they stay fixed here, as in the affinity probe by
+default); in the exact mode the loss before the update is ``lookahead.losses(0)``, from the same forward as the
+losses after it (with dropout, the same masks), rather than the step's own loss. Non-finite scores
 count as ``-inf``; ties go to the first candidate. Losses are assumed positive (they are floored at the
 dtype's smallest normal number before dividing).
 
@@ -263,7 +263,7 @@ def total_transference(losses_before: Tensor, losses_after: Tensor) -> Tensor:
 
 
 def first_order_transference(jacobian: Tensor, losses: Tensor, deltas: Tensor) -> Tensor:
-    """[N] first-order total transference of updates ``deltas`` [N, P] (Fifty et al., §4.1; SPEC §4.5):
+    """[N] first-order total transference of updates ``deltas`` [N, P] (Fifty et al., §4.1):
     ``-sum_j <grad L_j, Delta> / L_j = -<J^T (1 / L), Delta>``."""
     check_jacobian(jacobian)
     before = losses.to(jacobian).clamp_min(torch.finfo(jacobian.dtype).tiny)

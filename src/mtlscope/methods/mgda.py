@@ -24,9 +24,9 @@ computed from the normalized gradients are applied to the *unnormalized* gradien
   K x K Gramian; ``α = u / Σu``). ``"frank_wolfe"`` is the routine of Sener & Koltun
   (``find_min_norm_element_FW``): start from the best pair (exact closed form for two vectors), then
   Frank-Wolfe steps with exact line search, at most 250 iterations, stop when the L1 change of ``α`` is
-  below 1e-5. For K = 2 both are the exact closed form. The default departs from the brief's Frank-Wolfe
+  below 1e-5. For K = 2 both are the exact closed form. The default departs from Sener & Koltun's Frank-Wolfe
   routine on purpose: with 250 iterations Frank-Wolfe leaves KKT residuals of a few percent of ``max|g|²``
-  at K = 10, so SPEC §5's invariant would hold only loosely; the exact solver is also cheaper. (Our
+  at K = 10, so the invariant ``g_i . d >= |d|^2`` would hold only loosely; the exact solver is also cheaper. (Our
   closed form for two vectors clips ``γ`` to [0, 1]; Sener & Koltun's code returns 0.999 / 0.001 at the
   ends.) If NNLS fails to converge (it has not been seen to), Frank-Wolfe is used for that step.
 
@@ -34,11 +34,11 @@ computed from the normalized gradients are applied to the *unnormalized* gradien
 are equal — the UMTG at C = K. The method multiplies it by ``K / C``: the shared gradient is
 ``(K / C) Σ_k α_k g_k``, which **equals the UMTG ``(1/C) Σ_k g_k`` at every C when all task gradients are
 equal** (with any normalization). At C = K this is exactly Sener & Koltun's convex combination. Heads
-receive ``grad L_k / C`` (SPEC §5; Sener & Koltun back-propagate ``Σ α_k L_k`` into the heads too).
+receive ``grad L_k / C`` (Sener & Koltun back-propagate ``Σ α_k L_k`` into the heads too).
 MGDA-UB returns the loss weights ``(K / C) α`` (one backward through the whole model), so its heads receive
 ``(K / C) α_k grad L_k``, as in Sener & Koltun.
 
-**Cost.** ``mgda`` needs the [K, P] Jacobian on the shared parameters (K per-task gradients, SPEC §5), the
+**Cost.** ``mgda`` needs the [K, P] Jacobian on the shared parameters (K per-task gradients, docs/methods.md), the
 K x K Gramian (K²P multiply-adds) and one K x K transfer to the CPU, where the min-norm problem is solved in
 float64 (well under a millisecond for K ≤ 20, a few ms for K = 40); then one [K] x [K, P] product.
 ``mgda_ub`` (registered in this module) needs only the [K, R] gradients at the encoder output

@@ -37,7 +37,7 @@ Options (defaults of the original code):
   ``|d| = sqrt(K)``, with the default every update of K >= 2 tasks has norm 1 (the original's behaviour too).
 
 How C enters: the clipped update is divided by C, so the shared/head ratio is that of the UMTG: the shared
-gradient is ``clip(sum_k alpha_k g_k) / C`` and heads receive ``grad L_k / C`` (SPEC §2/§5). The original
+gradient is ``clip(sum_k alpha_k g_k) / C`` and heads receive ``grad L_k / C`` (as with every method). The original
 back-propagates ``sum_k alpha_k L_k`` through the whole model, so its heads get ``alpha_k grad L_k``
 (unclipped); here heads get their own gradient, as for every shared-gradient method in mtlscope.
 When all task gradients equal g, alpha_k = 1 / (sqrt(K) |g|) and the update is

@@ -7,8 +7,8 @@ plane of ``g_j``::
 
     g_i^PC <- g_i^PC - (g_i^PC . g_j / |g_j|^2) g_j
 
-The update is ``(1/C) sum_i g_i^PC``: the paper's sum for C = 1 (the default), the average for C = K
-(SPEC §5). Heads receive their own task gradient divided by C, as for the UMTG (the engine does that).
+The update is ``(1/C) sum_i g_i^PC``: the paper's sum for C = 1 (the default), the average for C = K.
+Heads receive their own task gradient divided by C, as for the UMTG (the engine does that).
 
 Every projection adds a multiple of an original task gradient, so the output is a linear combination
 ``sum_k w_k g_k`` of the task gradients; ``weights`` returns those coefficients (1/C included), tracked

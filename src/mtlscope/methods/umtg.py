@@ -1,4 +1,4 @@
-"""UMTG: the uniform multi-task gradient (Mueller et al., TMLR 2025, eq. 2; SPEC §2).
+"""UMTG: the uniform multi-task gradient (Mueller et al., TMLR 2025, eq. 2).
 
 ``grad_MT = (1/C) * sum_k w_k * grad_theta L_k``, with task weights ``w_k = 1`` by default and C the loss
 scale of the run (1 = sum, the papers' default; K = average; sqrt(K) keeps the noise of the sum equal to the

@@ -1,4 +1,4 @@
-"""Shared encoders ``g_theta`` (SPEC §1). Each exposes ``output_dim``, the size of the representation.
+"""Shared encoders ``g_theta`` (Mueller et al. 2025, §2.1). Each exposes ``output_dim``, the size of the representation.
 
 - ``mlp``: flatten, then ``Linear -> activation`` per entry of ``hidden``.
 - ``lenet``: LeNet-style CNN (LeCun et al. 1998) as used for FashionMTL in Mueller et al. (TMLR 2025):

@@ -1,4 +1,4 @@
-"""Task heads ``h_phi_k`` mapping the shared representation to task outputs (SPEC §1)."""
+"""Task heads ``h_phi_k`` mapping the shared representation to task outputs (Mueller et al., TMLR 2025, §2.1)."""
 
 from __future__ import annotations
 

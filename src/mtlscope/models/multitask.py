@@ -1,4 +1,4 @@
-"""``MultiTaskModel``: a shared encoder with one head per task (SPEC §1, DESIGN contracts).
+"""``MultiTaskModel``: a shared encoder with one head per task (Mueller et al., TMLR 2025, §2.1).
 
 ``f_{theta, phi_k} = h_{phi_k} o g_theta``. A single-task model is the same class with one head, so
 single-task and multi-task runs share one code path.

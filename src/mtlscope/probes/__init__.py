@@ -1,15 +1,15 @@
-"""Trajectory probes (SPEC §4).
+"""Trajectory probes (Mueller et al., TMLR 2025, §4 and App. B).
 
 Standalone functions, usable on any PyTorch model:
 
 - ``sharpness(model, loss_fn, inputs, targets, rho=1e-3, batch_size=128, iterations=20)`` — adaptive
-  worst-case l_inf sharpness (SPEC §4.1);
-- ``fim_trace(model, inputs, ...)`` — Fisher-information trace, minibatch and per-example (SPEC §4.2);
+  worst-case l_inf sharpness (Mueller et al., TMLR 2025, eq. 3 and App. B.1);
+- ``fim_trace(model, inputs, ...)`` — Fisher-information trace, minibatch and per-example (Mueller et al. 2025, eq. 5);
 - ``grad_cov_trace(model, loss_fn, inputs, targets, ...)`` — gradient-covariance trace, gradient norm and
-  noise scale (SPEC §4.3);
-- ``grad_similarity(jacobian)`` — cosine of each task gradient with the UMTG (SPEC §4.4);
+  noise scale (Mueller et al., TMLR 2025, eq. 4 and App. B.3);
+- ``grad_similarity(jacobian)`` — cosine of each task gradient with the UMTG (Mueller et al., TMLR 2025, eq. 6);
 - ``affinity(model, setting, batch, optimizer)`` — inter-task affinity matrices, exact and first-order
-  (SPEC §4.5);
+  (Fifty et al. 2020, eq. 1);
 - ``per_example_gradients(model, loss_fn, inputs, targets)`` — the [N, P] per-example gradients they use.
 
 Probes run by the trainer implement ``Probe`` and are registered in ``PROBES``: ``sharpness``,

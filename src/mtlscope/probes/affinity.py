@@ -1,5 +1,5 @@
-"""Inter-task affinity (transference): Fifty et al., "Efficiently Identifying Task Groupings for Multi-Task
-Learning", NeurIPS 2021, eq. 1 and §3.2; SPEC §4.5.
+"""Inter-task affinity (transference): Fifty et al., "Measuring and Harnessing Transference in Multi-Task
+Learning", arXiv:2010.15413, 2020, eq. 1 (§3.1) and its first-order approximation (§3.2).
 
 On a training batch, the affinity of source task i onto target task j is
 
@@ -10,7 +10,7 @@ alone, simulated exactly from its current state (``mtlscope.engine.lookahead.opt
 Adam moments and bias correction included; the real optimizer is untouched). Positive Z: a step for task i
 lowers task j's loss. The first-order approximation ``Z_{i->j} ~ -<grad L_j, Delta_i> / L_j`` (SGD:
 ``lr <g_j, g_i> / L_j``) needs no extra forward pass. Heads stay fixed by default; ``update_heads=True``
-moves head j by its own simulated update first, as in [F] eq. 1.
+moves head j by its own simulated update first, as in Fifty et al.'s eq. 1.
 
 - ``affinity(model, setting, batch, optimizer)`` computes both K x K matrices for one batch, any
   ``MultiTaskModel`` and SGD/Adam/AdamW optimizer; ``A[source, target] = Z_{source -> target}``, the
@@ -202,7 +202,7 @@ class AffinityProbe(Probe):
             self.overall[kind].load_state_dict(state.get("overall", {}).get(kind, {}))
 
 
-@PROBES.register("affinity", "inter-task affinity matrices, exact lookahead and first-order (SPEC §4.5)")
+@PROBES.register("affinity", "inter-task affinity matrices, exact lookahead and first-order (Fifty et al., eq. 1)")
 def build_probe(
     *, every_steps: int = 50, mode: str = "both", update_heads: bool = False, jacobian_mode: str = "auto"
 ) -> Probe:

@@ -1,4 +1,4 @@
-"""The probe contract: measurements of the trajectory (SPEC §4).
+"""The probe contract: measurements of the trajectory (Mueller et al., TMLR 2025, §4 and App. B).
 
 A probe is built once per run (``build_probe(name, options)``) and called at checkpoints with a
 ``ProbeContext``. It returns ``{task: {metric: value}}``, stored as records with split ``probe``. Every

@@ -1,4 +1,4 @@
-"""Trace of the gradient covariance, "coherence" (SPEC §4.3; Mueller et al., TMLR 2025, eq. 4 and App. B.3;
+"""Trace of the gradient covariance, "coherence" (Mueller et al., TMLR 2025, eq. 4 and App. B.3;
 McCandlish et al., 2018, "An empirical model of large-batch training", App. A.1).
 
 Draw a large batch of ``|L|`` examples without replacement from the N given (``generator``), split it into
@@ -15,10 +15,10 @@ of the mean loss over its batch). Then
 
 Expectation. A batch of Z examples drawn without replacement has ``E ||g_Z||^2 = |G|^2 + sigma^2 * A_Z / Z``
 with ``sigma^2 = (1/N) sum_n ||g_n - mean g||^2``, so ``tr_Sigma`` is an unbiased estimate of ``sigma^2`` (the
-population trace, divided by N). SPEC §4.3 names ``sum_n ||g_n - mean g||^2 / (N - 1)`` as the reference; with
-the SPEC's factors ``A_Z`` the exact expectation is that value times ``(N - 1) / N`` (0.05% at N = 2048). We
-follow the SPEC's formula and state the difference here. ``tr_Sigma`` is not clamped: a single draw may be
-slightly negative.
+population trace, divided by N). The sample covariance trace ``sum_n ||g_n - mean g||^2 / (N - 1)`` is larger by
+the factor ``N / (N - 1)`` (0.05% at N = 2048): with these finite-population factors ``A_Z`` the estimator's
+expectation is the population value, and the difference is stated here. ``tr_Sigma`` is not clamped: a single draw
+may be slightly negative.
 
 Sizes. When N < ``large_batch`` all N examples are used (``|L| = N``, then ``A_L = 0`` and ``G_L`` is the exact
 full gradient up to the truncation below). ``|L|`` is rounded down to a multiple of ``small_batch``; at least two
@@ -101,8 +101,8 @@ def grad_cov_trace(
 
 
 class CovarianceProbe(TaskProbe):
-    """``grad_cov_trace`` of every task's predictor on its probe subset, at each checkpoint (SPEC §4.3).
-    Records ``grad_cov_trace``, ``grad_norm_sq`` and ``noise_scale``."""
+    """``grad_cov_trace`` of every task's predictor on its probe subset, at each checkpoint (Mueller et al.
+    2025, eq. 4). Records ``grad_cov_trace``, ``grad_norm_sq`` and ``noise_scale``."""
 
     name = "grad_cov_trace"
     default_every = 10
@@ -129,7 +129,7 @@ class CovarianceProbe(TaskProbe):
         }
 
 
-@PROBES.register("grad_cov_trace", "gradient-covariance trace, gradient norm and noise scale per task (SPEC §4.3)")
+@PROBES.register("grad_cov_trace", "gradient-covariance trace, gradient norm and noise scale per task (eq. 4)")
 def build_probe(
     *, large_batch: int = 1024, small_batch: int = 16, subset: int = DEFAULT_SUBSET, parameters: str = "predictor"
 ) -> Probe:

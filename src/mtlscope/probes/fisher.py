@@ -1,4 +1,4 @@
-"""Trace of the Fisher information matrix (SPEC §4.2; Mueller et al., TMLR 2025, eq. 5/8; Novack et al., 2023).
+"""Trace of the Fisher information matrix (Mueller et al., TMLR 2025, eq. 5/8; Novack et al., 2023).
 
 Labels are sampled from the model, ``yhat ~ p_theta(.|x) = softmax(f(x))`` (no grad, eval mode, one draw per
 example from ``generator``), and
@@ -102,7 +102,7 @@ def fim_trace(
     chunk_size: int | None = None,
     per_example: bool = True,
 ) -> FisherResult:
-    """Fisher-information trace of ``model`` on ``inputs`` (SPEC §4.2), see the module docstring.
+    """Fisher-information trace of ``model`` on ``inputs`` (Mueller et al. 2025, eq. 5), see the module docstring.
 
     ``targets`` are required for the empirical Fisher (regression or ``empirical=True``). ``parameters``
     chooses which parameters count (default: all requiring grad). Labels are drawn from ``generator`` (default:
@@ -182,8 +182,8 @@ def expected_per_example_trace(
 
 
 class FisherProbe(TaskProbe):
-    """``fim_trace`` of every task's predictor on its probe subset, at each checkpoint (SPEC §4.2). Records
-    ``fim_trace``, ``fim_trace_per_example`` and ``fim_empirical`` (1 when the empirical Fisher was used)."""
+    """``fim_trace`` of every task's predictor on its probe subset, at each checkpoint (Mueller et al. 2025, eq. 5).
+    Records ``fim_trace``, ``fim_trace_per_example`` and ``fim_empirical`` (1 when the empirical Fisher was used)."""
 
     name = "fim_trace"
     default_every = 10
@@ -211,7 +211,7 @@ class FisherProbe(TaskProbe):
         return values
 
 
-@PROBES.register("fim_trace", "Fisher-information trace of each task predictor, minibatch and per-example (SPEC §4.2)")
+@PROBES.register("fim_trace", "Fisher-information trace of each task predictor, minibatch and per-example (eq. 5)")
 def build_probe(
     *,
     batch_size: int = 16,

@@ -1,10 +1,10 @@
-"""Per-example gradients for the trajectory probes (SPEC §4), on any ``nn.Module``.
+"""Per-example gradients for the trajectory probes (Mueller et al., TMLR 2025, §4 and App. B), on any ``nn.Module``.
 
 ``per_example_gradients`` returns the ``[N, P]`` matrix of the gradients of ``loss_fn`` on each single-example
 batch, flattened in parameter order. It uses ``torch.func`` (``functional_call`` + ``vmap(grad)``) in chunks and
 falls back to a Python loop of ``torch.autograd.grad`` for models ``vmap`` cannot handle.
 
-Shared rules of the probes (SPEC §4, common rules), implemented by ``probe_mode`` (``mtlscope.probes.base``) and
+Shared rules of the probes (Mueller et al. 2025, App. B), implemented by ``probe_mode`` (``mtlscope.probes.base``) and
 ``selected_parameters``:
 
 - the model is put in eval mode (BatchNorm running statistics, no dropout) and every submodule's mode is restored

@@ -1,4 +1,4 @@
-"""What a checkpoint probe measures (SPEC §4, common rules): task k's predictor on a fixed probe subset.
+"""What a checkpoint probe measures (Mueller et al., TMLR 2025, App. B): task k's predictor on a fixed probe subset.
 
 - The *predictor* of task k is the shared encoder followed by head k (``TaskPredictor``), so single-task
   and multi-task values are comparable; ``parameters="shared"`` restricts a probe to the encoder's

@@ -1,4 +1,4 @@
-"""Adaptive worst-case l_inf sharpness (SPEC §4.1; Mueller et al., TMLR 2025, eq. 3/7; after Andriushchenko et
+"""Adaptive worst-case l_inf sharpness (Mueller et al., TMLR 2025, eq. 3/7; after Andriushchenko et
 al., ICML 2023, "A modern look at the relationship between sharpness and generalization").
 
     S = mean over batches b of [ max_{|eps_i| <= rho*|theta_i|} L_b(theta + eps) - L_b(theta) ]
@@ -44,7 +44,7 @@ def checkpoints(iterations: int) -> list[int]:
 
     The reference builds fractions p = 0, 0.22, then p_j = p_{j-1} + max(p_{j-1} - p_{j-2} - 0.03, 0.06) and
     checkpoints ceil(p_j * iterations) until one reaches ``iterations``. The same floating-point arithmetic is
-    reproduced here, so 20 iterations give [5, 9, 12, 15, 16, 18, 19, 20] as in SPEC §4.1 (the 15 comes from
+    reproduced here, so 20 iterations give [5, 9, 12, 15, 16, 18, 19, 20], as in the reference (the 15 comes from
     0.7 * 20 rounding to 14.000000000000002 in the reference).
     """
     if iterations <= 0:
@@ -85,7 +85,7 @@ def sharpness(
             random start was never used); accepted so every probe has the same signature. The global RNG is
             never touched either.
 
-    Interpretations (SPEC §4.1 and the reference code, choices made explicit):
+    Interpretations (of the paper's App. B.1 and the reference code, choices made explicit):
         - Each batch counts equally in the mean, also a smaller last batch; ``loss`` is averaged the same way.
         - Iteration t (1-based): gradient g of L_b at theta + eps; z = clip(eps + step * sign(g) * |theta|) to
           the box; eps_new = 0.75 * z + 0.25 * eps_prev, where eps_prev is the perturbation *before* the current
@@ -98,10 +98,11 @@ def sharpness(
           is halved if the number of improvements since the previous checkpoint (or since the start) is below
           0.75 times the iterations since then, or if the step was not halved at the previous checkpoint and
           the worst loss has not changed. The reference tests ``i in w`` with a 0-based ``i`` (one iteration
-          later) and never reaches its last checkpoint; SPEC's list is read literally here instead.
+          later) and never reaches its last checkpoint; the checkpoint list is read literally here instead.
         - Restart: when the step is halved, eps and eps_prev are both set to the worst point found. (The
           reference reloads the worst weights but keeps its perturbation dictionaries, so its next step starts
-          from the current, not the worst, perturbation; SPEC's "restart from the worst point" is followed.)
+          from the current, not the worst, perturbation; here the step restarts from the worst point, as
+          Auto-PGD describes it.)
         - The model is put in eval mode (every submodule's mode is restored afterwards). The forward passes use
           ``torch.func.functional_call`` with perturbed copies of the chosen parameters, detached copies of the
           other parameters and clones of the buffers; gradients come from ``torch.autograd.grad`` w.r.t. the
@@ -213,7 +214,7 @@ def _worst_case(
 
 
 class SharpnessProbe(TaskProbe):
-    """``sharpness`` of every task's predictor on its probe subset, at each checkpoint (SPEC §4.1)."""
+    """``sharpness`` of every task's predictor on its probe subset, at each checkpoint (Mueller et al. 2025, eq. 3)."""
 
     name = "sharpness"
     default_every = 10
@@ -236,7 +237,7 @@ class SharpnessProbe(TaskProbe):
         return {"sharpness": result.sharpness}
 
 
-@PROBES.register("sharpness", "adaptive worst-case l_inf sharpness of each task predictor (SPEC §4.1)")
+@PROBES.register("sharpness", "adaptive worst-case l_inf sharpness of each task predictor (Mueller et al. 2025, eq. 3)")
 def build_probe(
     *,
     rho: float = 1e-3,

@@ -1,4 +1,4 @@
-"""Gradient similarity to the uniform multi-task gradient (Mueller et al., TMLR 2025, eq. 6; SPEC §4.4).
+"""Gradient similarity to the uniform multi-task gradient (Mueller et al., TMLR 2025, eq. 6).
 
 For task k and a training batch b (B examples per task), the cosine between task k's gradient on the shared
 parameters and the UMTG ``grad_MT(b) = (1/C) sum_j grad L_j^b`` (the scale C does not change a cosine):
@@ -69,6 +69,6 @@ class GradSimilarityProbe(Probe):
         return {name: {"grad_similarity": float(value)} for name, value in zip(names, means)}
 
 
-@PROBES.register("grad_similarity", "cosine of each task gradient with the UMTG, mean over random batches (SPEC §4.4)")
+@PROBES.register("grad_similarity", "cosine of each task gradient with the UMTG, mean over random batches (eq. 6)")
 def build_probe(*, batches: int = 200, batch_size: int | None = None, jacobian_mode: str = "auto") -> Probe:
     return GradSimilarityProbe(batches, batch_size, jacobian_mode)

@@ -2,7 +2,7 @@
 function (not raw results), writes a PNG to ``path`` and an SVG beside it, and returns both paths; an empty
 input raises ``ValueError``.
 
-- ``smto_quadrants``: the main paper's Figure 4 (Mueller, Dredze & Andrews, TMLR 2025) — per (task, method),
+- ``smto_quadrants``: the main paper's Figure 4 (Mueller, Dredze & Andrews, TMLR 2025) — per (task, variant),
   the % change over the UMTG of a factor (x) and of generalization (y), from ``analysis.factors.method_changes``.
 - ``similarity_scatter``: Figures 5–6 — a quantity of each (run, target task) against the target's gradient
   similarity with the UMTG, with Pearson's r and the least-squares line per target, from
@@ -10,7 +10,7 @@ input raises ``ValueError``.
 - ``temperature_curves``: Figures 1–3 of the temperature paper (OPT 2022) — generalization against the
   temperature ``T = lr / B`` per (variant, method, loss scale), ±2 std over seeds, the best temperature starred,
   from ``analysis.temperature.temperature_table``.
-- ``affinity_heatmap``: ``A[source, target]`` (Fifty et al., 2021) from ``analysis.affinity.affinity_matrix``.
+- ``affinity_heatmap``: ``A[source, target]`` (Fifty et al., 2020) from ``analysis.affinity.affinity_matrix``.
 - ``grouping_diagram``: the groups of ``analysis.grouping.group_tasks`` and which group serves each task.
 """
 
@@ -43,6 +43,9 @@ GENERALIZATION_LABEL = "generalization: test metric,\nmean of the 10 best valida
 ANNOTATE_MAX_TASKS = 12
 _IMPROVES, _WORSENS = "#dff3df", "#fbe2e2"  # light green / light red
 _SERVED, _MEMBER = "#3b75af", "0.87"
+_NOT_MEASURED = "0.8"
+#: The legend of the affinity heatmap's grey cells (drawn when there are any).
+NOT_MEASURED_LABEL = "grey: not measured (no run trained both tasks with the affinity probe)"
 _GRIDLESS: dict[str, Any] = {**STYLE, "axes.grid": False}
 
 
@@ -54,11 +57,12 @@ def smto_quadrants(
     significant_on: str = "both",
     symlog: bool | None = None,
 ) -> list[Path]:
-    """Figure 4 of the main paper: one point per (task, task set, method) of ``changes`` (a ``method_changes``
+    """Figure 4 of the main paper: one point per (task, task set, variant) of ``changes`` (a ``method_changes``
     table) at x = % change of ``factor`` over the baseline method and y = % change of ``generalization``.
 
     The half-planes where generalization improves (y > 0; the primary metrics, accuracy and r2, are higher-is-
-    better) and worsens are shaded green and red. Color = task, marker = method; a point is filled when its
+    better) and worsens are shaded green and red. Color = task, marker = variant (two variants of one method,
+    e.g. ``pcgrad`` with two option values, are two markers); a point is filled when its
     change is significant by the 2-std rule on ``significant_on``: ``"both"`` axes (default), ``"either"``,
     ``"factor"`` or ``"generalization"``, hollow otherwise. ``symlog``: a symmetric-log x axis (None: when some
     |x| exceeds 1000 %). Points with a NaN change (baseline mean 0) are left out. Mix task sets with care:
@@ -73,7 +77,7 @@ def smto_quadrants(
     for name in (factor, generalization):
         if name not in known:
             raise ValueError(f"{name!r} is not a factor of changes; factors: {', '.join(known)}")
-    keys = ["task", "tasks", "method"]
+    keys = ["task", "tasks", "variant"]
     columns = [*keys, "pct_change", "significant"]
     xs = changes.loc[changes["factor"] == factor, columns]
     ys = changes.loc[changes["factor"] == generalization, columns]
@@ -82,7 +86,7 @@ def smto_quadrants(
         np.isfinite(points["pct_change_x"].astype(float)) & np.isfinite(points["pct_change_y"].astype(float))
     ]
     if points.empty:
-        raise ValueError(f"no (task, method) has finite % changes of both {factor!r} and {generalization!r}")
+        raise ValueError(f"no (task, variant) has finite % changes of both {factor!r} and {generalization!r}")
     sig_x, sig_y = points["significant_x"].astype(bool), points["significant_y"].astype(bool)
     filled = {"both": sig_x & sig_y, "either": sig_x | sig_y, "factor": sig_x, "generalization": sig_y}[significant_on]
     baseline = ", ".join(dict.fromkeys(changes["baseline"].astype(str)))
@@ -92,17 +96,17 @@ def smto_quadrants(
     with plt.rc_context(STYLE):  # type: ignore[arg-type]
         figure, axes = plt.subplots(figsize=(8.4, 5.4))
         tasks = list(dict.fromkeys(points["task"].astype(str)))
-        methods = list(dict.fromkeys(points["method"].astype(str)))
+        variants = list(dict.fromkeys(points["variant"].astype(str)))
         colors = _colors(tasks)
-        markers = {method: METHOD_MARKERS[i % len(METHOD_MARKERS)] for i, method in enumerate(methods)}
-        for task, method, x, y, full in zip(
-            points["task"].astype(str), points["method"].astype(str), x_values, y_values, filled
+        markers = {variant: METHOD_MARKERS[i % len(METHOD_MARKERS)] for i, variant in enumerate(variants)}
+        for task, variant, x, y, full in zip(
+            points["task"].astype(str), points["variant"].astype(str), x_values, y_values, filled
         ):
             color = colors[task]
             axes.scatter(
                 x,
                 y,
-                marker=markers[method],
+                marker=markers[variant],
                 s=60,
                 facecolors=color if full else "white",
                 edgecolors=color,
@@ -133,10 +137,10 @@ def smto_quadrants(
             handles.append(Line2D([], [], linestyle="none", marker="o", color=colors[task], markersize=7))
             labels.append(task)
         handles.append(_header())
-        labels.append("method (marker)")
-        for method in methods:
-            handles.append(Line2D([], [], linestyle="none", marker=markers[method], color="0.2", markersize=7))
-            labels.append(method)
+        labels.append("variant (marker)")
+        for variant in variants:
+            handles.append(Line2D([], [], linestyle="none", marker=markers[variant], color="0.2", markersize=7))
+            labels.append(variant)
         hollow = Line2D([], [], linestyle="none", marker="o", markerfacecolor="white", color="0.2", markersize=7)
         handles += [_header(), Line2D([], [], linestyle="none", marker="o", color="0.2", markersize=7), hollow]
         labels += [f"2-std rule ({significant_on})", "filled: significant", "hollow: not significant"]
@@ -296,7 +300,8 @@ def temperature_curves(table: pd.DataFrame, path: str | Path, task: str = MEAN_T
 def affinity_heatmap(matrix: pd.DataFrame | np.ndarray, path: str | Path, title: str | None = None) -> list[Path]:
     """``A[source, target]`` (an ``affinity_matrix``: index = source tasks, columns = target tasks) as a heatmap
     with a diverging colormap centered at 0 (blue: a step on the source lowers the target's loss; red: raises
-    it), NaN cells grey, the diagonal (self-affinity) outlined, and the values written in the cells when there
+    it), NaN cells grey with a legend below saying so (``NOT_MEASURED_LABEL``: no run trained both tasks with
+    the affinity probe), the diagonal (self-affinity) outlined, and the values written in the cells when there
     are at most ``ANNOTATE_MAX_TASKS`` tasks. Very small or large affinities are shown scaled by a power of ten,
     stated on the colorbar.
     """
@@ -316,7 +321,7 @@ def affinity_heatmap(matrix: pd.DataFrame | np.ndarray, path: str | Path, title:
         width = min(10.0, max(5.6, 0.62 * len(targets) + 3.2))
         height = min(8.5, max(4.4, 0.5 * len(sources) + 2.4))
         figure, axes = plt.subplots(figsize=(width, height))
-        colormap = plt.get_cmap("RdBu").with_extremes(bad="0.8")
+        colormap = plt.get_cmap("RdBu").with_extremes(bad=_NOT_MEASURED)
         image = axes.imshow(np.ma.masked_invalid(shown), cmap=colormap, vmin=-limit, vmax=limit)
         if count <= ANNOTATE_MAX_TASKS:
             size = 9 if count <= 6 else 7
@@ -342,6 +347,11 @@ def affinity_heatmap(matrix: pd.DataFrame | np.ndarray, path: str | Path, title:
         axes.set_title(
             title or "Inter-task affinity A[source, target]\n(> 0: a step on the source lowers the target's loss)"
         )
+        if not np.isfinite(values).all():  # below everything, so that rotated task names never cover it
+            grey = Patch(facecolor=_NOT_MEASURED, edgecolor="0.55", label=NOT_MEASURED_LABEL)
+            figure.tight_layout(rect=(0, 0.07, 1, 1))
+            figure.legend(handles=[grey], loc="lower center", fontsize="small", frameon=False)
+            return _save(figure, path, layout=False)
         return _save(figure, path)
 
 

@@ -4,12 +4,14 @@
 
 1. ``Transfer`` — ``transfer_table``: multi- minus single-task generalization per task and variant;
 2. ``Factor transfer`` — ``factor_transfer_table``: the same deltas for every recorded probe factor;
-3. ``Method changes`` — ``method_changes``: each method's % change over ``umtg``, per task and factor;
+3. ``Method changes`` — ``method_changes``: each variant's % change over the ``umtg`` runs, per task and
+   factor (variants that share a method, e.g. two ``it_mtl`` candidate sets, are kept apart);
 4. ``Best temperatures`` — ``best_temperatures``: each task's best ``T = lr / B``, for the variants run at
    several temperatures;
-5. ``Task affinity and grouping`` — ``affinity_matrix`` (``affinity_overall``, mean over runs) of the largest
-   task set with affinity records, and ``group_tasks`` with at most ``GROUPING_SPLITS`` encoders;
-6. ``IT-MTL candidate wins`` — ``candidate_wins`` summed over runs per task set and candidate.
+5. ``Task affinity and grouping`` — ``affinity_matrix`` (``affinity_overall``, mean over the runs of one
+   variant, preferably ``umtg``) of the largest task set with affinity records, and ``group_tasks`` with at
+   most ``GROUPING_SPLITS`` encoders;
+6. ``IT-MTL candidate wins`` — ``candidate_wins`` summed over runs per variant, task set and candidate.
 
 When the results cannot support an analysis (no single-task runs, no probes, one method, one temperature, no
 affinity records, no ``it_mtl`` runs, or the analysis raised ``ValueError``), its entry has an empty table and
@@ -45,7 +47,7 @@ GROUPING_SPLITS = 2
 BASELINE_METHOD = "umtg"
 #: How many rows a reading names at most (the largest effects first); the rest are counted.
 READING_ROWS = 4
-WINS_SUMMARY_COLUMNS: tuple[str, ...] = ("tasks", "candidate", "label", "wins", "steps", "fraction", "runs")
+WINS_SUMMARY_COLUMNS: tuple[str, ...] = ("variant", "tasks", "candidate", "label", "wins", "steps", "fraction", "runs")
 
 TRANSFER = "Transfer"
 FACTOR_TRANSFER = "Factor transfer"
@@ -105,6 +107,12 @@ def _at(note: str) -> str:
 def _where(row: pd.Series) -> str:
     task, variant = str(row["task"]), str(row["variant"])
     return f"{task} alone" if task == variant else f"{task} in {variant}"
+
+
+def _variant_of(row: pd.Series) -> str:
+    """A variant's name, with its method where the name does not say it (``"IT-PCGrad (it_mtl)"``)."""
+    variant, method = str(row["variant"]), str(row["method"])
+    return variant if method in variant else f"{variant} ({method})"
 
 
 def _completed(results: RunResults) -> pd.DataFrame:
@@ -229,7 +237,7 @@ def _methods(results: RunResults) -> KeyTable:
             f"No method shares a task set with {BASELINE_METHOD}{_at(note)}: run them on the same tasks.",
         )
     parts = [
-        f"{row['method']} changes {row['task']}'s generalization by {float(row['pct_change']):+.1f}% "
+        f"{_variant_of(row)} changes {row['task']}'s generalization by {float(row['pct_change']):+.1f}% "
         f"in {row['tasks']} ({_significance(row['significant'])})"
         for _, row in _largest(general, "pct_change").iterrows()
     ]
@@ -289,12 +297,18 @@ def _affinity(results: RunResults) -> KeyTable:
     also = f"; also recorded for {others} other task set{'s' if others > 1 else ''}" if others else ""
     if (chosen["method"] == BASELINE_METHOD).any():
         chosen = chosen[chosen["method"] == BASELINE_METHOD]
+    counts = chosen["variant"].astype(str).value_counts(sort=False)
+    variant = str(counts.idxmax())  # one variant (the first with the most runs): variants are never averaged
+    chosen = chosen[chosen["variant"].astype(str) == variant]
+    if len(counts) > 1:
+        also += f"; {len(counts) - 1} other variant{'s' if len(counts) > 2 else ''} on these tasks"
     matrix = affinity_matrix(rows[rows["run_id"].isin(set(chosen["run_id"]))])
     table = matrix.reset_index()
     table.columns.name = None
     names = list(matrix.index)
     pairs = [(s, t, float(matrix.loc[s, t])) for s in names for t in names if s != t and pd.notna(matrix.loc[s, t])]
-    where = f"In {tasks} ({len(chosen)} runs{_at(note)}{also})"
+    name = tasks if variant == tasks else f"{variant} on {tasks}"
+    where = f"In {name} ({len(chosen)} runs{_at(note)}{also})"
     if not pairs:
         return KeyTable(AFFINITY, table, f"{where}, no cross-task affinity was measured.")
     source, target, value = max(pairs, key=lambda p: p[2])
@@ -328,21 +342,23 @@ def _itmtl(results: RunResults) -> KeyTable:
             empty,
             "The it_mtl runs recorded no candidate choices: run them with training.diagnostics_every=1.",
         )
-    wins["tasks"] = wins["run_id"].map(runs.set_index("run_id")["tasks"])
+    by_run = runs.set_index("run_id")
+    wins["variant"] = wins["run_id"].map(by_run["variant"]).astype(str)
+    wins["tasks"] = wins["run_id"].map(by_run["tasks"])
     table = (
-        wins.groupby(["tasks", "candidate", "label"], sort=False)
+        wins.groupby(["variant", "tasks", "candidate", "label"], sort=False)
         .agg(wins=("wins", "sum"), steps=("steps", "sum"), runs=("run_id", "nunique"))
         .reset_index()
     )
     table["fraction"] = table["wins"] / table["steps"]
     table = table[list(WINS_SUMMARY_COLUMNS)]
     parts = []
-    for tasks, group in table.groupby("tasks", sort=False):
+    for (variant, tasks), group in table.groupby(["variant", "tasks"], sort=False):
         ordered = group.sort_values("fraction", ascending=False, kind="stable")
         top = ordered.iloc[0]
         others = ", ".join(f"{row['label']} {100 * row['fraction']:.1f}%" for _, row in ordered.iloc[1:].iterrows())
         parts.append(
-            f"on {tasks} IT-MTL chose {top['label']} at {100 * top['fraction']:.1f}% of steps "
+            f"{variant} on {tasks} chose {top['label']} at {100 * top['fraction']:.1f}% of steps "
             f"({top['wins']} of {top['steps']} over {top['runs']} runs)" + (f", then {others}" if others else "")
         )
     reading = _listed(parts[:READING_ROWS], len(parts))

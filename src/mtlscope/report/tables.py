@@ -1,15 +1,18 @@
 """Tables written as CSV with Markdown and LaTeX copies beside them.
 
-``to_markdown`` and ``to_latex`` format cells the same way (``format_number``): floats (Python or NumPy) with
-``digits`` decimals, or in scientific notation with ``digits`` significant digits when they are smaller than
-0.01 in magnitude (so a sharpness of 0.000674 reads ``6.740e-04``, not ``0.0007``); NaN as ``nan``;
-everything else with ``str``. ``to_latex`` writes booleans as ``yes``/``no`` (plain text, so
+Every table mtlscope writes — Markdown, LaTeX, the HTML report and a preset's ``summary.md`` — formats its
+numbers with one function, ``format_number``: ``digits`` (4) significant digits, in plain notation from 0.001
+to 100000 in magnitude (``0.9663``, ``0.007136``, ``-595.9``, ``12.50``) and in scientific notation outside
+(``1.371e-05``, ``2.500e+06``), so a sharpness of 0.000674 reads ``6.740e-04``, not ``0.0007``; whole numbers
+as integers (``3``, ``0``, ``1020``); NaN as ``nan``. Everything else is written with ``str``.
+``to_latex`` writes booleans as ``yes``/``no`` (plain text, so
 the table needs no package beyond ``booktabs``) and escapes LaTeX's special characters in cells, headers and
 the caption. Neither needs jinja2 or pandas' Styler.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +34,51 @@ LATEX_ESCAPES: dict[str, str] = {
 _LATEX_TABLE = str.maketrans(LATEX_ESCAPES)
 
 
+#: Magnitudes written in plain notation by ``format_number``: [SCIENTIFIC_BELOW, SCIENTIFIC_FROM).
+SCIENTIFIC_BELOW = 1e-3
+SCIENTIFIC_FROM = 1e5
+
+
 def format_number(value: float, digits: int = 4) -> str:
-    """``digits`` decimals, or scientific notation for nonzero magnitudes below 0.01 (module docstring)."""
-    if value != 0 and abs(value) < 0.01:
-        return f"{value:.{digits - 1}e}"
-    return f"{value:.{digits}f}"
+    """A number with ``digits`` significant digits, scientific outside [0.001, 100000) (module docstring)."""
+    number = float(value)
+    if not math.isfinite(number):
+        return "nan" if math.isnan(number) else ("inf" if number > 0 else "-inf")
+    if number.is_integer() and abs(number) < SCIENTIFIC_FROM:
+        return str(int(number))
+    scientific = f"{number:.{digits - 1}e}"
+    magnitude = abs(float(scientific))  # after rounding: 99999.5 is written as 1.000e+05
+    if magnitude < SCIENTIFIC_BELOW or magnitude >= SCIENTIFIC_FROM:
+        return scientific
+    decimals = max(0, digits - 1 - math.floor(math.log10(magnitude)))
+    return f"{float(scientific):.{decimals}f}"
+
+
+def format_cell(value: object, digits: int = 4) -> str:
+    """A table cell: floats (Python or NumPy) by ``format_number``, everything else with ``str``."""
+    if isinstance(value, float | np.floating):
+        return format_number(float(value), digits)
+    return str(value)
+
+
+def formatted(frame: pd.DataFrame, digits: int = 4, na: str = "nan") -> pd.DataFrame:
+    """``frame`` with every cell written by ``format_cell`` and missing values (NaN, None) as ``na``: the text
+    of a table rendered elsewhere (the HTML report)."""
+
+    def cell(value: object) -> str:
+        missing = value is None or (isinstance(value, float | np.floating) and math.isnan(value))
+        return na if missing else format_cell(value, digits)
+
+    if frame.empty:
+        return frame.astype(object)
+    return frame.astype(object).apply(lambda column: column.map(cell))
 
 
 def to_markdown(frame: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub-flavoured Markdown table (no extra dependency)."""
 
     def cell(value: object) -> str:
-        if isinstance(value, float):
-            return format_number(value, digits)
-        return str(value)
+        return format_cell(value, digits)
 
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
@@ -60,8 +94,8 @@ def escape_latex(text: object) -> str:
 def _latex_cell(value: object, digits: int) -> str:
     if isinstance(value, bool | np.bool_):
         return "yes" if value else "no"
-    if isinstance(value, float):
-        return format_number(value, digits)
+    if isinstance(value, float | np.floating):
+        return format_number(float(value), digits)
     return escape_latex(value)
 
 

@@ -322,7 +322,7 @@ def temperature_curves(
     return Produced(f"Generalization vs temperature ({task})", files)
 
 
-# -- transference (Fifty et al. 2021) -------------------------------------------------------------------------
+# -- transference (Fifty et al. 2020) -------------------------------------------------------------------------
 
 
 def _affinity(results: RunResults, kind: str) -> pd.DataFrame:
@@ -420,11 +420,12 @@ def candidate_wins(results: RunResults, directory: Path, name: str, *, window: i
     wins = build(results, window=window)
     if wins.empty:
         raise ValueError("no it_mtl candidate choices recorded (run method.name=it_mtl with diagnostics)")
-    keys = [*_window_start(wins), "candidate", "label"]
+    wins.insert(0, "variant", wins["run_id"].map(results.runs.set_index("run_id")["variant"]).astype(str))
+    keys = ["variant", *_window_start(wins), "candidate", "label"]  # variants of it_mtl are kept apart
     table = wins.groupby(keys, sort=False, dropna=False).agg(wins=("wins", "sum"), steps=("steps", "sum"))
     table = table.reset_index()
     table["fraction"] = table["wins"] / table["steps"]
-    title = "IT-MTL candidate wins summed over runs: fraction of steps each candidate was chosen"
+    title = "IT-MTL candidate wins summed over each variant's runs: fraction of steps each candidate was chosen"
     return _tabled(directory, name, table, title)
 
 

@@ -6,7 +6,8 @@
   for a preset with the papers' protocol ``selection.csv`` and ``final.csv``;
 - ``DIR/figures/`` and ``DIR/tables/``: the preset's outputs (``mtlscope.reproduce.outputs``) from the
   preset's runs — the protocol's final runs by default (``results: final``), the sweep's runs otherwise;
-- ``DIR/report.html``: the HTML report of the same runs (``mtlscope.report.html``);
+- ``DIR/report.html``: the HTML report of the same runs (``mtlscope.report.html``), led by the preset's
+  outputs (its figures and tables, in the preset's order); what cannot be drawn is listed once at its end;
 - ``DIR/summary.md``: the preset, the command's counts and time, and every output's files and table (or why
   it could not be produced).
 
@@ -22,7 +23,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -30,6 +31,9 @@ from mtlscope.reproduce.outputs import Produced, build_output
 from mtlscope.reproduce.preset import OutputSpec, Preset, load_preset
 from mtlscope.runs.config import ConfigError
 from mtlscope.runs.results import RunResults, load
+
+if TYPE_CHECKING:
+    from mtlscope.report.html import PresetOutput
 
 SUMMARY_FILE = "summary.md"
 REPORT_FILE = "report.html"
@@ -147,6 +151,23 @@ def make_outputs(preset: Preset, results: RunResults, out: Path) -> list[OutputR
     return made
 
 
+def report_outputs(outputs: Sequence[OutputResult]) -> list[PresetOutput]:
+    """The preset's outputs as the report's first section: figures (PNG) and tables in the preset's order; an
+    output that could not be produced carries its reason (the report lists it under "Not shown")."""
+    from mtlscope.report.html import PresetOutput
+
+    shown = []
+    for output in outputs:
+        name = f"{output.spec.name} ({output.spec.kind})"
+        produced = output.produced
+        if produced is None:
+            shown.append(PresetOutput(name, "", missing=output.error or "not produced"))
+            continue
+        images = tuple(path for path in produced.files if path.suffix == ".png")
+        shown.append(PresetOutput(name, produced.title, images, produced.table, tuple(produced.notes)))
+    return shown
+
+
 def reproduce(
     preset: str | Path | Preset,
     out: str | Path,
@@ -175,7 +196,8 @@ def reproduce(
     outputs = make_outputs(preset, results, out)
     files = [path for output in outputs if output.produced for path in output.produced.files]
     if not results.runs.empty:
-        files.append(write_report(results, out / REPORT_FILE, title=f"{preset.name}: {preset.title}"))
+        title = f"{preset.name}: {preset.title}"
+        files.append(write_report(results, out / REPORT_FILE, title=title, outputs=report_outputs(outputs)))
     elapsed = time.monotonic() - started
     result = ReproduceResult(preset, out, counts, planned, outputs, files, elapsed, log)
     summary = out / SUMMARY_FILE

@@ -1,4 +1,4 @@
-"""The run store: one directory per run (DESIGN "run record").
+"""The run store: one directory per run.
 
 ```
 <out>/<run_id>/

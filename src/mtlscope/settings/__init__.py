@@ -1,4 +1,4 @@
-"""Multi-task settings: tasks, data splits and layouts (SPEC §1).
+"""Multi-task settings: tasks, data splits and layouts (Mueller et al., TMLR 2025, §2.1).
 
 ``mtlscope.settings.get(name, tasks=None, **options)`` builds a registered setting, optionally restricted
 to a subset of its tasks; ``available()`` lists the names.

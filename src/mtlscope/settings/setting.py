@@ -1,4 +1,4 @@
-"""Settings: a named group of tasks with a data layout and a default model (SPEC §1).
+"""Settings: a named group of tasks with a data layout and a default model (Mueller et al., TMLR 2025, §2.1).
 
 Two layouts:
 - ``multi-input``: every task has its own inputs (FashionMTL, CIFAR-100, digits-mtl); a training step
@@ -6,7 +6,7 @@ Two layouts:
 - ``shared-input``: one set of inputs carries K labels (CelebA, Cityscapes, digits-attributes); a step
   draws B inputs with all their labels.
 
-Epoch rule (SPEC §3): an epoch is one pass over the largest training set *of the whole setting* at B
+Epoch rule (Mueller et al. 2025, App. A): an epoch is one pass over the largest training set *of the whole setting* at B
 examples per task per step, i.e. ``ceil(max_k N_k / B)`` steps. ``subset`` keeps that size, so the
 single-task and multi-task runs of a setting have the same steps per epoch and their checkpoints align.
 """

@@ -1,4 +1,4 @@
-"""Tasks: one prediction problem with its data splits, loss and metrics (SPEC §1).
+"""Tasks: one prediction problem with its data splits, loss and metrics (Mueller et al., TMLR 2025, §2.1).
 
 A task is classification (cross-entropy loss; metrics ``loss``, ``accuracy``, ``macro_f1``; primary
 ``accuracy``) or regression (mean squared error; metrics ``loss``, ``mae``, ``r2``; primary ``r2``).
