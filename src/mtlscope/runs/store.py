@@ -39,6 +39,7 @@ import os
 import secrets
 import shutil
 import time
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -150,7 +151,9 @@ def read_state(path: Path) -> SavedState | None:
     if not file.exists():
         return None
     try:
-        data = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about unusual pickles before refusing them: the error says it
+            warnings.simplefilter("ignore")
+            data = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:
         raise StoreError(f"{STATE_FILE} unreadable ({brief(error)})") from None
     if not isinstance(data, dict):
