@@ -3,6 +3,10 @@
 Everything that can fail because of the config (setting options, task names, model and method options)
 is built *before* the run directory is created, so a bad config writes nothing. An exception during
 training marks the run ``failed`` with the error message; a non-finite loss marks it ``diverged``.
+
+``execute`` holds the run's lock (``mtlscope.runs.locking``) for the whole run, decides from what is on disk
+whether to skip, resume or start over (``mtlscope.runs.store``: a damaged completed run or an unusable saved
+state starts over, with one logged line), and never lets a stored file decide anything without checking it.
 """
 
 from __future__ import annotations

@@ -225,13 +225,39 @@ def _records_damage(path: Path, expected: Mapping[str, Any]) -> str | None:
     if found < rows:
         return f"{RECORDS_FILE} truncated: {found} of {rows} rows{at}"
     if found > rows:
-        keys = Counter(",".join(line.split(",")[i] for i in (0, 2, 3, 4)) for line in lines if line.count(",") >= 5)
-        duplicated = sum(count - 1 for count in keys.values() if count > 1)
+        duplicated = _duplicated(lines)
         what = f", {duplicated} of them duplicated" if duplicated else ""
         return f"{RECORDS_FILE} has {found} rows, {rows} expected{what}"
     if torn:
         return f"{RECORDS_FILE} ends in an incomplete line"
     return f"{RECORDS_FILE} changed after the run finished (same {rows} rows, different content)"
+
+
+def _duplicated(lines: list[str]) -> int:
+    """Rows repeating the (step, task, split, metric) of an earlier row."""
+    keys = Counter(",".join(line.split(",")[i] for i in (0, 2, 3, 4)) for line in lines if line.count(",") >= 5)
+    return sum(count - 1 for count in keys.values() if count > 1)
+
+
+def _legacy_damage(path: Path, summary: Mapping[str, Any]) -> str | None:
+    """The checks possible without a recorded digest: whole lines, no duplicated rows, and a completed run's
+    records ending at its last step (the last checkpoint is the last step)."""
+    try:
+        _, text = _read_records_text(path)
+        lines, torn = _record_lines(text)
+    except StoreError as error:
+        return str(error)
+    if torn:
+        return f"{RECORDS_FILE} ends in an incomplete line"
+    duplicated = _duplicated(lines)
+    if duplicated:
+        return f"{RECORDS_FILE} has {duplicated} duplicated rows"
+    steps = summary.get("steps")
+    if stored_status(path) == "completed" and isinstance(steps, int) and lines:
+        last = _step(lines[-1], len(lines))
+        if last != steps:
+            return f"{RECORDS_FILE} truncated: last step {last} of {steps}"
+    return None
 
 
 def _last_step(lines: list[str]) -> str:
@@ -242,7 +268,8 @@ def damage(path: Path) -> str | None:
     """What is wrong with the completed (or diverged) run at ``path``, in one line; ``None`` when it is whole or
     is not a finished run (running, failed, no status). Checks that the summary and the config are there and
     readable and that ``records.csv`` is exactly what the run wrote (rows and sha256 recorded in the summary;
-    runs of mtlscope before that record are only checked for their files)."""
+    for runs of mtlscope before that record: whole lines, no duplicated rows, and a completed run's records
+    reaching its last step)."""
     if stored_status(path) not in FINISHED:
         return None
     try:
@@ -262,8 +289,8 @@ def damage(path: Path) -> str | None:
     if not isinstance(config, dict):
         return f"{CONFIG_FILE} holds a {type(config).__name__}, not a config"
     expected = summary.get("records")
-    if expected is None:  # written before summaries recorded their records: the files are all we can check
-        return None if (path / RECORDS_FILE).is_file() else f"{RECORDS_FILE} missing"
+    if expected is None:  # written before summaries recorded their records: what the rows themselves show
+        return _legacy_damage(path, summary)
     if not isinstance(expected, dict):
         return f"{SUMMARY_FILE}: the records entry is not understood"
     return _records_damage(path, expected)

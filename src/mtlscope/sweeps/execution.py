@@ -24,7 +24,7 @@
 - ``executor="ray"``: one Ray task per run on a local Ray instance or a cluster at ``address``
   (``mtlscope.sweeps.ray_executor``); the same ``execute`` in every task, so the same skipping and resuming.
 - A run that diverges or raises is recorded (by ``execute``) and the sweep goes on. An exception that escapes
-  ``execute`` (e.g. an unreadable saved state) is recorded as that run failing. A worker process that dies
+  ``execute`` (e.g. the run in use by another process) is recorded as that run failing. A worker process that dies
   (killed, out of memory) breaks the pool: a fresh pool first retries the runs that were in flight, each
   alone (resuming from its checkpoint), then goes on with the rest. A run whose worker dies again while it
   runs alone is recorded as failed (its directory's status too), and a later re-run of the sweep retries it.
