@@ -155,3 +155,18 @@ def test_wait_on_a_held_directory(tmp_path: Path, holder: object) -> None:
     assert time.monotonic() - started >= 1.0 and process.wait(timeout=30) == 0
     assert result.counts["completed"] == 1
     assert read_status(run_path(out))["status"] == "completed" and (run_path(out) / STATUS_FILE).exists()
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "file"
+    out.write_text("not a directory")
+    file = tmp_path / "config.yaml"
+    file.write_text(yaml.safe_dump(CONFIG))
+    assert main(["run", str(file), "--out", str(out)]) == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith(f"error: {out}/") and "cannot create the directory" in line
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "s", "base": CONFIG, "seeds": 1}))
+    assert main(["sweep", str(sweep), "--out", str(out)]) == 2
+    assert error_lines(capsys) == [f"error: {out}: exists and is not a directory"]
+    assert out.read_text() == "not a directory"

@@ -132,7 +132,10 @@ def _directory(path: Path, name: str) -> Path:
     """``path``, created if missing; a ``ConfigError`` when it exists and is not a directory."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path}: exists and is not a directory")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a parent is a file, no permission, ...
+        raise ConfigError(f"{path}: cannot create the directory ({error.strerror or error})") from None
     return path / name
 
 
