@@ -1,21 +1,22 @@
 """The ``mtlscope`` command line.
 
-    mtlscope run CONFIG [key=value ...] [--out DIR] [--force] [--quiet] [--mlflow URI] [--tensorboard DIR]
+    mtlscope run CONFIG [key=value ...] [--out DIR] [--force] [--wait] [--quiet] [--mlflow URI] [--tensorboard DIR]
     mtlscope demo [--out DIR] [--seeds N] [--epochs N] [--quiet]
     mtlscope settings
     mtlscope runs DIR
     mtlscope analyze DIR [--out DIR] [--format markdown|latex|csv]
     mtlscope report DIR [--out report.html]
     mtlscope sweep FILE [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
-                   [--dry-run] [--quiet] [--mlflow URI] [--tensorboard DIR]
+                   [--force RUN_ID ...] [--restart-failed] [--wait] [--dry-run] [--quiet] [--mlflow URI]
+                   [--tensorboard DIR]
     mtlscope sweep-status DIR [--workers N]
     mtlscope reproduce NAME [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
-                       [--dry-run] [--quiet] [--mlflow URI] [--tensorboard DIR]
+                       [--wait] [--dry-run] [--quiet] [--mlflow URI] [--tensorboard DIR]
     mtlscope reproduce --list
 
 Exit codes: 0 success (a diverged run is a result, not an error), 1 a run failed, 2 bad input (config,
-arguments or paths) — in which case nothing is written, 130 interrupted (Ctrl-C; running the same command
-again resumes).
+arguments or paths) or an output directory (or run) in use by another mtlscope process (without ``--wait``) —
+in which case nothing is written, 130 interrupted (Ctrl-C; running the same command again resumes).
 
 Progress goes to stderr: a bar on a terminal, plain periodic lines in a log (``mtlscope.progress``); ``--quiet``
 shows none. A damaged stored run is skipped by ``runs``, ``analyze`` and ``report`` with one ``warning:`` line.
@@ -58,7 +59,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     with Progress(steps, config.variant, unit="step", enabled=not args.quiet) as bar:
         outcome = execute(
-            config, args.out, force=args.force, on_step=bar.advance_to, source=args.config, trackers=trackers
+            config,
+            args.out,
+            force=args.force,
+            wait=args.wait,
+            on_step=bar.advance_to,
+            source=args.config,
+            trackers=trackers,
         )
     if outcome.skipped:
         print(f"{outcome.path}: {outcome.message} (use --force to run it again)")
@@ -170,7 +177,14 @@ def _add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="runs in parallel (processes; default: 1)")
     parser.add_argument("--executor", choices=["local", "ray"], default="local", help="where runs execute")
     parser.add_argument("--address", default=None, help="with --executor ray: a running cluster's HOST:PORT")
+    _add_wait_argument(parser)
     _add_tracking_arguments(parser)
+
+
+def _add_wait_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait", action="store_true", help="if another mtlscope process is using --out (or the run), wait for it"
+    )
 
 
 def _results_directory(directory: str) -> Path:
@@ -189,7 +203,8 @@ def _check_execution(args: argparse.Namespace) -> None:
 def _execution(args: argparse.Namespace, sweep: str) -> dict[str, Any]:
     """The sweep's executor, address and trackers from ``--executor``, ``--address``, ``--mlflow``, ... (checked)."""
     _check_execution(args)
-    return {"executor": args.executor, "address": args.address, "trackers": _tracker_specs(args, sweep)}
+    trackers = _tracker_specs(args, sweep)
+    return {"executor": args.executor, "address": args.address, "trackers": trackers, "wait": args.wait}
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -210,12 +225,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from mtlscope.runs.locking import hold_directory
     from mtlscope.sweeps import protocol
     from mtlscope.sweeps.execution import run_sweep
     from mtlscope.sweeps.manifest import write_manifest
     from mtlscope.sweeps.spec import load_sweep
 
     execution = _execution(args, _sweep_name(args.file))
+    execution.update(force=set(args.force), restart_failed=args.restart_failed)
 
     if protocol.has_protocol(args.file):  # a file with a protocol mapping runs the papers' protocol
         if args.dry_run:
@@ -226,10 +243,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             for candidate in plan.candidates:
                 print(candidate.config.run_id())
             return 0
-        ran = protocol.run_protocol(
-            args.file, args.out, workers=args.workers, overrides=args.overrides, progress=not args.quiet, **execution
-        )
+        plan = protocol.load_protocol(args.file, args.overrides)
+        with hold_directory(args.out, wait=args.wait):
+            ran = protocol.run_protocol(plan, args.out, workers=args.workers, progress=not args.quiet, **execution)
         print(protocol.format_result(ran))
+        ran_ids = {outcome.run_id for outcome in [*ran.selection_result.outcomes, *ran.final.outcomes]}
+        _check_forced(args.force, ran_ids, "of either stage of this protocol")
         return 1 if ran.selection_result.counts.get("failed", 0) + ran.final.counts.get("failed", 0) else 0
     sweep = load_sweep(args.file, args.overrides)
     out = Path(args.out)
@@ -239,11 +258,23 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         for config in sweep.configs:
             print(config.run_id())
         return 0
-    write_manifest(sweep, out)
-    result = run_sweep(sweep.configs, out, workers=args.workers, progress=not args.quiet, **execution)
+    _check_forced(args.force, set(sweep.run_ids()), "of this sweep")
+    with hold_directory(out, wait=args.wait):
+        write_manifest(sweep, out)
+        result = run_sweep(sweep.configs, out, workers=args.workers, progress=not args.quiet, **execution)
     counts = ", ".join(f"{count} {status}" for status, count in sorted(result.counts.items()))
     print(f"sweep {sweep.name}: {counts} ({result.skipped} already done) in {result.elapsed_s:.1f} s")
     return 1 if result.counts.get("failed", 0) else 0
+
+
+def _check_forced(forced: Sequence[str], run_ids: set[str], where: str) -> None:
+    unknown = [run_id for run_id in forced if run_id not in run_ids]
+    if unknown:
+        raise UsageError(f"--force: {_cut(unknown[0])} is not a run {where} (--dry-run lists the run ids)")
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _cmd_sweep_status(args: argparse.Namespace) -> int:
@@ -285,20 +316,23 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         raise UsageError(f"{out}: --out exists and is not a directory")
     if args.dry_run:
         return _dry_run_preset(preset, out, args.overrides)
+    from mtlscope.runs.locking import hold_directory
+
     execution = _execution(args, preset.name)
     command = " ".join(["mtlscope reproduce", args.name, *args.overrides, "--out", str(out)])
     if args.workers > 1:
         command += f" --workers {args.workers}"
     print(f"{preset.name}: {preset.title}")
-    result = reproduce(
-        preset,
-        out,
-        workers=args.workers,
-        overrides=args.overrides,
-        progress=not args.quiet,
-        command=command,
-        **execution,
-    )
+    with hold_directory(out, wait=args.wait):
+        result = reproduce(
+            preset,
+            out,
+            workers=args.workers,
+            overrides=args.overrides,
+            progress=not args.quiet,
+            command=command,
+            **execution,
+        )
     print(result.log)
     for output in result.outputs:
         if output.produced is None:
@@ -384,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optimizer.lr=0.01")
     run.add_argument("--out", default="runs-out", help="results directory (default: runs-out)")
     run.add_argument("--force", action="store_true", help="run again even when already completed")
+    _add_wait_argument(run)
     _add_quiet_argument(run)
     _add_tracking_arguments(run)
     run.set_defaults(handler=_cmd_run)
@@ -423,6 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("overrides", nargs="*", help="key=value overrides of the base config, e.g. training.epochs=5")
     sweep.add_argument("--out", default="sweep-out", help="results directory (default: sweep-out)")
     _add_execution_arguments(sweep)
+    sweep.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="RUN_ID",
+        help="run this run again from scratch, even when completed (repeatable)",
+    )
+    sweep.add_argument(
+        "--restart-failed", action="store_true", help="run failed runs again from scratch instead of resuming them"
+    )
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded run ids and stop")
     _add_quiet_argument(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
@@ -470,6 +515,7 @@ def _show_warning(
 
 def _main(argv: Sequence[str] | None) -> int:
     from mtlscope.runs.config import ConfigError
+    from mtlscope.runs.locking import InUseError
     from mtlscope.runs.tracking import TrackingError
 
     args = build_parser().parse_args(argv)
@@ -485,7 +531,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         code: int = args.handler(args)
         return code
-    except (ConfigError, UsageError, TrackingError) as error:
+    except (ConfigError, UsageError, TrackingError, InUseError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

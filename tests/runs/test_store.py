@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from mtlscope.runs import execute, load, validate_config
-from mtlscope.runs.store import RECORDS_FILE, STATUS_FILE, SUMMARY_FILE
+from mtlscope.runs.store import RECORDS_FILE, STATUS_FILE, SUMMARY_FILE, damage
 
 QUICK = {
     "setting": {"name": "digits-mtl", "tasks": ["digits1", "noisy-digits"]},
@@ -110,3 +111,23 @@ def test_killed_run_leaves_a_readable_partial_trajectory(tmp_path: Path) -> None
     per_step = results.records.groupby("step").size()
     assert (per_step.iloc[:-1] == 24).all()
     assert pd.api.types.is_float_dtype(results.records["value"])
+
+
+def test_damage_of_runs_stored_without_a_records_digest(tmp_path: Path) -> None:
+    """Runs written before summaries recorded their records: truncation and duplicated rows still show."""
+    outcome = execute(validate_config(QUICK), tmp_path)
+    summary = json.loads((outcome.path / SUMMARY_FILE).read_text())
+    del summary["records"]
+    (outcome.path / SUMMARY_FILE).write_text(json.dumps(summary))
+    assert damage(outcome.path) is None
+    records = outcome.path / RECORDS_FILE
+    whole = records.read_text()
+    lines = whole.splitlines(keepends=True)
+    records.write_text("".join(lines[:-40]))
+    assert re.fullmatch(r"records\.csv truncated: last step \d+ of \d+", str(damage(outcome.path)))
+    records.write_text(whole + "".join(lines[1:11]))
+    assert damage(outcome.path) == "records.csv has 10 duplicated rows"
+    records.write_text(whole[:-5])
+    assert damage(outcome.path) == "records.csv ends in an incomplete line"
+    records.unlink()
+    assert damage(outcome.path) == "records.csv missing"

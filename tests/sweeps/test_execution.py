@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from mtlscope.runs import ConfigError, RunConfig, load, read_records, validate_config
+from mtlscope.runs.locking import DIRECTORY_LOCK_FILE, RUN_LOCK_FILE
 from mtlscope.runs.store import RECORDS_FILE, STATE_FILE, STATUS_FILE, read_status
 from mtlscope.sweeps import SweepResult, run_sweep
 from mtlscope.sweeps.execution import FAULT_ENV, WORKER_DIED
@@ -115,11 +116,17 @@ def test_sequential_equals_two_workers(tmp_path: Path, reference: tuple[Path, li
 def test_rerun_skips_completed_runs(tmp_path: Path, reference: tuple[Path, list[str]]) -> None:
     out = tmp_path / "out"
     shutil.copytree(reference[0], out)
-    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    before = files(out)
     result = sweep(CONFIGS, out, workers=2)
     assert result.skipped == 4 and all(outcome.skipped for outcome in result.outcomes)
     assert result.counts["completed"] == 4
-    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    assert files(out) == before
+
+
+def files(out: Path) -> dict[Path, bytes]:
+    """Every file under ``out`` but the lock files (which name their latest holder) and their contents."""
+    locks = (DIRECTORY_LOCK_FILE, RUN_LOCK_FILE)
+    return {path: path.read_bytes() for path in out.rglob("*") if path.is_file() and path.name not in locks}
 
 
 def test_bad_config_raises_before_anything_is_written(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def test_counts_foreign_runs_and_eta(tmp_path: Path) -> None:
         "remaining",
         "remaining",
     ]
-    assert status.counts == {"done": 2, "running": 1, "failed": 1, "diverged": 1, "remaining": 2}
+    assert status.counts == {"done": 2, "running": 1, "failed": 1, "diverged": 1, "damaged": 0, "remaining": 2}
     assert status.foreign == 1
     assert status.mean_wall_time_s == pytest.approx(15.0)
     assert status.eta_s == pytest.approx(15.0 * 3 / 2)
@@ -78,7 +78,7 @@ def test_eta_unknown_until_a_run_completes(tmp_path: Path) -> None:
     status = sweep_status(CONFIGS[:3], tmp_path / "missing")
     assert status.counts["remaining"] == 3 and status.eta_s is None and status.foreign == 0
     status = sweep_status(CONFIGS[:3], tmp_path)
-    assert status.counts == {"done": 0, "running": 1, "failed": 0, "diverged": 0, "remaining": 2}
+    assert status.counts == {"done": 0, "running": 1, "failed": 0, "diverged": 0, "damaged": 0, "remaining": 2}
     assert status.eta_s is None
     assert "ETA unknown" in format_status(status)
     with pytest.raises(ValueError, match="workers"):
@@ -88,7 +88,7 @@ def test_eta_unknown_until_a_run_completes(tmp_path: Path) -> None:
 def test_status_of_a_real_partial_sweep(tmp_path: Path) -> None:
     run_sweep(CONFIGS[:2], tmp_path, progress=False, threads_per_worker=1)
     status = sweep_status(CONFIGS[1:4], tmp_path)  # CONFIGS[0] ran but is not part of this sweep
-    assert status.counts == {"done": 1, "running": 0, "failed": 0, "diverged": 0, "remaining": 2}
+    assert status.counts == {"done": 1, "running": 0, "failed": 0, "diverged": 0, "damaged": 0, "remaining": 2}
     assert status.foreign == 1
     assert status.eta_s is not None and status.eta_s == pytest.approx(2 * (status.mean_wall_time_s or 0))
     assert status.eta_s > 0

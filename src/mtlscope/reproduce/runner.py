@@ -129,7 +129,7 @@ def run_preset(
         statuses = Counter(outcome.status for outcome in {o.run_id: o for o in outcomes}.values())
         return loaded, dict(statuses), len(planned), protocol.format_result(ran)
     sweep = expand(preset.sweep, preset.source, preset.base_dir, overrides)
-    write_manifest(sweep, directory)
+    write_manifest(sweep, directory, wait=execution.get("wait", False))
     result = run_sweep(sweep.configs, directory, workers=workers, progress=progress, **execution)
     counts = ", ".join(f"{count} {status}" for status, count in sorted(result.counts.items()))
     log = f"sweep {sweep.name}: {len(sweep.configs)} runs: {counts} ({result.skipped} already done)"

@@ -3,10 +3,15 @@
 Everything that can fail because of the config (setting options, task names, model and method options)
 is built *before* the run directory is created, so a bad config writes nothing. An exception during
 training marks the run ``failed`` with the error message; a non-finite loss marks it ``diverged``.
+
+``execute`` holds the run's lock (``mtlscope.runs.locking``) for the whole run, decides from what is on disk
+whether to skip, resume or start over (``mtlscope.runs.store``: a damaged completed run or an unusable saved
+state starts over, with one logged line), and never lets a stored file decide anything without checking it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -19,17 +24,31 @@ import torch
 from mtlscope.engine.gradients import resolve_mode
 from mtlscope.engine.loss_scale import resolve_loss_scale
 from mtlscope.engine.optimizers import build_optimizer
-from mtlscope.engine.trainer import Schedule, Trainer
+from mtlscope.engine.trainer import Record, RecordSink, Schedule, StateSink, Trainer
 from mtlscope.methods.base import Method
 from mtlscope.methods.registry import METHODS
 from mtlscope.models.multitask import MultiTaskModel, build_model
 from mtlscope.probes.base import Probe, build_probe
 from mtlscope.runs.config import ConfigError, RunConfig, resolve
 from mtlscope.runs.environment import describe_environment
-from mtlscope.runs.store import STATUS_FILE, RunDirectory, read_state, read_status
-from mtlscope.runs.tracking import TeeSink, build_trackers
+from mtlscope.runs.locking import hold_run
+from mtlscope.runs.store import (
+    FINISHED,
+    STATE_FILE,
+    RunDirectory,
+    SavedState,
+    StoreError,
+    brief,
+    damage,
+    read_state,
+    read_status,
+    stored_status,
+)
+from mtlscope.runs.tracking import TeeSink, Tracker, build_trackers
 from mtlscope.settings.registry import get as get_setting
 from mtlscope.settings.setting import Setting
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,21 +126,87 @@ class RunOutcome:
     skipped: bool = False
 
 
+class _Discard:
+    """The record sink of a trainer that only tries a saved state on."""
+
+    def write(self, records: Sequence[Record]) -> None:
+        pass
+
+
+def _trainer(
+    prepared: Prepared, sink: RecordSink, state_sink: StateSink | None, on_step: Callable[[int], None] | None
+) -> Trainer:
+    config = prepared.config
+    return Trainer(
+        prepared.setting,
+        prepared.model,
+        prepared.method,
+        prepared.optimizer,
+        schedule=prepared.schedule,
+        batch_size=config.training.batch_size,
+        loss_scale=prepared.loss_scale,
+        seed=config.seed,
+        sink=sink,
+        probes=prepared.probes,
+        train_eval_limit=config.training.train_eval_limit,
+        on_step=on_step,
+        state_sink=state_sink if config.training.save_state else None,
+        diagnostics_every=config.training.diagnostics_every,
+        jacobian_mode=config.training.jacobian_mode,
+        jacobian_chunk=config.training.jacobian_chunk,
+    )
+
+
+def _check_scores(scores: Any) -> None:
+    if not isinstance(scores, dict):
+        raise TypeError(f"scores is a {type(scores).__name__}, not a mapping")
+    for key, metrics in scores.items():
+        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(part, str) for part in key)):
+            raise TypeError(f"scores key {str(key)[:40]!r} is not a (task, split) pair")
+        if not isinstance(metrics, dict) or not all(isinstance(value, int | float) for value in metrics.values()):
+            raise TypeError(f"scores of {key} are not numbers by metric")
+
+
+def _unfit_state(prepared: Prepared, state: SavedState) -> str | None:
+    """Why ``state`` cannot continue the run ``prepared`` builds (``None`` when it can). Tried on ``prepared``'s
+    objects, which hold the state afterwards (build them again when it does not fit)."""
+    if state.step >= prepared.schedule.steps:
+        return f"{STATE_FILE} is at step {state.step}, not before the last step {prepared.schedule.steps}"
+    try:
+        _check_scores(state.trainer.get("scores"))
+        _trainer(prepared, _Discard(), None, None).load_state_dict(state.trainer)
+    except Exception as error:  # any mismatch (keys, shapes, types) means the state is not this run's
+        return f"{STATE_FILE} does not fit this run ({brief(error)})"
+    return None
+
+
+def _restart(path: Path, problem: str) -> None:
+    logger.warning("%s: %s; restarting the run from step 0", path, problem)
+
+
 def execute(
     config: RunConfig,
     out: str | Path,
     *,
     force: bool = False,
     resume: bool = True,
+    restart_failed: bool = False,
+    wait: bool = False,
     on_step: Callable[[int], None] | None = None,
     source: str = "config",
     trackers: Sequence[Mapping[str, Any]] = (),
 ) -> RunOutcome:
-    """Run ``config`` into ``out/<run_id>``.
+    """Run ``config`` into ``out/<run_id>``, holding the run's lock (``mtlscope.runs.locking``).
 
-    A run already completed (or diverged) there is skipped unless ``force``; an unfinished one (killed or failed) with
-    a saved training state continues from its last checkpoint when ``resume`` (the default), else starts
-    over. Raises ``ConfigError`` (nothing written) for a config that cannot be built.
+    A run already completed (or diverged) there is skipped unless ``force``, or unless ``store.damage`` finds it
+    damaged (records truncated or changed, summary or config missing...): then it runs again from step 0, with one
+    logged line saying why. An unfinished one (killed or failed) with a saved training state continues from its
+    last checkpoint when ``resume`` (the default; a failed one starts over with ``restart_failed``), else starts
+    over. A saved state that cannot be loaded safely or does not fit the run or its records (empty, garbage, not a
+    training state, records deleted) is never used: the run starts over from step 0, with one logged line.
+
+    Raises ``ConfigError`` (nothing written) for a config that cannot be built, and ``InUseError`` (nothing
+    touched) when another process holds the run's lock, unless ``wait`` (then it waits for that process).
 
     ``trackers``: specs of MLflow / TensorBoard views of the run (see ``mtlscope.runs.tracking``); they get the
     records after the run directory. A bad spec or a missing package raises ``TrackingError`` (nothing written); a
@@ -129,41 +214,65 @@ def execute(
     """
     prepared = prepare(config, source)
     tracking = build_trackers(trackers)
-    run_id = prepared.config.run_id()
-    path = Path(out) / run_id
-    status = read_status(path)["status"] if (path / STATUS_FILE).exists() else None
-    if not force and status in ("completed", "diverged"):
-        return RunOutcome(run_id, path, str(status), f"already {status}", skipped=True)
-    state = read_state(path) if resume and not force and status in ("running", "failed") else None
-    if state is not None:
-        directory = RunDirectory.reopen(path, int(state["step"]))
-    else:
-        directory = RunDirectory.create(path, prepared.config.to_dict(), describe_environment(prepared.device))
+    path = Path(out) / prepared.config.run_id()
+    with hold_run(path, wait=wait):
+        status = stored_status(path)
+        if not force and status in FINISHED:
+            problem = damage(path)
+            if problem is None:
+                return RunOutcome(path.name, path, str(status), f"already {status}", skipped=True)
+            logger.warning("%s: %s; running it again from step 0", path, problem)
+        resuming = resume and not force and status in ("running", "failed")
+        if restart_failed and status == "failed":
+            resuming = False
+        state, tried = _resumable_state(path, prepared) if resuming else (None, False)
+        if state is not None:
+            try:
+                environment = describe_environment(prepared.device)
+                directory = RunDirectory.reopen(path, state, prepared.config.to_dict(), environment)
+            except StoreError as error:
+                _restart(path, str(error))
+                state = None
+        if state is None:
+            prepared = prepare(config, source) if tried else prepared  # a state tried on it may have changed it
+            directory = RunDirectory.create(path, prepared.config.to_dict(), describe_environment(prepared.device))
+        return _train(prepared, directory, tracking, state, on_step)
+
+
+def _resumable_state(path: Path, prepared: Prepared) -> tuple[SavedState | None, bool]:
+    """The saved state of the run at ``path`` if it can continue the run (a logged line says why not), and whether
+    a state was tried on ``prepared``'s objects."""
+    try:
+        state = read_state(path)
+    except StoreError as error:
+        _restart(path, str(error))
+        return None, False
+    if state is None:
+        return None, False
+    problem = _unfit_state(prepared, state)
+    if problem is not None:
+        _restart(path, problem)
+        return None, True
+    return state, True
+
+
+def _train(
+    prepared: Prepared,
+    directory: RunDirectory,
+    tracking: Sequence[Tracker],
+    state: SavedState | None,
+    on_step: Callable[[int], None] | None,
+) -> RunOutcome:
+    path = directory.path
+    run_id = path.name
     sink = TeeSink(directory, tracking)
-    sink.start(prepared.config, run_id, path, int(state["step"]) if state is not None else None)
+    sink.start(prepared.config, run_id, path, state.step if state is not None else None)
     started = time.monotonic()
     base = {"run_id": run_id, "variant": prepared.config.variant, "tasks": list(prepared.setting.task_names)}
     try:
-        trainer = Trainer(
-            prepared.setting,
-            prepared.model,
-            prepared.method,
-            prepared.optimizer,
-            schedule=prepared.schedule,
-            batch_size=prepared.config.training.batch_size,
-            loss_scale=prepared.loss_scale,
-            seed=prepared.config.seed,
-            sink=sink,
-            probes=prepared.probes,
-            train_eval_limit=prepared.config.training.train_eval_limit,
-            on_step=on_step,
-            state_sink=directory if prepared.config.training.save_state else None,
-            diagnostics_every=prepared.config.training.diagnostics_every,
-            jacobian_mode=prepared.config.training.jacobian_mode,
-            jacobian_chunk=prepared.config.training.jacobian_chunk,
-        )
+        trainer = _trainer(prepared, sink, directory, on_step)
         if state is not None:
-            trainer.load_state_dict(state)
+            trainer.load_state_dict(state.trainer)
         outcome = trainer.run()
     except Exception as error:  # recorded, never lost: the run is marked failed with the message
         message = f"{type(error).__name__}: {error}"
@@ -172,6 +281,7 @@ def execute(
         sink.finish("failed", failed)
         return RunOutcome(run_id, path, "failed", message)
     except BaseException:  # interrupted (Ctrl-C, a kill signal turned into an exception): the run stays resumable
+        directory.close()
         sink.close()
         raise
     summary = {
@@ -188,6 +298,10 @@ def execute(
             for task in prepared.setting.task_names
         },
     }
-    directory.finish(outcome.status, summary, steps=outcome.steps, message=outcome.message)
+    status = directory.finish(outcome.status, summary, steps=outcome.steps, message=outcome.message)
+    if status != outcome.status:  # the records on disk were not what the run wrote
+        message = str(read_status(path).get("message", ""))
+        sink.finish(status, {**summary, "status": status, "message": message})
+        return RunOutcome(run_id, path, status, message)
     sink.finish(outcome.status, summary)
     return RunOutcome(run_id, path, outcome.status, outcome.message)

@@ -5,19 +5,26 @@
 - Configs are resolved first (a bad one raises ``ConfigError``, one line, before anything is written) and
   deduplicated by their resolved run id: a repeated config runs once and is counted in
   ``SweepResult.duplicates``.
-- Runs already completed or diverged in ``out`` are skipped; unfinished ones (killed, failed) resume from
-  their last checkpoint, so re-running an interrupted sweep finishes it with the records an uninterrupted
-  sweep would have written.
+- Runs already completed or diverged in ``out`` are skipped, unless ``store.damage`` finds them damaged (records
+  truncated, duplicated or changed, summary or config missing): those run again from step 0. Unfinished ones
+  (killed, failed) resume from their last checkpoint, so re-running an interrupted sweep finishes it with the
+  records an uninterrupted sweep would have written. ``force`` (run ids) runs those runs again from scratch;
+  ``restart_failed`` starts failed runs over instead of resuming them.
+- One driver per results directory: the sweep holds ``out/.mtlscope.lock`` while it runs, and each run's
+  ``execute`` holds the run's own lock (``mtlscope.runs.locking``). A second sweep on the same ``out`` raises
+  ``InUseError`` naming the holder's PID (nothing written), or waits for it with ``wait=True``. A run whose lock
+  another process holds (e.g. an ``mtlscope run`` of the same config) is not touched: it is reported as failed
+  in this sweep's result, with the holder in the message, unless ``wait``.
 - ``workers == 1`` runs in this process, in config order. ``workers > 1`` uses a ``spawn`` process pool with
   at most ``workers`` runs in flight, submitted in config order; each worker sets its torch threads once
   (``threads_per_worker``, default ``cpu_count // workers``, with ``workers`` capped at the number of runs to
   do) and exits by itself (within 0.1 s) if the driver dies, so an orphan never keeps writing into a run that
-  a re-run of the sweep resumes. Each run writes only its own directory; the driver writes nothing while a
-  worker may still be working on that run. One driver per results directory at a time.
+  a re-run of the sweep resumes. Each run writes only its own directory; the driver writes into a run (to mark
+  it failed after its worker died) only while holding the run's lock.
 - ``executor="ray"``: one Ray task per run on a local Ray instance or a cluster at ``address``
   (``mtlscope.sweeps.ray_executor``); the same ``execute`` in every task, so the same skipping and resuming.
 - A run that diverges or raises is recorded (by ``execute``) and the sweep goes on. An exception that escapes
-  ``execute`` (e.g. an unreadable saved state) is recorded as that run failing. A worker process that dies
+  ``execute`` (e.g. the run in use by another process) is recorded as that run failing. A worker process that dies
   (killed, out of memory) breaks the pool: a fresh pool first retries the runs that were in flight, each
   alone (resuming from its checkpoint), then goes on with the rest. A run whose worker dies again while it
   runs alone is recorded as failed (its directory's status too), and a later re-run of the sweep retries it.
@@ -41,7 +48,7 @@ import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -53,7 +60,8 @@ import torch
 from mtlscope.progress import Progress
 from mtlscope.runs.config import RunConfig, resolve, validate_config
 from mtlscope.runs.launch import RunOutcome, execute
-from mtlscope.runs.store import STATUS_FILE, now, read_status, write_atomic
+from mtlscope.runs.locking import InUseError, hold_directory, hold_run
+from mtlscope.runs.store import FINISHED, STATUS_FILE, damage, now, read_status, stored_status, write_atomic
 from mtlscope.runs.tracking import prepare_trackers
 
 FAULT_ENV = "MTLSCOPE_SWEEP_TEST_FAULT"
@@ -140,8 +148,16 @@ def _inject(kind: str, run_id: str) -> None:
         raise RuntimeError(f"test fault injected into {run_id} ({FAULT_ENV})")
 
 
-def _run_one(data: dict[str, Any], out: str, trackers: Sequence[dict[str, Any]] = ()) -> RunOutcome:
-    """Run one config, given as a plain dict (re-validated here, in the worker), with tracker specs (plain dicts)."""
+def _run_one(
+    data: dict[str, Any],
+    out: str,
+    trackers: Sequence[dict[str, Any]] = (),
+    force: bool = False,
+    restart_failed: bool = False,
+    wait: bool = False,
+) -> RunOutcome:
+    """Run one config, given as a plain dict (re-validated here, in the worker), with tracker specs (plain dicts)
+    and ``execute``'s ``force``, ``restart_failed`` and ``wait``."""
     config = validate_config(data, "sweep run")
     faults = _faults(config.run_id()) if FAULT_ENV in os.environ else []
     on_step: Callable[[int], None] | None = None
@@ -155,46 +171,66 @@ def _run_one(data: dict[str, Any], out: str, trackers: Sequence[dict[str, Any]] 
                 if step == current:
                     _inject(kind, config.run_id())
 
-    return execute(config, out, on_step=on_step, trackers=trackers)
+    return execute(
+        config, out, force=force, restart_failed=restart_failed, wait=wait, on_step=on_step, trackers=trackers
+    )
 
 
 # -- the driver side -----------------------------------------------------------------------------------------
 
 
 def _already_done(path: Path, run_id: str) -> RunOutcome | None:
-    """The skipped outcome of a run already completed or diverged at ``path`` (what ``execute`` would say)."""
-    try:
-        status = read_status(path).get("status") if (path / STATUS_FILE).exists() else None
-    except (OSError, ValueError):
-        return None
-    if status in ("completed", "diverged"):
+    """The skipped outcome of a run already completed or diverged at ``path``, and whole (what ``execute`` would
+    say); ``None`` for a run to do, a damaged one included (``execute`` says what is wrong and redoes it)."""
+    status = stored_status(path)
+    if status in FINISHED and damage(path) is None:
         return RunOutcome(run_id, path, str(status), f"already {status}", skipped=True)
     return None
 
 
 def _mark_failed(path: Path, message: str) -> None:
-    """Record ``message`` in the directory of a run left ``running`` by an error outside ``execute``."""
-    try:
-        status = read_status(path) if (path / STATUS_FILE).exists() else None
-    except (OSError, ValueError):
+    """Record ``message`` in the directory of a run left ``running`` by an error outside ``execute`` (only when no
+    other process holds the run: a run in use elsewhere is not touched)."""
+    if not (path / STATUS_FILE).exists():
         return
-    if status is not None and status.get("status") == "running":
-        status.update(status="failed", updated_at=now(), message=message)
-        write_atomic(path / STATUS_FILE, json.dumps(status, indent=2))
+    try:
+        with hold_run(path):
+            status = read_status(path)
+            if isinstance(status, dict) and status.get("status") == "running":
+                status.update(status="failed", updated_at=now(), message=message)
+                write_atomic(path / STATUS_FILE, json.dumps(status, indent=2))
+    except (OSError, ValueError, InUseError):
+        return
 
 
 class _Sweep:
     """The bookkeeping of one ``run_sweep`` call: outcomes by run index, the progress bar."""
 
     def __init__(
-        self, runs: list[tuple[str, RunConfig]], out: Path, bar: Progress, trackers: Sequence[dict[str, Any]] = ()
+        self,
+        runs: list[tuple[str, RunConfig]],
+        out: Path,
+        bar: Progress,
+        trackers: Sequence[dict[str, Any]] = (),
+        *,
+        force: Collection[str] = (),
+        restart_failed: bool = False,
+        wait: bool = False,
     ) -> None:
         self.runs = runs
         self.out = out
         self.bar = bar
         self.trackers = list(trackers)
+        self.force = set(force)
+        self.restart_failed = restart_failed
+        self.wait = wait
         self.outcomes: dict[int, RunOutcome] = {}
         self.retried = 0
+
+    def arguments(self, index: int) -> tuple[Any, ...]:
+        """``_run_one``'s arguments for run ``index`` (plain data: they go to worker processes)."""
+        run_id, config = self.runs[index]
+        return (config.to_dict(), str(self.out), self.trackers, run_id in self.force, self.restart_failed, self.wait)
 
     def record(self, index: int, outcome: RunOutcome) -> None:
         self.outcomes[index] = outcome
@@ -218,7 +254,7 @@ class _Sweep:
         try:
             for index in indices:
                 try:
-                    outcome = _run_one(self.runs[index][1].to_dict(), str(self.out), self.trackers)
+                    outcome = _run_one(*self.arguments(index))
                 except Exception as error:  # escaped execute: recorded, and the sweep goes on
                     self.fail(index, f"{type(error).__name__}: {error}")
                 else:
@@ -268,7 +304,7 @@ class _Sweep:
                     break  # a run retried after a worker died runs alone
                 pending.popleft()
                 try:
-                    future = pool.submit(_run_one, self.runs[index][1].to_dict(), str(self.out), self.trackers)
+                    future = pool.submit(_run_one, *self.arguments(index))
                     in_flight[future] = (index, alone)
                 except BrokenProcessPool:
                     pending.appendleft((index, alone))
@@ -309,6 +345,9 @@ def run_sweep(
     trackers: Sequence[Mapping[str, Any]] = (),
     executor: str = "local",
     address: str | None = None,
+    force: Collection[str] = (),
+    restart_failed: bool = False,
+    wait: bool = False,
 ) -> SweepResult:
     """Run every config into ``out/<run_id>`` (see the module docstring); returns the outcomes in config order.
 
@@ -325,6 +364,10 @@ def run_sweep(
     ``trackers``: tracker specs passed unchanged to every run's ``execute`` (see ``mtlscope.runs.tracking``). They
     are checked and their backends reached (MLflow experiments created) here first: a bad spec, a missing package
     or an unreachable backend raises ``TrackingError`` before any run starts.
+
+    ``force``: run ids to run again from scratch (ids not among the configs are ignored); ``restart_failed``: failed
+    runs start over instead of resuming; ``wait``: wait for another driver holding ``out`` (or another process
+    holding a run) instead of raising ``InUseError`` (for ``out``, before anything is written).
     """
     if workers < 1:
         raise ValueError(f"workers: expected a positive integer, got {workers}")
@@ -340,11 +383,12 @@ def run_sweep(
     out = Path(out)
     runs, duplicates = unique_runs(configs)
     specs = prepare_trackers(trackers) if trackers else []
-    with Progress(len(runs), "sweep", unit="run", enabled=progress) as bar:
-        sweep = _Sweep(runs, out, bar, specs)
+    forced = set(force)
+    with hold_directory(out, wait=wait), Progress(len(runs), "sweep", unit="run", enabled=progress) as bar:
+        sweep = _Sweep(runs, out, bar, specs, force=forced, restart_failed=restart_failed, wait=wait)
         to_run = []
         for index, (run_id, _) in enumerate(runs):
-            done = _already_done(out / run_id, run_id)
+            done = None if run_id in forced else _already_done(out / run_id, run_id)
             if done is not None:
                 sweep.record(index, done)
             else:

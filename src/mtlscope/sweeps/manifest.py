@@ -1,41 +1,42 @@
 """The sweep manifest: ``sweep.json`` in a sweep's output directory, so ``mtlscope sweep-status DIR`` knows
 which runs belong to the sweep (all of its expanded configs, including those not started yet).
 
-Written atomically before the first run starts; rewritten when the same directory receives another sweep
-(the union of the runs is kept, so several sweeps can share one results directory).
+Written atomically (a uniquely named temporary file, then a rename) before the first run starts, by the driver
+holding the directory (``mtlscope.runs.locking.hold_directory``); rewritten when the same directory receives
+another sweep (the union of the runs is kept, so several sweeps can share one results directory).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from mtlscope.runs.config import ConfigError, RunConfig, validate_config
+from mtlscope.runs.locking import hold_directory
+from mtlscope.runs.store import write_atomic
 from mtlscope.sweeps.spec import Sweep
 
 MANIFEST_FILE = "sweep.json"
 
 
-def write_manifest(sweep: Sweep, out: str | Path) -> Path:
-    """Record ``sweep``'s configs in ``out/sweep.json`` (merged with the runs already recorded there)."""
+def write_manifest(sweep: Sweep, out: str | Path, *, wait: bool = False) -> Path:
+    """Record ``sweep``'s configs in ``out/sweep.json`` (merged with the runs already recorded there), holding
+    ``out`` (``InUseError`` when another driver does, unless ``wait``)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / MANIFEST_FILE
-    entries: dict[str, dict[str, Any]] = {}
-    names: list[str] = []
-    if path.exists():
-        previous = json.loads(path.read_text())
-        entries = {entry["run_id"]: entry for entry in previous.get("runs", [])}
-        names = list(previous.get("sweeps", []))
-    for config in sweep.configs:
-        entries.setdefault(config.run_id(), {"run_id": config.run_id(), "config": config.to_dict()})
-    if sweep.name not in names:
-        names.append(sweep.name)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"sweeps": names, "runs": list(entries.values())}, indent=1))
-    os.replace(partial, path)
+    with hold_directory(out, wait=wait):
+        entries: dict[str, dict[str, Any]] = {}
+        names: list[str] = []
+        if path.exists():
+            previous = json.loads(path.read_text())
+            entries = {entry["run_id"]: entry for entry in previous.get("runs", [])}
+            names = list(previous.get("sweeps", []))
+        for config in sweep.configs:
+            entries.setdefault(config.run_id(), {"run_id": config.run_id(), "config": config.to_dict()})
+        if sweep.name not in names:
+            names.append(sweep.name)
+        write_atomic(path, json.dumps({"sweeps": names, "runs": list(entries.values())}, indent=1))
     return path
 
 

@@ -467,12 +467,13 @@ def run_protocol(
     final runs: run_id, variant, the selected values, seed), then the final stage. Both stages are recorded in
     ``out/sweep.json`` before they start and resume like any sweep; completed runs are never run again.
     ``execution``: passed to both stages' ``run_sweep`` (``executor``, ``address``, ``trackers``,
-    ``threads_per_worker``).
+    ``threads_per_worker``, ``force``, ``restart_failed``, ``wait``); a run forced in the selection stage is not
+    forced again in the final stage.
     """
     plan = path if isinstance(path, ProtocolPlan) else load_protocol(path, overrides)
     out = Path(out)
     selection_sweep = plan.selection_sweep()
-    write_manifest(selection_sweep, out)
+    write_manifest(selection_sweep, out, wait=execution.get("wait", False))
     first = run_sweep(selection_sweep.configs, out, workers=workers, progress=progress, **execution)
     selection = select_best(score_selection(plan, first, out), plan.keys)
     columns = ["variant", *plan.keys, "score", "status", "chosen", "run_id", "steps", "message"]
@@ -497,7 +498,9 @@ def run_protocol(
     )
     final_runs.to_csv(out / FINAL_FILE, index=False)
     files.append(out / FINAL_FILE)
-    write_manifest(final_sweep, out)
+    write_manifest(final_sweep, out, wait=execution.get("wait", False))
+    if execution.get("force"):  # a forced run that the selection stage ran again is not run a third time
+        execution = {**execution, "force": set(execution["force"]) - {outcome.run_id for outcome in first.outcomes}}
     final = run_sweep(final_sweep.configs, out, workers=workers, progress=progress, **execution)
     unselected = [str(v) for v, group in selection.groupby("variant", sort=False) if not group["chosen"].any()]
     excluded = _excluded(selection, final_sweep, final, plan)

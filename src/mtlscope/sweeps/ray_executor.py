@@ -36,6 +36,8 @@ class SweepBook(Protocol):
     runs: list[Any]
     trackers: list[dict[str, Any]]
 
+    def arguments(self, index: int) -> tuple[Any, ...]: ...
+
     def record(self, index: int, outcome: RunOutcome) -> None: ...
 
     def fail(self, index: int, message: str) -> None: ...
@@ -50,14 +52,14 @@ def import_ray() -> Any:
     return ray
 
 
-def _task(data: dict[str, Any], out: str, threads: int, trackers: list[dict[str, Any]]) -> RunOutcome:
-    """One run inside a Ray worker (torch threads pinned to the task's CPUs)."""
+def _task(threads: int, data: dict[str, Any], out: str, *options: Any) -> RunOutcome:
+    """One run inside a Ray worker (torch threads pinned to the task's CPUs); ``options``: ``_run_one``'s others."""
     import torch
 
     from mtlscope.sweeps.execution import _run_one
 
     torch.set_num_threads(threads)
-    return _run_one(data, out, trackers)
+    return _run_one(data, out, *options)
 
 
 def run_on_ray(book: SweepBook, indices: Sequence[int], address: str | None, threads: int) -> None:
@@ -76,9 +78,10 @@ def run_on_ray(book: SweepBook, indices: Sequence[int], address: str | None, thr
     try:
         task = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES, retry_exceptions=False)(_task)
         out = str(book.out.resolve())
-        pending = {
-            task.remote(book.runs[index][1].to_dict(), out, threads, list(book.trackers)): index for index in indices
-        }
+        pending = {}
+        for index in indices:
+            data, _, *options = book.arguments(index)
+            pending[task.remote(threads, data, out, *options)] = index
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for reference in ready:

@@ -2,12 +2,14 @@
 
 Each of the sweep's runs is looked up in ``out/<run_id>``: no directory (or one without ``status.json``, whose
 creation was interrupted) is ``remaining``; otherwise the run's ``status.json`` says ``completed`` (counted as
-*done*), ``running``, ``failed`` or ``diverged``. A ``running`` run may also be one whose sweep was killed: the
+*done*), ``running``, ``failed`` or ``diverged``. A completed or diverged run that ``store.damage`` finds damaged
+(records truncated, duplicated or changed, summary or config missing) is ``damaged``, with the reason as its
+message: the next ``mtlscope sweep`` runs it again. A ``running`` run may also be one whose sweep was killed: the
 next ``mtlscope sweep`` resumes it. Run directories in ``out`` that are not among the sweep's runs are not
 counted, only reported as ``foreign``.
 
 The ETA is the mean ``wall_time_s`` of the completed runs (their ``summary.json``) times the runs still to do
-(remaining + running) divided by ``workers``; ``None`` until a run has completed.
+(remaining + running + damaged) divided by ``workers``; ``None`` until a run has completed.
 """
 
 from __future__ import annotations
@@ -19,19 +21,21 @@ from pathlib import Path
 
 from mtlscope.progress import format_duration
 from mtlscope.runs.config import RunConfig
-from mtlscope.runs.store import CONFIG_FILE, STATUS_FILE, SUMMARY_FILE, read_status
+from mtlscope.runs.store import CONFIG_FILE, STATUS_FILE, SUMMARY_FILE, damage, read_status
 from mtlscope.sweeps.execution import unique_runs
 
-COUNTS: tuple[str, ...] = ("done", "running", "failed", "diverged", "remaining")
+COUNTS: tuple[str, ...] = ("done", "running", "failed", "diverged", "damaged", "remaining")
 _COUNTED_AS = {"completed": "done", "running": "running", "failed": "failed", "diverged": "diverged"}
+_LISTED: tuple[str, ...] = ("failed", "damaged")
 
 
 @dataclass(frozen=True)
 class SweepStatus:
-    """``runs``: run id -> completed | running | failed | diverged | remaining, in config order;
-    ``counts``: done / running / failed / diverged / remaining; ``messages``: the message of each failed or
-    diverged run; ``foreign``: run directories in ``out`` that are not the sweep's; ``eta_s``: seconds left
-    (``None`` until a run has completed); ``mean_wall_time_s``: of the completed runs."""
+    """``runs``: run id -> completed | running | failed | diverged | damaged | remaining, in config order;
+    ``counts``: done / running / failed / diverged / damaged / remaining; ``messages``: the message of each failed
+    or diverged run, and what is wrong with each damaged one; ``foreign``: run directories in ``out`` that are not
+    the sweep's; ``eta_s``: seconds left (``None`` until a run has completed); ``mean_wall_time_s``: of the
+    completed runs."""
 
     out: Path
     runs: dict[str, str]
@@ -48,8 +52,8 @@ class SweepStatus:
 
     @property
     def finished(self) -> bool:
-        """Nothing is left to run or running (failed runs are retried by the next sweep, though)."""
-        return self.counts["remaining"] == 0 and self.counts["running"] == 0
+        """Nothing is left to run, running or damaged (failed runs are retried by the next sweep, though)."""
+        return self.counts["remaining"] == 0 and self.counts["running"] == 0 and self.counts["damaged"] == 0
 
 
 def _run_status(path: Path) -> tuple[str, str]:
@@ -60,9 +64,12 @@ def _run_status(path: Path) -> tuple[str, str]:
         status = read_status(path)
     except (OSError, ValueError) as error:  # never torn (written atomically), but a damaged file is a failure
         return "failed", f"unreadable {STATUS_FILE}: {error}"
-    value = status.get("status")
+    value = status.get("status") if isinstance(status, dict) else None
     if value not in _COUNTED_AS:
-        return "failed", f"unknown status {value!r} in {STATUS_FILE}"
+        return "failed", f"unknown status {str(value)[:40]!r} in {STATUS_FILE}"
+    problem = damage(path)
+    if problem is not None:
+        return "damaged", problem
     return str(value), str(status.get("message") or "")
 
 
@@ -89,7 +96,7 @@ def sweep_status(configs: Sequence[RunConfig], out: str | Path, *, workers: int 
     for run_id, _ in runs:
         status, message = _run_status(out / run_id)
         statuses[run_id] = status
-        if status in ("failed", "diverged"):
+        if status in ("failed", "diverged", "damaged"):
             messages[run_id] = message
         if status == "completed":
             wall_time = _wall_time(out / run_id)
@@ -97,7 +104,7 @@ def sweep_status(configs: Sequence[RunConfig], out: str | Path, *, workers: int 
                 wall_times.append(wall_time)
     counts = dict.fromkeys(COUNTS, 0)
     for status in statuses.values():
-        counts[_COUNTED_AS.get(status, "remaining")] += 1
+        counts[_COUNTED_AS.get(status, status)] += 1
     foreign = 0
     if out.is_dir():
         for path in out.iterdir():
@@ -105,7 +112,7 @@ def sweep_status(configs: Sequence[RunConfig], out: str | Path, *, workers: int 
             if is_run and path.name not in statuses:
                 foreign += 1
     mean = sum(wall_times) / len(wall_times) if wall_times else None
-    eta = None if mean is None else mean * (counts["remaining"] + counts["running"]) / workers
+    eta = None if mean is None else mean * (counts["remaining"] + counts["running"] + counts["damaged"]) / workers
     return SweepStatus(
         out=out,
         runs=statuses,
@@ -119,10 +126,12 @@ def sweep_status(configs: Sequence[RunConfig], out: str | Path, *, workers: int 
 
 
 def format_status(status: SweepStatus, *, width: int = 30, show_failed: int = 5) -> str:
-    """A few lines for the terminal: counts, a progress bar with the ETA, and the first failed runs."""
+    """A few lines for the terminal: counts, a progress bar with the ETA, and the first failed and damaged runs
+    (``show_failed`` of each; the damaged count is shown when there are damaged runs)."""
     counts = status.counts
     finished = counts["done"] + counts["failed"] + counts["diverged"]
-    head = f"{status.out}: {status.total} runs: " + ", ".join(f"{counts[name]} {name}" for name in COUNTS)
+    shown = [name for name in COUNTS if name != "damaged" or counts[name]]
+    head = f"{status.out}: {status.total} runs: " + ", ".join(f"{counts[name]} {name}" for name in shown)
     if status.foreign:
         head += f" ({status.foreign} other run{'s' if status.foreign != 1 else ''} in the directory not counted)"
     fraction = finished / status.total if status.total else 1.0
@@ -137,9 +146,10 @@ def format_status(status: SweepStatus, *, width: int = 30, show_failed: int = 5)
         mean = format_duration(status.mean_wall_time_s or 0)
         eta = f"ETA {format_duration(status.eta_s)} with {per} (mean run {mean})"
     lines = [head, f"{bar}  {eta}"]
-    failed = [(run_id, message) for run_id, message in status.messages.items() if status.runs[run_id] == "failed"]
-    for run_id, message in failed[:show_failed]:
-        lines.append(f"  failed {run_id}: {message or 'no message'}")
-    if len(failed) > show_failed:
-        lines.append(f"  ... and {len(failed) - show_failed} more failed")
+    for kind in _LISTED:
+        listed = [(run_id, message) for run_id, message in status.messages.items() if status.runs[run_id] == kind]
+        for run_id, message in listed[:show_failed]:
+            lines.append(f"  {kind} {run_id}: {message or 'no message'}")
+        if len(listed) > show_failed:
+            lines.append(f"  ... and {len(listed) - show_failed} more {kind}")
     return "\n".join(lines)
