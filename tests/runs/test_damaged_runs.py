@@ -179,6 +179,25 @@ DAMAGE: list[tuple[str, str, Callable[[Path], None], str]] = [
     ("config-lr-text", "config.yaml", _edit_yaml(_set("optimizer", "lr", value="fast")), "optimizer.lr:"),
     ("config-seed-text", "config.yaml", _edit_yaml(_set("seed", value="zero")), "seed:"),
     ("config-unknown-method", "config.yaml", _edit_yaml(_set("method", value={"name": "nope"})), "method:"),
+    # whole, well-formed files that are not what the run wrote (caught by the store's integrity record)
+    (
+        "records-truncated-at-a-checkpoint",
+        "records.csv",
+        lambda f: f.write_text("".join(f.read_text().splitlines(keepends=True)[:-4])),
+        "truncated:",
+    ),
+    (
+        "records-duplicated-rows",
+        "records.csv",
+        lambda f: f.write_text(f.read_text() + "".join(f.read_text().splitlines(keepends=True)[1:4])),
+        "rows, ",
+    ),
+    (
+        "records-value-changed",
+        "records.csv",
+        lambda f: f.write_text(f.read_text().replace(",loss,", ",loss,9", 1)),
+        "changed after the run finished",
+    ),
     ("environment-truncated", "environment.json", lambda f: f.write_text(f.read_text()[:10]), "invalid JSON"),
     (
         "environment-packages-type",

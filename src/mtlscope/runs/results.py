@@ -45,6 +45,7 @@ from mtlscope.runs.store import (
     STATUS_FILE,
     STATUSES,
     SUMMARY_FILE,
+    damage,
 )
 
 RUN_COLUMNS: tuple[str, ...] = (
@@ -291,6 +292,10 @@ def check_run(path: Path, status: Mapping[str, Any], summary: Mapping[str, Any],
     """
     if status["status"] in ("completed", "diverged") and not summary:
         raise DamagedRun(path / SUMMARY_FILE, f"empty, but {STATUS_FILE} says the run is {status['status']}")
+    problem = damage(path)  # a finished run's records must be exactly the rows it wrote (truncated, duplicated, ...)
+    if problem is not None:
+        name, _, reason = problem.partition(" ")
+        raise DamagedRun(path / name.rstrip(":"), reason)
 
 
 def read_run(path: Path) -> StoredRun:
