@@ -7,7 +7,7 @@
     mtlscope analyze DIR [--out DIR] [--format markdown|latex|csv]
     mtlscope report DIR [--out report.html]
     mtlscope sweep FILE [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
-                   [--dry-run] [--mlflow URI] [--tensorboard DIR]
+                   [--dry-run] [--max-runs N] [--mlflow URI] [--tensorboard DIR]
     mtlscope sweep-status DIR [--workers N]
     mtlscope reproduce NAME [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
                        [--dry-run] [--mlflow URI] [--tensorboard DIR]
@@ -37,10 +37,23 @@ class UsageError(Exception):
     """Bad command-line input (exit code 2)."""
 
 
+def _output_directory(value: str | Path) -> Path:
+    """``--out`` as a directory path: ``UsageError`` when it, or a directory above it, exists as a file."""
+    out = Path(value)
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "exists and is not a directory" if path == out else f"is inside {path}, which is a file"
+                raise UsageError(f"{out}: --out {where}; expected a directory")
+            break
+    return out
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from mtlscope.runs.config import load_config
     from mtlscope.runs.launch import execute, prepare
 
+    _output_directory(args.out)
     config = load_config(args.config, args.overrides)
     steps = prepare(config, args.config).schedule.steps
     trackers = _tracker_specs(args)
@@ -65,6 +78,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mtlscope.demo import run_demo
 
+    _output_directory(args.out)
     output = run_demo(args.out, seeds=args.seeds, epochs=args.epochs)
     statuses = pd.Series([o.status for o in output.outcomes]).value_counts().to_dict()
     print(
@@ -200,21 +214,24 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from mtlscope.sweeps.manifest import write_manifest
     from mtlscope.sweeps.spec import load_sweep
 
+    _output_directory(args.out)
+    if args.max_runs is not None and args.max_runs < 1:
+        raise UsageError(f"--max-runs: expected a positive integer, got {args.max_runs}")
     execution = _execution(args, _sweep_name(args.file))
 
     if protocol.has_protocol(args.file):  # a file with a protocol mapping runs the papers' protocol
+        plan = protocol.load_protocol(args.file, args.overrides, max_runs=args.max_runs)
         if args.dry_run:
-            plan = protocol.load_protocol(args.file, args.overrides)
             seeds = len(plan.protocol.seeds)
             print(f"protocol {plan.name}: {len(plan.candidates)} selection runs of {len(plan.labels)} variants, then")
             print(f"{seeds} seeds per variant with the selected values -> {args.out}; the selection runs:")
             for candidate in plan.candidates:
                 print(candidate.config.run_id())
             return 0
-        ran = protocol.run_protocol(args.file, args.out, workers=args.workers, overrides=args.overrides, **execution)
+        ran = protocol.run_protocol(plan, args.out, workers=args.workers, **execution)
         print(protocol.format_result(ran))
         return 1 if ran.selection_result.counts.get("failed", 0) + ran.final.counts.get("failed", 0) else 0
-    sweep = load_sweep(args.file, args.overrides)
+    sweep = load_sweep(args.file, args.overrides, max_runs=args.max_runs)
     out = Path(args.out)
     extra = f" ({sweep.duplicates} duplicate configs run once)" if sweep.duplicates else ""
     print(f"sweep {sweep.name}: {len(sweep.configs)} runs{extra} -> {out}")
@@ -261,9 +278,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     _check_execution(args)
     preset = load_preset(args.name)
     check_settings(preset)
-    out = Path(args.out or f"{preset.name}-out")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: --out exists and is not a directory")
+    out = _output_directory(args.out or f"{preset.name}-out")
     if args.dry_run:
         return _dry_run_preset(preset, out, args.overrides)
     execution = _execution(args, preset.name)
@@ -324,9 +339,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     if results.runs.empty:
         raise UsageError(f"{source}: no runs found (expected run directories, e.g. from mtlscope run or demo)")
-    out = Path(args.out) if args.out is not None else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: --out exists and is not a directory")
+    out = _output_directory(args.out) if args.out is not None else None
     entries = key_tables(results)
     written = []
     for title, table, reading in entries:
@@ -399,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", default="sweep-out", help="results directory (default: sweep-out)")
     _add_execution_arguments(sweep)
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded run ids and stop")
+    sweep.add_argument(
+        "--max-runs", type=int, default=None, help="refuse a sweep of more runs (default: the file's max_runs, 100000)"
+    )
     sweep.set_defaults(handler=_cmd_sweep)
 
     status = commands.add_parser("sweep-status", help="done / running / failed / diverged / remaining, and an ETA")

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlscope.options import PositiveInt
 from mtlscope.probes.base import PROBES, Probe, ProbeContext
 from mtlscope.probes.per_example import (
     LossFn,
@@ -43,7 +44,7 @@ from mtlscope.probes.per_example import (
     probe_mode,
     selected_parameters,
 )
-from mtlscope.probes.predictor import DEFAULT_SUBSET, TaskProbe, TaskView
+from mtlscope.probes.predictor import DEFAULT_SUBSET, ParameterChoice, TaskProbe, TaskView
 
 Kind = Literal["classification", "regression"]
 
@@ -215,9 +216,9 @@ class FisherProbe(TaskProbe):
 @PROBES.register("fim_trace", "Fisher-information trace of each task predictor, minibatch and per-example (SPEC §4.2)")
 def build_probe(
     *,
-    batch_size: int = 16,
-    subset: int = DEFAULT_SUBSET,
-    parameters: str = "predictor",
+    batch_size: PositiveInt = 16,
+    subset: PositiveInt = DEFAULT_SUBSET,
+    parameters: ParameterChoice = "predictor",
     empirical: bool = False,
     per_example: bool = True,
 ) -> Probe:
