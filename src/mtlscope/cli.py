@@ -333,13 +333,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from mtlscope.runs.results import load
 
     source = _results_directory(args.directory)
+    out = _output_directory(args.out) if args.out is not None else None
     try:
         results = load(source)
     except FileNotFoundError as error:
         raise UsageError(str(error)) from None
     if results.runs.empty:
         raise UsageError(f"{source}: no runs found (expected run directories, e.g. from mtlscope run or demo)")
-    out = _output_directory(args.out) if args.out is not None else None
     entries = key_tables(results)
     written = []
     for title, table, reading in entries:

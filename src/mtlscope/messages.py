@@ -2,8 +2,8 @@
 
 An error line names the key and shows the value it rejected; a 200,000-character key or value (a pasted file,
 a generated list) would make that line unreadable. ``clip`` cuts any text to ``LIMIT`` characters, ending with
-``...`` and the total length; ``show`` is ``clip(repr(value))`` (computed without building the whole ``repr`` of
-a huge container). Every message that echoes a key or a value uses them.
+``...`` and the total length; ``show`` is ``clip(repr(value))`` (for a container, computed without building its
+whole ``repr``, and cut with ``...`` alone). Every message that echoes a key or a value uses them.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def show(value: Any, limit: int = LIMIT) -> str:
     """The ``repr`` of ``value`` for an error message, cut to about ``limit`` characters (see ``clip``)."""
     if isinstance(value, str):
         return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
-    if isinstance(value, (list, tuple, dict, set, frozenset)):
-        return clip(_REPR.repr(value), limit)
+    if isinstance(value, (list, tuple, dict, set, frozenset)):  # reprlib already cut long entries ("...")
+        text = _REPR.repr(value)
+        return text if len(text) <= limit else f"{text[:limit]}..."
     return clip(repr(value), limit)
