@@ -186,6 +186,11 @@ def test_encoder_too_large_to_allocate(tmp_path: Path, capsys: pytest.CaptureFix
     assert "model: cannot build the model" in line
 
 
+def test_setting_too_large_to_allocate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = "setting: {name: synthetic, options: {train_size: 1000000000000, dim: 1000}}\ntraining: {steps: 1}\n"
+    assert "setting: cannot build the setting" in _run(tmp_path, text, capsys=capsys)
+
+
 def test_manifest_entry_without_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "sweep.json").write_text(json.dumps({"sweeps": ["s"], "runs": [{"run_id": "x"}]}))
     assert main(["sweep-status", str(tmp_path)]) == 2

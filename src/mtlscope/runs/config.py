@@ -370,6 +370,9 @@ def resolve(config: RunConfig, source: str = "config") -> RunConfig:
     except (KeyError, ValueError) as error:
         message = error.args[0] if error.args else str(error)
         raise ConfigError(f"{source}: setting: {message}") from None
+    except (MemoryError, RuntimeError) as error:  # e.g. synthetic data too large to allocate
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{source}: setting: cannot build the setting ({clip(reason, 200)})") from None
     largest = min(len(task.train) for task in setting.tasks)
     if config.training.batch_size > largest:
         raise ConfigError(
