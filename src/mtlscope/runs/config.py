@@ -1,10 +1,14 @@
 """Run configuration: the YAML schema, validation with one-line errors, overrides and resolution.
 
 A run config names a setting (and optionally a task subset), a model, a method, an optimizer and the
-training schedule. ``load_config`` validates a YAML file (plus ``key=value`` overrides) and raises
-``ConfigError`` with a single line naming the key and what was expected. ``resolve`` fills in every default
-that depends on the setting (the task list, the setting's default model), giving the *resolved* config the
-run id is derived from. See docs/configuration.md for every key.
+training schedule. ``load_config`` reads a YAML file (with ``mtlscope.safe_yaml``: duplicate keys and alias bombs
+are refused), applies ``key=value`` overrides and validates it, raising ``ConfigError`` with a single line naming
+the key and what was expected (long keys and values cut, ``mtlscope.messages``). The options of registered
+components (setting, encoder, head, method, probes) are checked against their builders' declared types and
+ranges (``Registry.check_options``), so ``probes.sharpness.rho: expected a number > 0 (got -1)`` is raised here.
+``resolve`` fills in every default that depends on the setting (the task list, the setting's default model),
+giving the *resolved* config the run id is derived from, and checks ``training.batch_size`` against the
+training sets. See docs/configuration.md for every key.
 """
 
 from __future__ import annotations
