@@ -67,7 +67,7 @@ TINY = {
     "description": "Two variants of digits-mtl, two learning rates, two seeds.",
     "sweep": {
         "base": {
-            "setting": {"name": "digits-mtl", "tasks": ["digits1"], "options": {"digits1_size": 60}},
+            "setting": {"name": "digits-mtl", "tasks": ["digits1"], "options": {"digits1_size": 64}},
             "model": {"encoder": {"name": "mlp", "hidden": [16]}},
             "training": {"batch_size": 64, "epochs": 3},
         },

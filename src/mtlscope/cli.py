@@ -7,8 +7,8 @@
     mtlscope analyze DIR [--out DIR] [--format markdown|latex|csv]
     mtlscope report DIR [--out report.html]
     mtlscope sweep FILE [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
-                   [--force RUN_ID ...] [--restart-failed] [--wait] [--dry-run] [--quiet] [--mlflow URI]
-                   [--tensorboard DIR]
+                   [--force RUN_ID ...] [--restart-failed] [--wait] [--dry-run] [--max-runs N] [--quiet]
+                   [--mlflow URI] [--tensorboard DIR]
     mtlscope sweep-status DIR [--workers N]
     mtlscope reproduce NAME [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
                        [--wait] [--dry-run] [--quiet] [--mlflow URI] [--tensorboard DIR]
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 import mtlscope
+from mtlscope.messages import clip
 from mtlscope.runs.results import DamagedRunWarning
 
 if TYPE_CHECKING:
@@ -48,10 +49,23 @@ INTERRUPTED = "interrupted; run the same command to resume"
 INTERRUPTED_EXIT_CODE = 130
 
 
+def _output_directory(value: str | Path) -> Path:
+    """``--out`` as a directory path: ``UsageError`` when it, or a directory above it, exists as a file."""
+    out = Path(value)
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "exists and is not a directory" if path == out else f"is inside {path}, which is a file"
+                raise UsageError(f"{out}: --out {where}; expected a directory")
+            break
+    return out
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from mtlscope.runs.config import load_config
     from mtlscope.runs.launch import execute, prepare
 
+    _output_directory(args.out)
     config = load_config(args.config, args.overrides)
     steps = prepare(config, args.config).schedule.steps
     trackers = _tracker_specs(args)
@@ -77,6 +91,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mtlscope.demo import run_demo
 
+    _output_directory(args.out)
     output = run_demo(args.out, seeds=args.seeds, epochs=args.epochs, progress=not args.quiet)
     statuses = pd.Series([o.status for o in output.outcomes]).value_counts().to_dict()
     print(
@@ -231,26 +246,28 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from mtlscope.sweeps.manifest import write_manifest
     from mtlscope.sweeps.spec import load_sweep
 
+    _output_directory(args.out)
+    if args.max_runs is not None and args.max_runs < 1:
+        raise UsageError(f"--max-runs: expected a positive integer, got {args.max_runs}")
     execution = _execution(args, _sweep_name(args.file))
     execution.update(force=set(args.force), restart_failed=args.restart_failed)
 
     if protocol.has_protocol(args.file):  # a file with a protocol mapping runs the papers' protocol
+        plan = protocol.load_protocol(args.file, args.overrides, max_runs=args.max_runs)
         if args.dry_run:
-            plan = protocol.load_protocol(args.file, args.overrides)
             seeds = len(plan.protocol.seeds)
             print(f"protocol {plan.name}: {len(plan.candidates)} selection runs of {len(plan.labels)} variants, then")
             print(f"{seeds} seeds per variant with the selected values -> {args.out}; the selection runs:")
             for candidate in plan.candidates:
                 print(candidate.config.run_id())
             return 0
-        plan = protocol.load_protocol(args.file, args.overrides)
         with hold_directory(args.out, wait=args.wait):
             ran = protocol.run_protocol(plan, args.out, workers=args.workers, progress=not args.quiet, **execution)
         print(protocol.format_result(ran))
         ran_ids = {outcome.run_id for outcome in [*ran.selection_result.outcomes, *ran.final.outcomes]}
         _check_forced(args.force, ran_ids, "of either stage of this protocol")
         return 1 if ran.selection_result.counts.get("failed", 0) + ran.final.counts.get("failed", 0) else 0
-    sweep = load_sweep(args.file, args.overrides)
+    sweep = load_sweep(args.file, args.overrides, max_runs=args.max_runs)
     out = Path(args.out)
     extra = f" ({sweep.duplicates} duplicate configs run once)" if sweep.duplicates else ""
     print(f"sweep {sweep.name}: {len(sweep.configs)} runs{extra} -> {out}")
@@ -270,11 +287,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _check_forced(forced: Sequence[str], run_ids: set[str], where: str) -> None:
     unknown = [run_id for run_id in forced if run_id not in run_ids]
     if unknown:
-        raise UsageError(f"--force: {_cut(unknown[0])} is not a run {where} (--dry-run lists the run ids)")
-
-
-def _cut(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        raise UsageError(f"--force: {clip(unknown[0])} is not a run {where} (--dry-run lists the run ids)")
 
 
 def _cmd_sweep_status(args: argparse.Namespace) -> int:
@@ -311,9 +324,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     _check_execution(args)
     preset = load_preset(args.name)
     check_settings(preset)
-    out = Path(args.out or f"{preset.name}-out")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: --out exists and is not a directory")
+    out = _output_directory(args.out or f"{preset.name}-out")
     if args.dry_run:
         return _dry_run_preset(preset, out, args.overrides)
     from mtlscope.runs.locking import hold_directory
@@ -372,6 +383,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from mtlscope.runs.results import load
 
     source = _results_directory(args.directory)
+    out = _output_directory(args.out) if args.out is not None else None
     try:
         results = load(source)
     except FileNotFoundError as error:
@@ -381,9 +393,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             f"{source}: no runs found (expected run directories, e.g. from mtlscope run or demo)"
             + _skipped_note(results.skipped)
         )
-    out = Path(args.out) if args.out is not None else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: --out exists and is not a directory")
     entries = key_tables(results)
     written = []
     for title, table, reading in entries:
@@ -470,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded run ids and stop")
     _add_quiet_argument(sweep)
+    sweep.add_argument(
+        "--max-runs", type=int, default=None, help="refuse a sweep of more runs (default: the file's max_runs, 100000)"
+    )
     sweep.set_defaults(handler=_cmd_sweep)
 
     status = commands.add_parser("sweep-status", help="done / running / failed / diverged / remaining, and an ETA")

@@ -114,5 +114,5 @@ def test_shared_parameters_option_and_bad_options(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="parameters"):
         execute(validate_config(_config(["digits1"], {"sharpness": {"parameters": "heads"}})), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
-    with pytest.raises(ConfigError, match="no option 'radius'"):
+    with pytest.raises(ConfigError, match=r"probes\.sharpness\.radius: unknown option of probe 'sharpness'"):
         validate_config(_config(["digits1"], {"sharpness": {"radius": 0.1}}))

@@ -16,8 +16,8 @@ BAD_CONFIGS = {
         BASE + "training:\n  batchsize: 4\n",
         "training.batchsize: unknown key; expected one of: batch_size",
     ),
-    "wrong type": (BASE + "training:\n  batch_size: many\n", "training.batch_size: expected a valid integer"),
-    "bad value": (BASE + "optimizer:\n  lr: -0.1\n", "optimizer.lr: expected greater than 0"),
+    "wrong type": (BASE + "training:\n  batch_size: many\n", "training.batch_size: expected an integer (got 'many')"),
+    "bad value": (BASE + "optimizer:\n  lr: -0.1\n", "optimizer.lr: expected a value > 0 (got -0.1)"),
     "unknown optimizer": (
         BASE + "optimizer:\n  name: rmsprop\n",
         "optimizer.name: expected 'adam', 'adamw' or 'sgd'",
@@ -28,15 +28,18 @@ BAD_CONFIGS = {
     ),
     "unknown setting": ("setting:\n  name: fashion\n", "setting.name: unknown setting 'fashion'"),
     "unknown task": ("setting:\n  name: digits-mtl\n  tasks: [digits3]\n", "no task 'digits3'"),
-    "unknown setting option": (BASE.replace("tasks", "options: {size: 3}\n  tasks"), "has no option 'size'"),
+    "unknown setting option": (
+        BASE.replace("tasks", "options: {size: 3}\n  tasks"),
+        "setting.options.size: unknown option of setting 'digits-mtl'",
+    ),
     "unknown method": (BASE + "method:\n  name: pcgradd\n", "method: unknown method 'pcgradd'; available: "),
     "unknown method option": (
         BASE + "method:\n  name: umtg\n  alpha: 1\n",
-        "method 'umtg' has no option 'alpha'",
+        "method.alpha: unknown option of method 'umtg'",
     ),
     "unknown encoder option": (
         BASE + "model:\n  encoder: {name: mlp, width: 3}\n",
-        "model.encoder: encoder 'mlp' has no option 'width'",
+        "model.encoder.width: unknown option of encoder 'mlp'",
     ),
     "momentum with adam": (
         BASE + "optimizer:\n  momentum: 0.9\n",
@@ -56,7 +59,7 @@ BAD_CONFIGS = {
     ),
     "bad encoder value": (
         BASE + "model:\n  encoder: {name: mlp, hidden: [0]}\n",
-        "encoder.hidden must be a list of positive integers",
+        "model.encoder.hidden: expected a non-empty list of integers >= 1 (got [0])",
     ),
 }
 

@@ -161,7 +161,20 @@ DAMAGE: list[tuple[str, str, Callable[[Path], None], str]] = [
     ("config-truncated", "config.yaml", lambda f: f.write_text(f.read_text()[:30]), "setting: expected a valid"),
     ("config-list", "config.yaml", lambda f: f.write_text("- a\n- b\n"), "expected a mapping of keys at the top level"),
     ("config-empty", "config.yaml", lambda f: f.write_text(""), "expected a mapping of keys at the top level"),
-    ("config-not-utf8", "config.yaml", lambda f: f.write_bytes(b"seed: \xff\xfe\n"), "not UTF-8 text"),
+    ("config-duplicate-key", "config.yaml", lambda f: f.write_text(f.read_text() + "seed: 5\n"), "duplicate key"),
+    (
+        "config-alias-bomb",
+        "config.yaml",
+        lambda f: f.write_text(
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+                for p, c in zip("abcdefgh", "bcdefghi")
+            )
+        ),
+        "refused",
+    ),
+    ("config-not-utf8", "config.yaml", lambda f: f.write_bytes(b"seed: \xff\xfe\n"), "not a UTF-8 text file"),
     (
         "config-loss-scale",
         "config.yaml",
@@ -273,6 +286,8 @@ def test_every_run_damaged_gives_no_runs_and_says_why(runs: Path, capsys: pytest
 
 def test_nan_and_inf_values_written_by_the_store_load_as_numbers(runs: Path) -> None:
     victim = _victim(runs)
+    # a run still running: its records are not checked against a finished run's integrity record
+    _edit_json(_set("status", value="running"))(victim / "status.json")
     file = victim / "records.csv"
     _records_row(file, 0, "0,0.0,digits1,train,loss,nan")
     _records_row(file, 1, "0,0.0,digits1,train,accuracy,inf")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +41,8 @@ from mtlscope.models.encoders import Encoder, last_weight_layer
 from mtlscope.models.multitask import MultiTaskModel
 from mtlscope.settings.setting import Setting
 
-JACOBIAN_MODES: tuple[str, ...] = ("auto", "per_task", "batched", "loop")
+JacobianMode = Literal["auto", "per_task", "batched", "loop"]
+JACOBIAN_MODES: tuple[str, ...] = get_args(JacobianMode)
 
 
 @dataclass

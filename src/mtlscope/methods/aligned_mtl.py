@@ -30,7 +30,7 @@ representation, is not implemented.)
 
 from __future__ import annotations
 
-from typing import Literal, cast
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -122,6 +122,6 @@ class AlignedMTL(Method):
     "aligned_mtl",
     "Aligned-MTL: sum of the task gradients aligned to an orthogonal equal-norm system, / C (Senushkin et al. 2023)",
 )
-def build(*, scale_mode: str = "min") -> Method:
+def build(*, scale_mode: ScaleMode = "min") -> Method:
     _check_scale_mode(scale_mode)
-    return AlignedMTL(cast(ScaleMode, scale_mode))
+    return AlignedMTL(scale_mode)

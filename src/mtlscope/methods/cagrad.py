@@ -39,13 +39,16 @@ scale of the mean; the tests compare with it when cvxpy is installed.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
 from mtlscope.methods.registry import METHODS
+from mtlscope.options import NonNegativeFloat
 
 RESCALES: tuple[int, ...] = (0, 1, 2)
 #: Added under the square root of |g_w|² (on the Gramian scaled to a unit mean diagonal).
@@ -156,6 +159,6 @@ class CAGrad(Method):
 @METHODS.register(
     "cagrad", "CAGrad: best worst-task decrease in a ball of radius c|g_0| around the UMTG (Liu et al. 2021)"
 )
-def build(*, c: float = 0.5, rescale: int = 1) -> Method:
+def build(*, c: NonNegativeFloat = 0.5, rescale: Annotated[int, Field(ge=0, le=2)] = 1) -> Method:
     _check_options(c, rescale)
     return CAGrad(c, rescale)

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from mtlscope.methods.base import Combination, Method, StepInput, check_positive
 from mtlscope.methods.registry import METHODS
+from mtlscope.options import PositiveFloat
 
 #: Floor of the older epoch average in the loss ratio.
 MIN_AVERAGE_LOSS: float = 1e-12
@@ -117,5 +118,5 @@ class DWA(Method):
 
 
 @METHODS.register("dwa", "dynamic weight average: softmax of the last two epochs' loss ratios (Liu et al. 2019)")
-def build(*, temperature: float = 2.0) -> Method:
+def build(*, temperature: PositiveFloat = 2.0) -> Method:
     return DWA(temperature=temperature)

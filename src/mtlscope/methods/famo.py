@@ -44,6 +44,7 @@ from torch import Tensor
 from mtlscope.methods.base import Combination, Method, StepInput, check_positive
 from mtlscope.methods.learned import LearnedVector
 from mtlscope.methods.registry import METHODS
+from mtlscope.options import FiniteFloat, NonNegativeFloat, PositiveFloat
 
 #: Added to the loss gaps before taking logs (official value).
 EPS: float = 1e-8
@@ -155,5 +156,10 @@ class FAMO(Method):
 
 
 @METHODS.register("famo", "FAMO: task logits adapted to equalize log-loss decrease rates (Liu et al. 2023)")
-def build(*, lr: float = 0.025, gamma: float = 0.01, min_losses: Mapping[str, float] | None = None) -> Method:
+def build(
+    *,
+    lr: PositiveFloat = 0.025,
+    gamma: NonNegativeFloat = 0.01,
+    min_losses: Mapping[str, FiniteFloat] | None = None,
+) -> Method:
     return FAMO(lr=lr, gamma=gamma, min_losses=min_losses)

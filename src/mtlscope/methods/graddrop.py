@@ -47,8 +47,9 @@ from torch import Tensor
 
 from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian, check_loss_scale
 from mtlscope.methods.registry import METHODS
+from mtlscope.options import UnitInterval
 
-LeakOption = float | Mapping[str, float]
+LeakOption = UnitInterval | Mapping[str, UnitInterval]
 
 
 def _check_leak_value(value: object, where: str) -> float:

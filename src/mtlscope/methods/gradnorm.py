@@ -47,6 +47,7 @@ from torch import Tensor
 from mtlscope.methods.base import Combination, Method, StepInput, check_positive
 from mtlscope.methods.learned import LearnedVector
 from mtlscope.methods.registry import METHODS
+from mtlscope.options import NonNegativeFloat, PositiveFloat
 
 #: Floor of a weight after the Adam step, before renormalization (keeps every weight > 0).
 MIN_WEIGHT: float = 1e-6
@@ -145,5 +146,5 @@ class GradNorm(Method):
     "gradnorm",
     "GradNorm: task weights balancing last-shared-layer gradient norms and training rates (Chen et al. 2018)",
 )
-def build(*, alpha: float = 1.5, lr: float = 0.025) -> Method:
+def build(*, alpha: NonNegativeFloat = 1.5, lr: PositiveFloat = 0.025) -> Method:
     return GradNorm(alpha=alpha, lr=lr)

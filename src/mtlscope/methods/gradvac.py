@@ -53,6 +53,7 @@ from torch import Tensor
 
 from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian, check_loss_scale
 from mtlscope.methods.registry import METHODS
+from mtlscope.options import NonNegativeFloat, UnitInterval
 
 
 def _check_options(beta: float, eps: float) -> None:
@@ -196,5 +197,5 @@ class GradVac(Method):
 
 
 @METHODS.register("gradvac", "Gradient Vaccine: align task gradients to EMA cosine targets (Wang et al. 2021)")
-def build(*, beta: float = 0.01, eps: float = 1e-8) -> Method:
+def build(*, beta: UnitInterval = 0.01, eps: NonNegativeFloat = 1e-8) -> Method:
     return GradVac(beta, eps)

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -58,6 +58,7 @@ from torch import Tensor
 from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
 from mtlscope.methods.learned import OPTIMIZERS, LearnedVector
 from mtlscope.methods.registry import METHODS
+from mtlscope.options import PositiveFloat
 
 ScaleOptimizer = Literal["adam", "sgd"]
 SCALE_OPTIMIZERS: tuple[str, ...] = OPTIMIZERS
@@ -196,12 +197,12 @@ def build_g() -> Method:
 
 
 @METHODS.register("imtl_l", "IMTL-L: learned loss scales e^s on the losses e^s L - s (Liu et al. 2021)")
-def build_l(*, lr: float = 1e-3, optimizer: str = "adam") -> Method:
+def build_l(*, lr: PositiveFloat = 1e-3, optimizer: ScaleOptimizer = "adam") -> Method:
     _check_scale_options(lr, optimizer)
-    return IMTLL(lr, cast(ScaleOptimizer, optimizer))
+    return IMTLL(lr, optimizer)
 
 
 @METHODS.register("imtl", "IMTL: IMTL-G on the gradients of the IMTL-L scaled losses (Liu et al. 2021)")
-def build(*, lr: float = 1e-3, optimizer: str = "adam") -> Method:
+def build(*, lr: PositiveFloat = 1e-3, optimizer: ScaleOptimizer = "adam") -> Method:
     _check_scale_options(lr, optimizer)
-    return IMTL(lr, cast(ScaleOptimizer, optimizer))
+    return IMTL(lr, optimizer)

@@ -83,26 +83,40 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, cast, get_args
 
 import torch
+from pydantic import ConfigDict, Field
 from torch import Tensor
+from typing_extensions import TypedDict
 
 from mtlscope.methods import pcgrad
 from mtlscope.methods.base import Combination, Lookahead, Method, StepInput, check_jacobian
 from mtlscope.methods.registry import METHODS
 from mtlscope.methods.uncertainty import UncertaintyWeighting
+from mtlscope.options import FiniteFloat, PositiveFloat
 
 #: Keywords of the ``candidates`` option (anything else names tasks).
 KEYWORDS: tuple[str, ...] = ("singles", "pairs", "subsets", "all", "umtg", "pcgrad", "uw", "uw_pcgrad")
 #: Candidate mechanisms that need the uncertainty weights.
 UW_KINDS: frozenset[str] = frozenset({"uw", "uw_pcgrad"})
-APPROXIMATIONS: tuple[str, ...] = ("exact", "first_order")
+Approximation = Literal["exact", "first_order"]
+APPROXIMATIONS: tuple[str, ...] = get_args(Approximation)
 DEFAULT_CANDIDATES: tuple[str, ...] = ("singles", "umtg")
 #: Options of the uncertainty weighting behind the "uw"/"uw_pcgrad" candidates (see ``uncertainty``).
 UW_OPTIONS: tuple[str, ...] = ("lr", "init_log_variance")
 
 CandidateSpec = str | Sequence[str]
+#: The declared type of the ``candidates`` option: a spec, or a non-empty list of specs (names are checked later).
+CandidateOption = str | Annotated[Sequence[str | Annotated[Sequence[str], Field(min_length=1)]], Field(min_length=1)]
+
+
+class UWOptions(TypedDict, total=False):
+    """The ``uw_options`` of it_mtl: the options of ``uw`` (``mtlscope.methods.uncertainty``)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    lr: PositiveFloat
+    init_log_variance: FiniteFloat
 
 
 @dataclass(frozen=True)
@@ -437,8 +451,8 @@ class ITMTL(Method):
 )
 def build(
     *,
-    candidates: CandidateSpec | Sequence[CandidateSpec] = DEFAULT_CANDIDATES,
-    approximation: str = "exact",
-    uw_options: Mapping[str, float] | None = None,
+    candidates: CandidateOption = DEFAULT_CANDIDATES,
+    approximation: Approximation = "exact",
+    uw_options: UWOptions | None = None,
 ) -> Method:
-    return ITMTL(candidates, approximation, uw_options)
+    return ITMTL(candidates, approximation, cast("Mapping[str, float] | None", uw_options))

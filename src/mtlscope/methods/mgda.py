@@ -299,15 +299,15 @@ class MGDAUB(Method):
     "mgda",
     "MGDA: min-norm point of the convex hull of the task gradients, times K/C (Désidéri 2012; Sener & Koltun 2018)",
 )
-def build(*, normalization: str = "none", solver: str = "exact") -> Method:
+def build(*, normalization: Normalization = "none", solver: Solver = "exact") -> Method:
     _check_options(normalization, solver)
-    return MGDA(cast(Normalization, normalization), cast(Solver, solver))
+    return MGDA(normalization, solver)
 
 
 @METHODS.register(
     "mgda_ub",
     "MGDA-UB: MGDA weights from the gradients at the shared representation, as loss weights (Sener & Koltun 2018)",
 )
-def build_ub(*, normalization: str = "none", solver: str = "exact") -> Method:
+def build_ub(*, normalization: Normalization = "none", solver: Solver = "exact") -> Method:
     _check_options(normalization, solver)
-    return MGDAUB(cast(Normalization, normalization), cast(Solver, solver))
+    return MGDAUB(normalization, solver)

@@ -66,6 +66,7 @@ from torch import Tensor
 
 from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian, check_loss_scale
 from mtlscope.methods.registry import METHODS
+from mtlscope.options import NonNegativeFloat, PositiveInt
 
 if TYPE_CHECKING:
     from scipy.optimize import OptimizeResult
@@ -269,5 +270,7 @@ class NashMTL(Method):
 
 
 @METHODS.register("nash_mtl", "Nash-MTL: Nash bargaining solution J J^T alpha = 1/alpha (Navon et al. 2022)")
-def build(*, update_weights_every: int = 1, optim_niter: int = 20, max_norm: float = 1.0) -> Method:
+def build(
+    *, update_weights_every: PositiveInt = 1, optim_niter: PositiveInt = 20, max_norm: NonNegativeFloat = 1.0
+) -> Method:
     return NashMTL(update_weights_every, optim_niter, max_norm)

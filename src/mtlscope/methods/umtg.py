@@ -17,6 +17,7 @@ from torch import Tensor
 
 from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
 from mtlscope.methods.registry import METHODS
+from mtlscope.options import NonNegativeFloat
 
 
 def weights(jacobian: Tensor, loss_scale: float = 1.0, task_weights: Sequence[float] | None = None) -> Tensor:
@@ -63,5 +64,5 @@ class UMTG(Method):
 
 
 @METHODS.register("umtg", "uniform multi-task gradient (1/C) sum_k w_k grad L_k (Mueller et al. 2025, eq. 2)")
-def build(*, weights: Mapping[str, float] | None = None) -> Method:
+def build(*, weights: Mapping[str, NonNegativeFloat] | None = None) -> Method:
     return UMTG(weights)

@@ -46,6 +46,7 @@ from torch import Tensor
 from mtlscope.methods.base import Combination, Method, StepInput, check_positive
 from mtlscope.methods.learned import LearnedVector
 from mtlscope.methods.registry import METHODS
+from mtlscope.options import FiniteFloat, PositiveFloat
 
 
 def log_variance_gradient(log_variances: Tensor, losses: Tensor) -> Tensor:
@@ -107,5 +108,5 @@ class UncertaintyWeighting(Method):
 
 
 @METHODS.register("uw", "uncertainty weighting: learnable log-variances, weights exp(-s_k) (Kendall et al. 2018)")
-def build(*, lr: float = 0.025, init_log_variance: float = 0.0) -> Method:
+def build(*, lr: PositiveFloat = 0.025, init_log_variance: FiniteFloat = 0.0) -> Method:
     return UncertaintyWeighting(lr=lr, init_log_variance=init_log_variance)

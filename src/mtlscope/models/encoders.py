@@ -14,10 +14,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from mtlscope.options import PositiveInt, PositiveInts
 from mtlscope.registry import Registry
 
 #: The layers of weights (GradNorm's "last shared layer of weights" is one of them).
@@ -52,6 +55,7 @@ class Encoder(nn.Module):
         return last_weight_layer(self)
 
 
+Activation = Literal["relu", "tanh", "gelu"]
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 
@@ -128,9 +132,9 @@ ENCODERS: Registry[Encoder] = Registry("encoder")
 def mlp(
     input_shape: Sequence[int],
     *,
-    hidden: Sequence[int] = (128, 128),
-    activation: str = "relu",
-    dropout: float = 0.0,
+    hidden: PositiveInts = (128, 128),
+    activation: Activation = "relu",
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0,
 ) -> Encoder:
     return MLPEncoder(input_shape, hidden, activation, dropout)
 
@@ -139,9 +143,9 @@ def mlp(
 def lenet(
     input_shape: Sequence[int],
     *,
-    channels: Sequence[int] = (16, 32),
-    kernel_size: int = 3,
-    hidden: Sequence[int] = (64,),
+    channels: PositiveInts = (16, 32),
+    kernel_size: PositiveInt = 3,
+    hidden: Sequence[PositiveInt] = (64,),
 ) -> Encoder:
     return LeNetEncoder(input_shape, channels, kernel_size, hidden)
 
@@ -153,7 +157,7 @@ from mtlscope.models.resnet import ResNetEncoder  # noqa: E402  (imports Encoder
 def resnet(
     input_shape: Sequence[int],
     *,
-    blocks: Sequence[int] = (2, 2, 2, 2),
-    widths: Sequence[int] = (64, 128, 256, 512),
+    blocks: PositiveInts = (2, 2, 2, 2),
+    widths: PositiveInts = (64, 128, 256, 512),
 ) -> Encoder:
     return ResNetEncoder(input_shape, blocks, widths)

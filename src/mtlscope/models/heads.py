@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from mtlscope.options import PositiveInt
 from mtlscope.registry import Registry
 
 HEADS: Registry[nn.Module] = Registry("head")
@@ -17,7 +18,7 @@ def linear(input_dim: int, output_size: int) -> nn.Module:
 
 
 @HEADS.register("mlp", "Linear -> ReLU per entry of hidden, then a linear output layer")
-def mlp(input_dim: int, output_size: int, *, hidden: Sequence[int] = (64,)) -> nn.Module:
+def mlp(input_dim: int, output_size: int, *, hidden: Sequence[PositiveInt] = (64,)) -> nn.Module:
     widths = list(hidden)
     if any(int(w) != w or w < 1 for w in widths):
         raise ValueError(f"head.hidden must be a list of positive integers, got {widths}")

@@ -26,19 +26,21 @@ moves head j by its own simulated update first, as in Fifty et al.'s eq. 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
-from mtlscope.engine.gradients import forward, shared_jacobian
+from mtlscope.engine.gradients import JacobianMode, forward, shared_jacobian
 from mtlscope.engine.lookahead import ModelLookahead, optimizer_update
 from mtlscope.engine.sampling import Batch
 from mtlscope.models.multitask import MultiTaskModel
+from mtlscope.options import PositiveInt
 from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues, StepContext, probe_mode
 from mtlscope.settings.setting import Setting
 
-AFFINITY_MODES: tuple[str, ...] = ("both", "exact", "first_order")
+AffinityMode = Literal["both", "exact", "first_order"]
+AFFINITY_MODES: tuple[str, ...] = get_args(AffinityMode)
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,10 @@ class AffinityProbe(Probe):
 
 @PROBES.register("affinity", "inter-task affinity matrices, exact lookahead and first-order (Fifty et al., eq. 1)")
 def build_probe(
-    *, every_steps: int = 50, mode: str = "both", update_heads: bool = False, jacobian_mode: str = "auto"
+    *,
+    every_steps: PositiveInt = 50,
+    mode: AffinityMode = "both",
+    update_heads: bool = False,
+    jacobian_mode: JacobianMode = "auto",
 ) -> Probe:
     return AffinityProbe(every_steps, mode, update_heads, jacobian_mode)

@@ -29,6 +29,7 @@ from torch import nn
 from mtlscope.engine.evaluation import Scores
 from mtlscope.engine.sampling import Batch
 from mtlscope.models.multitask import MultiTaskModel
+from mtlscope.options import PositiveInt
 from mtlscope.registry import Registry
 from mtlscope.settings.setting import Setting
 
@@ -107,27 +108,14 @@ class Probe(ABC):
         """Restore what ``state_dict`` returned."""
 
 
-PROBES: Registry[Probe] = Registry("probe")
-
-
-def _split_every(name: str, options: Mapping[str, Any]) -> tuple[int | None, dict[str, Any]]:
-    rest = dict(options)
-    every = rest.pop("every", None)
-    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-        raise ValueError(f"probes.{name}.every: expected a positive integer (every n-th checkpoint), got {every!r}")
-    return every, rest
-
-
-def check_probe_options(name: str, options: Mapping[str, Any]) -> None:
-    """Raise ``KeyError``/``ValueError`` naming the problem when ``name`` or its options are not valid."""
-    _, rest = _split_every(name, options)
-    PROBES.check_options(name, rest)
+#: Probes by name. Every probe also takes the common option ``every`` (default: its ``default_every``).
+PROBES: Registry[Probe] = Registry("probe", common={"every": (PositiveInt | None, None)})
 
 
 def build_probe(name: str, options: Mapping[str, Any]) -> Probe:
     """Build the registered probe ``name`` with its options and the common option ``every``."""
-    every, rest = _split_every(name, options)
-    probe = PROBES.build(name, **rest)
-    if every is not None:
-        probe.every = every
+    common, _ = PROBES.split_common(options)
+    probe = PROBES.build(name, **options)
+    if common.get("every") is not None:
+        probe.every = int(common["every"])
     return probe

@@ -35,9 +35,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mtlscope.options import PositiveInt
 from mtlscope.probes.base import PROBES, Probe, ProbeContext, probe_mode
 from mtlscope.probes.per_example import LossFn, batch_gradient, selected_parameters
-from mtlscope.probes.predictor import DEFAULT_SUBSET, TaskProbe, TaskView
+from mtlscope.probes.predictor import DEFAULT_SUBSET, ParameterChoice, TaskProbe, TaskView
 
 __all__ = ["CovarianceProbe", "CovarianceResult", "grad_cov_trace"]
 
@@ -131,6 +132,10 @@ class CovarianceProbe(TaskProbe):
 
 @PROBES.register("grad_cov_trace", "gradient-covariance trace, gradient norm and noise scale per task (eq. 4)")
 def build_probe(
-    *, large_batch: int = 1024, small_batch: int = 16, subset: int = DEFAULT_SUBSET, parameters: str = "predictor"
+    *,
+    large_batch: PositiveInt = 1024,
+    small_batch: PositiveInt = 16,
+    subset: PositiveInt = DEFAULT_SUBSET,
+    parameters: ParameterChoice = "predictor",
 ) -> Probe:
     return CovarianceProbe(large_batch, small_batch, subset, parameters)

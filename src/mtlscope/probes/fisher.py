@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlscope.options import PositiveInt
 from mtlscope.probes.base import PROBES, Probe, ProbeContext, probe_mode
 from mtlscope.probes.per_example import (
     LossFn,
@@ -42,7 +43,7 @@ from mtlscope.probes.per_example import (
     iter_per_example_gradients,
     selected_parameters,
 )
-from mtlscope.probes.predictor import DEFAULT_SUBSET, TaskProbe, TaskView
+from mtlscope.probes.predictor import DEFAULT_SUBSET, ParameterChoice, TaskProbe, TaskView
 
 Kind = Literal["classification", "regression"]
 
@@ -214,9 +215,9 @@ class FisherProbe(TaskProbe):
 @PROBES.register("fim_trace", "Fisher-information trace of each task predictor, minibatch and per-example (eq. 5)")
 def build_probe(
     *,
-    batch_size: int = 16,
-    subset: int = DEFAULT_SUBSET,
-    parameters: str = "predictor",
+    batch_size: PositiveInt = 16,
+    subset: PositiveInt = DEFAULT_SUBSET,
+    parameters: ParameterChoice = "predictor",
     empirical: bool = False,
     per_example: bool = True,
 ) -> Probe:

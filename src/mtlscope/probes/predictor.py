@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from torch import Tensor, nn
 
@@ -21,7 +21,7 @@ from mtlscope.probes.base import Probe, ProbeContext, ProbeValues
 from mtlscope.settings.task import Split, Task
 
 ParameterChoice = Literal["predictor", "shared"]
-PARAMETER_CHOICES: tuple[str, ...] = ("predictor", "shared")
+PARAMETER_CHOICES: tuple[str, ...] = get_args(ParameterChoice)
 DEFAULT_SUBSET = 2048
 
 

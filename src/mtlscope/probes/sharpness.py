@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from mtlscope.options import PositiveFloat, PositiveInt
 from mtlscope.probes.base import PROBES, Probe, ProbeContext, probe_mode
-from mtlscope.probes.predictor import DEFAULT_SUBSET, TaskProbe, TaskView
+from mtlscope.probes.predictor import DEFAULT_SUBSET, ParameterChoice, TaskProbe, TaskView
 
 __all__ = ["SharpnessProbe", "SharpnessResult", "checkpoints", "sharpness"]
 
@@ -240,10 +241,10 @@ class SharpnessProbe(TaskProbe):
 @PROBES.register("sharpness", "adaptive worst-case l_inf sharpness of each task predictor (Mueller et al. 2025, eq. 3)")
 def build_probe(
     *,
-    rho: float = 1e-3,
-    batch_size: int = 128,
-    iterations: int = 20,
-    subset: int = DEFAULT_SUBSET,
-    parameters: str = "predictor",
+    rho: PositiveFloat = 1e-3,
+    batch_size: PositiveInt = 128,
+    iterations: PositiveInt = 20,
+    subset: PositiveInt = DEFAULT_SUBSET,
+    parameters: ParameterChoice = "predictor",
 ) -> Probe:
     return SharpnessProbe(rho, batch_size, iterations, subset, parameters)

@@ -21,8 +21,9 @@ import math
 import torch
 from torch import Tensor
 
-from mtlscope.engine.gradients import shared_jacobian
+from mtlscope.engine.gradients import JacobianMode, shared_jacobian
 from mtlscope.engine.sampling import random_batch
+from mtlscope.options import PositiveInt
 from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues, probe_mode
 
 
@@ -70,5 +71,7 @@ class GradSimilarityProbe(Probe):
 
 
 @PROBES.register("grad_similarity", "cosine of each task gradient with the UMTG, mean over random batches (eq. 6)")
-def build_probe(*, batches: int = 200, batch_size: int | None = None, jacobian_mode: str = "auto") -> Probe:
+def build_probe(
+    *, batches: PositiveInt = 200, batch_size: PositiveInt | None = None, jacobian_mode: JacobianMode = "auto"
+) -> Probe:
     return GradSimilarityProbe(batches, batch_size, jacobian_mode)

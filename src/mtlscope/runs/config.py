@@ -1,10 +1,14 @@
 """Run configuration: the YAML schema, validation with one-line errors, overrides and resolution.
 
 A run config names a setting (and optionally a task subset), a model, a method, an optimizer and the
-training schedule. ``load_config`` validates a YAML file (plus ``key=value`` overrides) and raises
-``ConfigError`` with a single line naming the key and what was expected. ``resolve`` fills in every default
-that depends on the setting (the task list, the setting's default model), giving the *resolved* config the
-run id is derived from. See docs/configuration.md for every key.
+training schedule. ``load_config`` reads a YAML file (with ``mtlscope.safe_yaml``: duplicate keys and alias bombs
+are refused), applies ``key=value`` overrides and validates it, raising ``ConfigError`` with a single line naming
+the key and what was expected (long keys and values cut, ``mtlscope.messages``). The options of registered
+components (setting, encoder, head, method, probes) are checked against their builders' declared types and
+ranges (``Registry.check_options``), so ``probes.sharpness.rho: expected a number > 0 (got -1)`` is raised here.
+``resolve`` fills in every default that depends on the setting (the task list, the setting's default model),
+giving the *resolved* config the run id is derived from, and checks ``training.batch_size`` against the
+training sets. See docs/configuration.md for every key.
 """
 
 from __future__ import annotations
@@ -14,18 +18,20 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from mtlscope.engine.loss_scale import parse_loss_scale
+from mtlscope.messages import clip, show
 from mtlscope.methods.registry import METHODS
 from mtlscope.models.encoders import ENCODERS
 from mtlscope.models.heads import HEADS
 from mtlscope.models.multitask import MAX_SEED
-from mtlscope.probes.base import check_probe_options
-from mtlscope.registry import Registry
+from mtlscope.probes.base import PROBES
+from mtlscope.registry import OptionError, Registry
+from mtlscope.safe_yaml import YAMLInputError, YAMLRefusedError, parse_yaml
 from mtlscope.settings.registry import SETTINGS
 
 
@@ -37,17 +43,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _option_error(error: OptionError, prefix: str = "") -> PydanticCustomError:
+    """A pydantic error carrying the option's key below the validated field (``_describe`` joins them)."""
+    return PydanticCustomError("component_option", "{problem}", {"key": prefix + error.key, "problem": error.problem})
+
+
+def _check_component(registry: Registry[Any], name: str, options: Mapping[str, Any], prefix: str = "") -> None:
+    """``registry.check_options`` with its errors turned into pydantic errors naming the option's key."""
+    try:
+        registry.check_options(name, options)
+    except KeyError as error:
+        raise ValueError(str(error.args[0])) from None
+    except OptionError as error:
+        raise _option_error(error, prefix) from None
+
+
 def _component(registry: Registry[Any], value: Any, *, field: str) -> dict[str, Any]:
     """Validate ``{"name": ..., **options}`` against ``registry``."""
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, Mapping) or not isinstance(value.get("name"), str):
         raise ValueError(f"expected a mapping with a 'name' ({', '.join(registry.available())})")
-    options = {k: v for k, v in value.items() if k != "name"}
-    try:
-        registry.check_options(value["name"], options)
-    except KeyError as error:
-        raise ValueError(str(error.args[0])) from None
+    _check_component(registry, value["name"], {k: v for k, v in value.items() if k != "name"})
     return dict(value)
 
 
@@ -65,7 +82,7 @@ class SettingConfig(_Strict):
 
     @model_validator(mode="after")
     def _options(self) -> SettingConfig:
-        SETTINGS.check_options(self.name, self.options)
+        _check_component(SETTINGS, self.name, self.options, prefix="options.")
         if self.tasks is not None and not self.tasks:
             raise ValueError("tasks must name at least one task (or be left out for all tasks)")
         return self
@@ -86,13 +103,17 @@ class ModelConfig(_Strict):
         return None if value is None else _component(HEADS, value, field="head")
 
 
+#: Adam's decay rates of the moment estimates.
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
 class OptimizerConfig(_Strict):
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(default=1e-3, gt=0)
     momentum: float = Field(default=0.0, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
 
     @model_validator(mode="after")
@@ -166,12 +187,16 @@ class RunConfig(_Strict):
             raise ValueError("expected a mapping {probe name: options} or a list of probe names")
         checked = {}
         for name, options in value.items():
+            key = clip(str(name))
             if options is not None and not isinstance(options, Mapping):
-                raise ValueError(f"options of probe {name!r} must be a mapping, got {options!r}")
-            try:
-                check_probe_options(str(name), options or {})
-            except KeyError as error:
-                raise ValueError(str(error.args[0])) from None
+                raise ValueError(f"options of probe {key!r} must be a mapping, got {show(options)}")
+            if str(name) not in PROBES.available():
+                raise PydanticCustomError(
+                    "component_option",
+                    "{problem}",
+                    {"key": key, "problem": f"unknown probe; available: {', '.join(PROBES.available())}"},
+                )
+            _check_component(PROBES, str(name), options or {}, prefix=f"{name}.")
             checked[str(name)] = dict(options or {})
         return checked
 
@@ -209,21 +234,50 @@ def _model_at(location: Sequence[Any]) -> type[BaseModel] | None:
     return model
 
 
+#: What a value must be, by pydantic error type (the bounds come from the error's context).
+_EXPECTED: dict[str, str] = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "finite_number": "a finite number",
+    "greater_than": "a value > {gt}",
+    "greater_than_equal": "a value >= {ge}",
+    "less_than": "a value < {lt}",
+    "less_than_equal": "a value <= {le}",
+}
+
+
+def _number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _describe(error: Mapping[str, Any]) -> str:
-    location = [str(part) for part in error["loc"]]
-    key = ".".join(location) or "config"
+    """One line for a pydantic error: the full dotted key, what was expected and (cut short) what was given."""
+    location = [clip(str(part)) for part in error["loc"]]
     kind = error["type"]
+    if kind == "component_option":  # a registered component's option: the key continues below the field
+        location.append(str(error["ctx"]["key"]))
+        return f"{'.'.join(location)}: {error['ctx']['problem']}"
+    key = ".".join(location) or "config"
     if kind == "extra_forbidden":
         parent = _model_at(error["loc"][:-1])
         known = ", ".join(parent.model_fields) if parent is not None else ""
         return f"{key}: unknown key" + (f"; expected one of: {known}" if known else "")
     if kind == "missing":
         return f"{key}: required key is missing"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    message = message.replace("Input should be", "expected")
+    if kind in _EXPECTED:
+        bounds = {name: _number(value) for name, value in (error.get("ctx") or {}).items()}
+        message = "expected " + _EXPECTED[kind].format(**bounds)
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ").replace("Input should be", "expected")
     value = error.get("input")
-    shown = "" if isinstance(value, Mapping) or value is None or repr(value) in message else f" (got {value!r})"
-    return f"{key}: {message}{shown}"
+    shown = "" if isinstance(value, Mapping) or value is None or repr(value) in message else f" (got {show(value)})"
+    return f"{key}: {clip(message, 400)}{shown}"
 
 
 def validate_config(data: Any, source: str = "config") -> RunConfig:
@@ -241,12 +295,12 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     result: dict[str, Any] = json.loads(json.dumps(data, default=list))
     for override in overrides:
         key, sep, raw = override.partition("=")
+        shown = show(override)
         if not sep or not key.strip():
-            raise ConfigError(f"override {override!r}: expected key=value, e.g. optimizer.lr=0.01")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
+            raise ConfigError(f"override {shown}: expected key=value, e.g. optimizer.lr=0.01")
+        if not raw.strip():
+            raise ConfigError(f"override {shown}: expected a value after '=' (write {clip(key.strip())}=null for null)")
+        value = parse_override_value(raw, shown)
         node = result
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -254,22 +308,44 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"override {override!r}: {part} is not a mapping")
+                raise ConfigError(f"override {shown}: {clip(part)} is not a mapping")
             node = child
         node[parts[-1]] = value
     return result
 
 
+def parse_override_value(raw: str, shown: str) -> Any:
+    """The value of an override's ``raw`` text: YAML (``0.01``, ``[a, b]``, ``{x: 1}``), else the text itself.
+
+    A value refused for its size, nesting or a duplicate key is a ``ConfigError``, not text.
+    """
+    try:
+        return parse_yaml(raw)
+    except YAMLRefusedError as error:
+        raise ConfigError(f"override {shown}: {error}") from None
+    except YAMLInputError:
+        return raw
+
+
 def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path`` (``mtlscope.safe_yaml``); a one-line ``ConfigError`` naming the file otherwise."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the file ({error.strerror or error})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte 0x{data[error.start]:02x} at position {error.start}); "
+            "expected a YAML file"
+        ) from None
+    try:
+        return parse_yaml(text)
+    except YAMLInputError as error:
+        raise ConfigError(f"{path}: {error}") from None
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
@@ -287,7 +363,8 @@ def resolve(config: RunConfig, source: str = "config") -> RunConfig:
     """Fill in the defaults that depend on the setting: its task list and its default model.
 
     Raises ``ConfigError`` when the setting cannot be built from the config (bad task name or option
-    value).
+    value), or when ``training.batch_size`` is larger than the smallest training set of the run's tasks (a batch
+    draws each example at most once).
     """
     from mtlscope.settings.registry import get as get_setting
 
@@ -298,6 +375,15 @@ def resolve(config: RunConfig, source: str = "config") -> RunConfig:
     except (KeyError, ValueError) as error:
         message = error.args[0] if error.args else str(error)
         raise ConfigError(f"{source}: setting: {message}") from None
+    except (MemoryError, RuntimeError) as error:  # e.g. synthetic data too large to allocate
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{source}: setting: cannot build the setting ({clip(reason, 200)})") from None
+    largest = min(len(task.train) for task in setting.tasks)
+    if config.training.batch_size > largest:
+        raise ConfigError(
+            f"{source}: training.batch_size: expected at most {largest}, the smallest training set of the run's "
+            f"tasks (got {config.training.batch_size})"
+        )
     data = config.to_dict()
     data["setting"]["tasks"] = list(setting.task_names)
     data["setting"]["options"] = dict(setting.options)

@@ -25,6 +25,7 @@ from mtlscope.engine.gradients import resolve_mode
 from mtlscope.engine.loss_scale import resolve_loss_scale
 from mtlscope.engine.optimizers import build_optimizer
 from mtlscope.engine.trainer import Record, RecordSink, Schedule, StateSink, Trainer
+from mtlscope.messages import clip
 from mtlscope.methods.base import Method
 from mtlscope.methods.registry import METHODS
 from mtlscope.models.multitask import MultiTaskModel, build_model
@@ -89,6 +90,9 @@ def prepare(config: RunConfig, source: str = "config") -> Prepared:
         resolve_mode(resolved.training.jacobian_mode, setting)
     except (KeyError, ValueError, TypeError) as error:  # a builder rejecting an option's value or type
         raise ConfigError(f"{source}: {error.args[0] if error.args else error}") from None
+    except (RuntimeError, MemoryError) as error:  # e.g. an encoder too large to allocate
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{source}: model: cannot build the model on {device} ({clip(reason, 200)})") from None
     optimizer_config = resolved.optimizer
     optimizer = build_optimizer(
         model.parameters(),

@@ -52,6 +52,7 @@ import yaml
 
 from mtlscope.engine.trainer import RECORD_COLUMNS, Record
 from mtlscope.runs.locking import RUN_LOCK_FILE
+from mtlscope.safe_yaml import parse_yaml
 
 Status = Literal["running", "completed", "failed", "diverged"]
 STATUSES: tuple[str, ...] = ("running", "completed", "failed", "diverged")
@@ -281,10 +282,10 @@ def damage(path: Path) -> str | None:
     if not isinstance(summary, dict):
         return f"{SUMMARY_FILE} holds a {type(summary).__name__}, not a summary"
     try:
-        config = yaml.safe_load((path / CONFIG_FILE).read_text())
+        config = parse_yaml((path / CONFIG_FILE).read_text())
     except FileNotFoundError:
         return f"{CONFIG_FILE} missing"
-    except (OSError, ValueError, yaml.YAMLError) as error:
+    except (OSError, ValueError) as error:  # YAMLInputError is a ValueError
         return f"{CONFIG_FILE} unreadable ({brief(error)})"
     if not isinstance(config, dict):
         return f"{CONFIG_FILE} holds a {type(config).__name__}, not a config"

@@ -38,7 +38,7 @@ from typing import Any, Protocol, TypeVar
 import yaml
 
 from mtlscope.engine.trainer import Record, RecordSink
-from mtlscope.runs.config import RunConfig, validate_config
+from mtlscope.runs.config import RunConfig, read_yaml, validate_config
 from mtlscope.runs.results import read_records
 from mtlscope.runs.store import CONFIG_FILE, ENVIRONMENT_FILE, STATUS_FILE, SUMMARY_FILE, read_status
 
@@ -459,7 +459,7 @@ def sync(directory: str | Path, specs: Sequence[Mapping[str, Any]]) -> list[str]
     for path in sorted(status.parent for status in Path(directory).rglob(STATUS_FILE)):
         if not (path / CONFIG_FILE).exists():
             continue
-        config = validate_config(yaml.safe_load((path / CONFIG_FILE).read_text()), str(path / CONFIG_FILE))
+        config = validate_config(read_yaml(path / CONFIG_FILE), str(path / CONFIG_FILE))
         status = str(read_status(path)["status"])
         steps = [record.step for record in stored_records(path)]
         summary = json.loads((path / SUMMARY_FILE).read_text()) if (path / SUMMARY_FILE).exists() else {}

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from mtlscope.options import NonNegativeInt, PositiveInt
 from mtlscope.settings.digits_source import digit_images, split_indices
 from mtlscope.settings.registry import register
 from mtlscope.settings.setting import Setting
@@ -39,7 +40,9 @@ ATTRIBUTES: dict[str, tuple[int, Callable[[Tensor], Tensor], str]] = {
 
 
 @register("digits-attributes", "6 attribute tasks (digit, even, large, prime, mod3, loop) of the same images")
-def digits_attributes(*, test_size: int = 360, val_size: int = 360, split_seed: int = 0) -> Setting:
+def digits_attributes(
+    *, test_size: PositiveInt = 360, val_size: PositiveInt = 360, split_seed: NonNegativeInt = 0
+) -> Setting:
     images, digits = digit_images()
     train_size = len(digits) - test_size - val_size
     if min(test_size, val_size) < 1 or train_size < 1:

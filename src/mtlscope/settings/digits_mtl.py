@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtlscope.options import NonNegativeInt, PositiveInt
 from mtlscope.settings.digits_source import digit_images, split_indices
 from mtlscope.settings.registry import register
 from mtlscope.settings.setting import Setting
@@ -30,7 +31,13 @@ REFERENCE = "Mueller, Dredze, Andrews. Can Optimization Trajectories Explain Mul
 
 
 @register("digits-mtl", "digits1 + digits2 (more data) + noisy-digits (permuted labels); FashionMTL analogue")
-def digits_mtl(*, test_size: int = 500, val_size: int = 300, digits1_size: int = 150, split_seed: int = 0) -> Setting:
+def digits_mtl(
+    *,
+    test_size: PositiveInt = 500,
+    val_size: PositiveInt = 300,
+    digits1_size: PositiveInt = 150,
+    split_seed: NonNegativeInt = 0,
+) -> Setting:
     images, labels = digit_images()
     for option, value in (("test_size", test_size), ("val_size", val_size), ("digits1_size", digits1_size)):
         if value < 1:

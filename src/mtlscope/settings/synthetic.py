@@ -14,9 +14,13 @@ with K labels. All draws come from ``seed``. Relatedness is the knob of gradient
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
+from pydantic import Field
 
+from mtlscope.options import NonNegativeFloat, NonNegativeInt, PositiveInt
 from mtlscope.settings.registry import register
 from mtlscope.settings.setting import LAYOUTS, Setting
 from mtlscope.settings.task import Split, Task
@@ -42,16 +46,16 @@ def teacher_vectors(num_tasks: int, dim: int, relatedness: float, rng: np.random
 @register("synthetic", "teacher-student tasks with a relatedness (teacher cosine) and a noise knob")
 def synthetic(
     *,
-    num_tasks: int = 2,
-    task_type: str = "regression",
-    layout: str = "multi-input",
-    dim: int = 16,
-    train_size: int = 512,
-    val_size: int = 256,
-    test_size: int = 256,
-    relatedness: float = 0.5,
-    noise: float = 0.1,
-    seed: int = 0,
+    num_tasks: PositiveInt = 2,
+    task_type: Literal["regression", "classification"] = "regression",
+    layout: Literal["multi-input", "shared-input"] = "multi-input",
+    dim: PositiveInt = 16,
+    train_size: PositiveInt = 512,
+    val_size: PositiveInt = 256,
+    test_size: PositiveInt = 256,
+    relatedness: Annotated[float, Field(ge=-1, le=1)] = 0.5,
+    noise: NonNegativeFloat = 0.1,
+    seed: NonNegativeInt = 0,
 ) -> Setting:
     if task_type not in ("regression", "classification"):
         raise ValueError(f"synthetic option task_type must be 'regression' or 'classification', got {task_type!r}")

@@ -46,7 +46,17 @@ def read_manifest(out: str | Path) -> list[RunConfig]:
     if not path.is_file():
         raise ConfigError(f"{path}: no sweep manifest (is {out} the --out of mtlscope sweep?)")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}: corrupt sweep manifest ({error.msg} at line {error.lineno})") from None
-    return [validate_config(entry["config"], str(path)) for entry in data.get("runs", [])]
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: corrupt sweep manifest (not UTF-8 text: byte at position {error.start})") from None
+    runs = data.get("runs", []) if isinstance(data, dict) else None
+    if not isinstance(runs, list):
+        raise ConfigError(f"{path}: corrupt sweep manifest (expected a mapping with a list of runs)")
+    configs = []
+    for index, entry in enumerate(runs):
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+            raise ConfigError(f"{path}: runs[{index}]: expected a mapping with the run's config (a mapping)")
+        configs.append(validate_config(entry["config"], f"{path}: runs[{index}].config"))
+    return configs

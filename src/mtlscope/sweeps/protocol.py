@@ -58,7 +58,7 @@ from mtlscope.runs.results import DamagedRun, RunResults, load, read_records
 from mtlscope.settings.task import HIGHER_IS_BETTER
 from mtlscope.sweeps.execution import SweepResult, run_sweep
 from mtlscope.sweeps.manifest import write_manifest
-from mtlscope.sweeps.spec import Sweep, expand
+from mtlscope.sweeps.spec import Sweep, check_run_count, count_runs, expand
 
 PROTOCOL_KEYS: tuple[str, ...] = ("select", "selection_seed", "seeds", "metric")
 #: Selection scores: how many of the best validation checkpoints are averaged per task (None: the last one).
@@ -305,22 +305,37 @@ def planned_steps(config: RunConfig) -> int:
     return int((training.epochs or 1) * _setting(config).steps_per_epoch(training.batch_size))
 
 
-def load_protocol(path: str | Path, overrides: Sequence[str] = ()) -> ProtocolPlan:
+def load_protocol(path: str | Path, overrides: Sequence[str] = (), max_runs: int | None = None) -> ProtocolPlan:
     """Read a sweep file with a ``protocol`` mapping and expand its selection stage (writes nothing)."""
     path = Path(path)
     data = read_yaml(path)
     if not isinstance(data, Mapping) or "protocol" not in data:
         raise ConfigError(f"{path}: protocol: required key is missing (see docs/sweeps.md)")
-    return plan_protocol(data, str(path), path.parent, overrides)
+    return plan_protocol(data, str(path), path.parent, overrides, max_runs=max_runs)
 
 
-def plan_protocol(data: Mapping[str, Any], source: str, base_dir: Path, overrides: Sequence[str] = ()) -> ProtocolPlan:
-    """``load_protocol`` on a sweep mapping with a ``protocol`` key (``base`` paths relative to ``base_dir``)."""
+def plan_protocol(
+    data: Mapping[str, Any],
+    source: str,
+    base_dir: Path,
+    overrides: Sequence[str] = (),
+    *,
+    max_runs: int | None = None,
+) -> ProtocolPlan:
+    """``load_protocol`` on a sweep mapping with a ``protocol`` key (``base`` paths relative to ``base_dir``).
+
+    The selection runs (points of ``select`` x the runs of one point) are counted before anything is expanded and
+    refused past ``max_runs`` (default: the mapping's ``max_runs``, else ``spec.DEFAULT_MAX_RUNS``).
+    """
     data = dict(data)
     if "protocol" not in data:
         raise ConfigError(f"{source}: protocol: required key is missing (see docs/sweeps.md)")
+    if max_runs is not None:
+        data["max_runs"] = max_runs  # kept in the plan's data: the final stage's expansions use it too
     protocol = parse_protocol(data.pop("protocol"), data, source, overrides)
     data.pop("seeds", None)
+    points = math.prod(len(values) for values in protocol.select.values())
+    check_run_count(points * count_runs({**data, "seeds": [protocol.selection_seed]}, source), data, source)
     name = str(data.get("name") or Path(source).stem)
     found: list[tuple[int, int, str, RunConfig]] = []  # (variant index, point, variant key, config)
     order: dict[str, int] = {}
