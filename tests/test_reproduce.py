@@ -158,6 +158,11 @@ def test_reproduce_cli_exit_codes_and_dry_run(tmp_path: Path, capsys: pytest.Cap
     assert main(["reproduce", str(path), "--out", str(tmp_path / "cli")]) == 1  # an output was not produced
     assert "not produced: smto_quadrants" in capsys.readouterr().out
     assert main(["reproduce", str(path), "--workers", "0"]) == 2
+    capsys.readouterr()
+    bad = tmp_path / "bad-override"
+    assert main(["reproduce", "main-fig1-mini", "training.batch_size=abc", "--out", str(bad)]) == 2
+    assert "training.batch_size" in capsys.readouterr().err
+    assert not bad.exists()  # nothing written, not even the directory's lock file
 
 
 @pytest.mark.parametrize(

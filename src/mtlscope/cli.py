@@ -329,6 +329,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         return _dry_run_preset(preset, out, args.overrides)
     from mtlscope.runs.locking import hold_directory
 
+    _expand_preset(preset, args.overrides)  # a bad override is one line before anything (the lock file) is written
     execution = _execution(args, preset.name)
     command = " ".join(["mtlscope reproduce", args.name, *args.overrides, "--out", str(out)])
     if args.workers > 1:
@@ -355,22 +356,26 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 1 if failed or result.failed_outputs else 0
 
 
-def _dry_run_preset(preset: Preset, out: Path, overrides: Sequence[str]) -> int:
+def _expand_preset(preset: Preset, overrides: Sequence[str]) -> tuple[str, list[str]]:
+    """What the preset runs with ``overrides`` (a line of counts, and the run ids); ``ConfigError`` for a bad one."""
     from mtlscope.sweeps import protocol
     from mtlscope.sweeps.spec import expand
 
     if preset.has_protocol:
         plan = protocol.plan_protocol(preset.sweep, preset.source, preset.base_dir, overrides)
         seeds = len(plan.protocol.seeds)
-        print(
-            f"{preset.name}: protocol with {len(plan.candidates)} selection runs of {len(plan.labels)} variants, "
-            f"then {seeds} seeds per variant -> {out / 'runs'}"
+        counts = (
+            f"protocol with {len(plan.candidates)} selection runs of {len(plan.labels)} variants, "
+            f"then {seeds} seeds per variant"
         )
-        run_ids = [candidate.config.run_id() for candidate in plan.candidates]
-    else:
-        sweep = expand(preset.sweep, preset.source, preset.base_dir, overrides)
-        print(f"{preset.name}: {len(sweep.configs)} runs -> {out / 'runs'}")
-        run_ids = sweep.run_ids()
+        return counts, [candidate.config.run_id() for candidate in plan.candidates]
+    sweep = expand(preset.sweep, preset.source, preset.base_dir, overrides)
+    return f"{len(sweep.configs)} runs", sweep.run_ids()
+
+
+def _dry_run_preset(preset: Preset, out: Path, overrides: Sequence[str]) -> int:
+    counts, run_ids = _expand_preset(preset, overrides)
+    print(f"{preset.name}: {counts} -> {out / 'runs'}")
     for run_id in run_ids:
         print(run_id)
     print("outputs: " + ", ".join(f"{spec.name} ({spec.kind})" for spec in preset.outputs))

@@ -297,3 +297,12 @@ def test_long_keys_and_values_are_cut_in_messages(tmp_path: Path) -> None:
         message = str(raised.value.args[0])
         assert len(message) < 500, message[:300]
         assert "200000 characters" in message or "..." in message, message
+
+
+@pytest.mark.parametrize("option", ["large_batch", "subset"])
+def test_grad_cov_trace_sizes_must_hold_two_small_batches(
+    option: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = BASE + f"probes:\n  grad_cov_trace: {{small_batch: 16, {option}: 20}}\n"
+    line = _run(tmp_path, text, capsys=capsys)
+    assert f"probes.grad_cov_trace.{option}: expected at least 2 x small_batch = 32 (got 20)" in line

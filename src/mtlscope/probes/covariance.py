@@ -138,4 +138,9 @@ def build_probe(
     subset: PositiveInt = DEFAULT_SUBSET,
     parameters: ParameterChoice = "predictor",
 ) -> Probe:
+    for name, size in (("large_batch", large_batch), ("subset", subset)):
+        if size < 2 * small_batch:  # the estimator needs two small batches (eq. 4): refused before the run starts
+            raise ValueError(
+                f"probes.grad_cov_trace.{name}: expected at least 2 x small_batch = {2 * small_batch} (got {size})"
+            )
     return CovarianceProbe(large_batch, small_batch, subset, parameters)
