@@ -113,3 +113,40 @@ def test_affinity_entry_uses_one_variant() -> None:
     entry = {e.title: e for e in key_tables(results)}[AFFINITY]
     assert entry.table.set_index("source").to_numpy().tolist() == [[0.2, 0.2], [0.2, 0.2]]  # not 0.2 and -0.4 mixed
     assert entry.reading.startswith("In C=1 on a+b (2 runs; 1 other variant on these tasks)")
+
+
+def test_affinity_heatmap_runs_are_one_variant_per_task_set() -> None:
+    """The heatmap combines task sets (a+b, a+c) but never variants: umtg's runs, not umtg's mixed with pcgrad's."""
+    import pandas as pd
+
+    from mtlscope.analysis import affinity_matrix
+    from mtlscope.report.summary import affinity_runs
+
+    runs, records = [], []
+    for variant, method, tasks, value in (
+        ("a+b", "umtg", "ab", 0.2),
+        ("a+b:pcgrad", "pcgrad", "ab", -0.4),
+        ("a+c", "umtg", "ac", 0.1),
+    ):
+        for seed in (0, 1):
+            run_id = f"{variant}-{seed}"
+            runs.append(
+                {
+                    "run_id": run_id,
+                    "status": "completed",
+                    "variant": variant,
+                    "tasks": "+".join(tasks),
+                    "num_tasks": 2,
+                    "method": method,
+                    "seed": seed,
+                }
+            )
+            for source in tasks:
+                for target in tasks:
+                    records.append((run_id, 10, 1.0, target, "probe", f"affinity_overall/{source}", value))
+    columns = ["run_id", "step", "epoch", "task", "split", "metric", "value"]
+    results = RunResults(pd.DataFrame(runs), pd.DataFrame(records, columns=columns))
+    chosen, left_out = affinity_runs(results)
+    assert sorted(chosen["variant"].unique()) == ["a+b", "a+c"] and left_out == 1
+    matrix = affinity_matrix(results.records[results.records["run_id"].isin(set(chosen["run_id"]))])
+    assert matrix.loc["a", "b"] == pytest.approx(0.2) and matrix.loc["a", "c"] == pytest.approx(0.1)

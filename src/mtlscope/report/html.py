@@ -260,6 +260,7 @@ def _figures(results: RunResults, scratch: Path, missing: Missing) -> Section:
     from mtlscope.analysis.transfer import primary_metric
     from mtlscope.report import plots
     from mtlscope.report.figures import factors_vs_loss, generalization_vs_loss
+    from mtlscope.report.summary import affinity_runs
 
     runs = results.runs[results.runs["status"] == "completed"]
     figures = _Figures(scratch, missing)
@@ -337,16 +338,18 @@ def _figures(results: RunResults, scratch: Path, missing: Missing) -> Section:
         figures.cannot("needs runs at two or more temperatures lr/B (sweep lr or batch size).")
 
     figures.start("Inter-task affinity and task grouping (Fifty et al. 2020)")
-    multi = results.records[results.records["run_id"].isin(set(runs.loc[runs["num_tasks"] > 1, "run_id"]))]
+    chosen, left_out = affinity_runs(results)  # one variant per task set: variants are never averaged
     try:
-        matrix = affinity_matrix(multi)
+        matrix = affinity_matrix(results.records[results.records["run_id"].isin(set(chosen["run_id"]))])
     except ValueError:
         matrix = None
     if matrix is not None and len(matrix) >= 2:
         grey = " Grey cells: not measured (no run trained both tasks with the affinity probe)."
+        variants = ", ".join(sorted(chosen["variant"].astype(str).unique()))
+        other = f"; {left_out} other variant{'s' if left_out > 1 else ''} with affinities not shown" if left_out else ""
         figures.draw(
             "affinity",
-            "inter-task affinity A[source, target] averaged over training (and over the runs)."
+            f"inter-task affinity A[source, target] averaged over training and over the runs of {variants}{other}."
             + (grey if matrix.isna().to_numpy().any() else ""),
             lambda path: plots.affinity_heatmap(matrix, path),
             "no affinity matrix to draw.",

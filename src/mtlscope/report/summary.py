@@ -278,6 +278,30 @@ def _temperature(results: RunResults) -> KeyTable:
     return KeyTable(BEST_TEMPERATURES, best, f"{_listed(parts, len(rows))}.")
 
 
+def one_variant(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The runs of one variant among ``runs`` (all on one task set): the baseline method's when it ran, else any
+    method's, and of those the first variant with the most runs. Variants are never averaged together; returns
+    ``(its runs, how many other variants were left out)``."""
+    baseline = runs[runs["method"] == BASELINE_METHOD]
+    preferred = baseline if not baseline.empty else runs
+    counts = preferred["variant"].astype(str).value_counts(sort=False)
+    variant = str(counts.idxmax())
+    return runs[runs["variant"].astype(str) == variant], int(runs["variant"].astype(str).nunique()) - 1
+
+
+def affinity_runs(results: RunResults) -> tuple[pd.DataFrame, int]:
+    """The completed multi-task runs with affinity records, one variant per task set (``one_variant``), and how
+    many variants were left out — what the affinity heatmap averages (task sets combined, variants never)."""
+    records = results.records
+    measured = records[(records["split"] == "probe") & records["metric"].astype(str).str.startswith("affinity_")]
+    runs = _completed(results)
+    runs = runs[runs["run_id"].isin(set(measured["run_id"])) & (runs["num_tasks"] > 1)]
+    if runs.empty:
+        return runs, 0
+    chosen = [one_variant(group) for _, group in runs.groupby("tasks", sort=True)]
+    return pd.concat([c for c, _ in chosen]), sum(left for _, left in chosen)
+
+
 def _affinity(results: RunResults) -> KeyTable:
     missing = (
         "No affinity records: run multi-task variants with the affinity probe (probes: {affinity: {}}) to see "
@@ -295,13 +319,10 @@ def _affinity(results: RunResults) -> KeyTable:
     chosen = largest[largest["tasks"] == tasks]
     others = runs["tasks"].nunique() - 1
     also = f"; also recorded for {others} other task set{'s' if others > 1 else ''}" if others else ""
-    if (chosen["method"] == BASELINE_METHOD).any():
-        chosen = chosen[chosen["method"] == BASELINE_METHOD]
-    counts = chosen["variant"].astype(str).value_counts(sort=False)
-    variant = str(counts.idxmax())  # one variant (the first with the most runs): variants are never averaged
-    chosen = chosen[chosen["variant"].astype(str) == variant]
-    if len(counts) > 1:
-        also += f"; {len(counts) - 1} other variant{'s' if len(counts) > 2 else ''} on these tasks"
+    chosen, left_out = one_variant(chosen)  # variants are never averaged
+    variant = str(chosen["variant"].iloc[0])
+    if left_out:
+        also += f"; {left_out} other variant{'s' if left_out > 1 else ''} on these tasks"
     matrix = affinity_matrix(rows[rows["run_id"].isin(set(chosen["run_id"]))])
     table = matrix.reset_index()
     table.columns.name = None
