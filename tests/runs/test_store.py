@@ -71,6 +71,8 @@ def test_torn_last_line_is_dropped(tmp_path: Path) -> None:
     outcome = execute(validate_config(QUICK), tmp_path)
     records = outcome.path / RECORDS_FILE
     complete = load(tmp_path).records
+    status = json.loads((outcome.path / STATUS_FILE).read_text())
+    (outcome.path / STATUS_FILE).write_text(json.dumps({**status, "status": "running"}))  # killed mid-write
     with open(records, "a") as handle:
         handle.write("99,3.0,digits1,tr")
     assert len(load(tmp_path).records) == len(complete)

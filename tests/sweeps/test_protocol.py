@@ -15,7 +15,14 @@ from mtlscope.cli import main
 from mtlscope.runs import ConfigError, load
 from mtlscope.runs.store import RECORDS_FILE
 from mtlscope.sweeps import read_manifest
-from mtlscope.sweeps.protocol import load_final, load_protocol, run_protocol, select_best, validation_score
+from mtlscope.sweeps.protocol import (
+    load_final,
+    load_protocol,
+    run_protocol,
+    score_selection,
+    select_best,
+    validation_score,
+)
 
 BASE = {
     "setting": {"name": "digits-mtl", "tasks": ["digits1"]},
@@ -199,7 +206,7 @@ def test_a_variant_whose_every_run_diverges_gets_no_final_runs(tmp_path: Path) -
     assert "non-finite" in result.excluded["message"].iloc[0]
 
 
-def test_a_damaged_selection_run_is_excluded_with_the_file_named(tmp_path: Path) -> None:
+def test_a_damaged_selection_run_is_excluded_with_the_file_named_and_repaired_by_a_rerun(tmp_path: Path) -> None:
     path = write(tmp_path, {**PROTOCOL_FILE, "zip": {}})  # digits1 at two learning rates
     out = tmp_path / "out"
     first = run_protocol(path, out, progress=False)
@@ -208,9 +215,12 @@ def test_a_damaged_selection_run_is_excluded_with_the_file_named(tmp_path: Path)
     lines = file.read_text().splitlines(keepends=True)
     lines[1] = "0,0.0,digits1,val,accuracy,abc\n"
     file.write_text("".join(lines))
+    # scored as it stands: excluded, with the file and line named (it was scored from NaN-coerced records)
+    scores = score_selection(load_protocol(path), first.selection_result, out).set_index("run_id")
+    assert math.isnan(scores.loc[damaged, "score"])
+    assert scores.loc[damaged, "message"] == f"{file}, line 2: value: expected a number, got 'abc'"
+    # running the protocol again repairs the damaged run (it is run again) and chooses as the first time
     again = run_protocol(path, out, progress=False)
-    row = again.selection.set_index("run_id").loc[damaged]
-    assert not row["chosen"] and math.isnan(row["score"])
-    assert row["message"] == f"{file}, line 2: value: expected a number, got 'abc'"
-    assert again.selection["chosen"].tolist() == [False, True]
-    assert again.excluded["run_id"].tolist() == [damaged]
+    assert again.selection["chosen"].tolist() == first.selection["chosen"].tolist()
+    assert again.selection["score"].tolist() == pytest.approx(first.selection["score"].tolist())
+    assert "abc" not in file.read_text()
