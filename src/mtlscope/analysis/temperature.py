@@ -25,9 +25,9 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
+from mtlscope.analysis.trajectories import builtin_direction
 from mtlscope.analysis.transfer import generalization_by_run, significant
 from mtlscope.runs.results import RunResults
-from mtlscope.settings.task import HIGHER_IS_BETTER
 
 #: The task label of the rows averaged over a run's tasks.
 MEAN_TASK = "mean"
@@ -207,7 +207,7 @@ def best_temperatures(table: pd.DataFrame) -> pd.DataFrame:
     valid = table[np.isfinite(table["mean"].astype(float))]
     for _, group in valid.groupby(keys, sort=False, dropna=False):
         ordered = group.sort_values("temperature", kind="stable")
-        higher = HIGHER_IS_BETTER.get(str(ordered["metric"].iloc[0]), True)
+        higher = builtin_direction(str(ordered["metric"].iloc[0]))
         values = ordered["mean"].astype(float).to_numpy()
         best = int(np.argmax(values) if higher else np.argmin(values))  # the first, i.e. lowest T, on ties
         rows.append(ordered.iloc[best][list(BEST_COLUMNS)].to_dict())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mtlscope.settings.task import HIGHER_IS_BETTER
+from mtlscope import metrics
 
 
 def checkpoint_table(records: pd.DataFrame, run_id: str, task: str, metric: str) -> pd.DataFrame:
@@ -30,10 +30,22 @@ def checkpoint_table(records: pd.DataFrame, run_id: str, task: str, metric: str)
     return table.reset_index().rename(columns={"index": "step"})
 
 
-def generalization(table: pd.DataFrame, metric: str, top: int = 10) -> float:
-    """Mean test ``metric`` over the ``top`` checkpoints with the best validation ``metric``."""
+def builtin_direction(metric: str) -> bool:
+    """The direction of a built-in metric by its record name (``ValueError`` for any other name)."""
+    try:
+        return metrics.higher_is_better(metric)
+    except KeyError as error:
+        raise ValueError(f"{error.args[0]}: give higher_is_better") from None
+
+
+def generalization(table: pd.DataFrame, metric: str, top: int = 10, higher_is_better: bool | None = None) -> float:
+    """Mean test ``metric`` over the ``top`` checkpoints with the best validation ``metric``.
+
+    ``higher_is_better``: the metric's direction as its task declared it (``mtlscope.analysis.transfer.
+    metric_direction``); None looks up a built-in metric's (``builtin_direction``)."""
+    higher = builtin_direction(metric) if higher_is_better is None else higher_is_better
     valid = table.dropna(subset=["val", "test"])
     if valid.empty:
         return float("nan")
-    best = valid.sort_values("val", ascending=not HIGHER_IS_BETTER.get(metric, True), kind="stable").head(top)
+    best = valid.sort_values("val", ascending=not higher, kind="stable").head(top)
     return float(best["test"].mean())

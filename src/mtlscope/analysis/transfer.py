@@ -8,10 +8,13 @@ Table 1 in Mueller et al. (TMLR 2025).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
-from mtlscope.analysis.trajectories import checkpoint_table, generalization
+from mtlscope.analysis.trajectories import builtin_direction, checkpoint_table, generalization
 from mtlscope.runs.results import RunResults
 
 TRANSFER_COLUMNS: tuple[str, ...] = (
@@ -40,8 +43,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def generalization_by_run(results: RunResults, metric: str | None = None, top: int = 10) -> pd.DataFrame:
     """One row per (run, task): variant, seed, task, metric, generalization.
 
-    ``metric`` defaults to each task's primary metric as recorded (``accuracy`` for classification,
-    ``r2`` for regression). Only completed runs count.
+    ``metric`` defaults to each task's declared primary metric (``primary_metric``); the best checkpoints
+    follow the metric's declared direction (``metric_direction``). Only completed runs count.
     """
     rows = []
     completed = results.runs[results.runs["status"] == "completed"]
@@ -49,6 +52,7 @@ def generalization_by_run(results: RunResults, metric: str | None = None, top: i
         for task in str(run.tasks).split("+"):
             run_id = str(run.run_id)
             task_metric = metric or primary_metric(results, run_id, task)
+            higher = metric_direction(results, run_id, task, task_metric)
             table = checkpoint_table(results.records, run_id, task, task_metric)
             rows.append(
                 {
@@ -58,20 +62,49 @@ def generalization_by_run(results: RunResults, metric: str | None = None, top: i
                     "seed": run.seed,
                     "task": task,
                     "metric": task_metric,
-                    "generalization": generalization(table, task_metric, top),
+                    "generalization": generalization(table, task_metric, top, higher_is_better=higher),
                 }
             )
     return pd.DataFrame(rows, columns=["run_id", "variant", "tasks", "seed", "task", "metric", "generalization"])
 
 
+def declaration(results: RunResults, run_id: str | None, task: str) -> Mapping[str, Any] | None:
+    """What ``task`` declared (primary metric, metric directions, loss) in run ``run_id``'s summary, else in any
+    run's (None when no run declares it: runs stored before tasks declared their metrics, or still running)."""
+    if "task_declarations" not in results.runs.columns:
+        return None
+    runs = results.runs
+    ordered = [runs[runs["run_id"] == run_id], runs] if run_id is not None else [runs]
+    for rows in ordered:
+        for declared in rows["task_declarations"]:
+            if isinstance(declared, Mapping) and isinstance(declared.get(task), Mapping):
+                found: Mapping[str, Any] = declared[task]
+                return found
+    return None
+
+
 def primary_metric(results: RunResults, run_id: str | None, task: str) -> str:
-    """The task's primary metric as recorded (in run ``run_id``, or in any run when None): ``accuracy`` for
-    classification, else ``r2``."""
+    """The task's declared primary metric (in run ``run_id``, or in any run when None; ``declaration``).
+
+    Runs without a declaration (stored before tasks declared their metrics) had the built-in tasks only, whose
+    primary metric was ``accuracy`` when recorded, else ``r2``."""
+    declared = declaration(results, run_id, task)
+    if declared is not None:
+        return str(declared["primary_metric"])
     rows = results.records["task"] == task
     if run_id is not None:
         rows &= results.records["run_id"] == run_id
     recorded = set(results.records.loc[rows, "metric"])
     return "accuracy" if "accuracy" in recorded else "r2"
+
+
+def metric_direction(results: RunResults, run_id: str | None, task: str, metric: str) -> bool:
+    """True when higher ``metric`` is better for ``task``: as the task declared it, else the built-in metric's
+    direction (``mtlscope.metrics.higher_is_better``; ``ValueError`` for a metric that is neither)."""
+    declared = declaration(results, run_id, task)
+    if declared is not None and metric in declared["higher_is_better"]:
+        return bool(declared["higher_is_better"][metric])
+    return builtin_direction(metric)
 
 
 def transfer_table(results: RunResults, metric: str | None = None, top: int = 10) -> pd.DataFrame:

@@ -1,7 +1,9 @@
 """Trace of the Fisher information matrix (Mueller et al., TMLR 2025, eq. 5/8; Novack et al., 2023).
 
-Labels are sampled from the model, ``yhat ~ p_theta(.|x) = softmax(f(x))`` (no grad, eval mode, one draw per
-example from ``generator``), and
+Labels are sampled from the model, ``yhat ~ p_theta(.|x)`` (no grad, eval mode, one draw per example from
+``generator``), from the distribution the task's loss declares (``mtlscope.losses``, ``Loss.fisher``):
+``categorical`` (``softmax(f(x))`` over dim 1, cross-entropy), ``bernoulli`` (``sigmoid(f(x))``, binary
+cross-entropy) or ``gaussian`` (``N(f(x), 1)``, unit variance, MSE), and
 
 - ``fim_trace = mean over consecutive minibatches b (|b| = batch_size = 16) of ||grad_theta mean_{x in b}
   l(f(x), yhat)||^2`` — the minibatch form the paper and Novack et al. use;
@@ -11,14 +13,20 @@ example from ``generator``), and
 Because the score of the model's own distribution has zero mean (``E_yhat grad l(f(x), yhat) = 0``), the
 per-example gradients of different examples are uncorrelated given the inputs and
 ``E ||g_b||^2 = mean_{x in b} Tr F(x) / |b|`` exactly: ``fim_trace ≈ fim_trace_per_example / batch_size``.
+The trace is of the loss's gradients: for MSE, which is twice the unit-variance Gaussian negative
+log-likelihood, it is 4 Tr F.
 
-Where the model gives no distribution to sample from (``kind="regression"``) or with ``empirical=True``, the
-true targets are used (empirical Fisher) and the result says ``empirical=True``. The empirical version has no
-such relation (its mean gradient is the full gradient, not 0).
+Where the loss declares no distribution (``empirical``: L1, cosine, plain functions) or with ``empirical=True``,
+the true targets are used (empirical Fisher). The result says which labels were used (``labels``:
+``categorical``, ``bernoulli``, ``gaussian`` or ``empirical``); the probe records ``fim_empirical`` (1 for the
+true targets) and the run's summary the labels each task's loss declares. The empirical version has no
+relation to the per-example trace (its mean gradient is the full gradient, not 0).
 
 Minibatches are consecutive (inputs in the given order); an incomplete last minibatch is dropped so every term
-has the same ``|b|`` (when N < batch_size the single batch of all N is used). Loss: cross-entropy over dim 1 for
-classification (so dense ``[N, C, ...]`` outputs work), ``F.mse_loss`` for regression, or ``loss_fn=``.
+has the same ``|b|`` (when N < batch_size the single batch of all N is used). Loss: ``loss=`` (a ``Loss``
+component or its spec), else by ``kind``: cross-entropy over dim 1 (categorical; dense ``[N, C, ...]`` outputs
+work) for classification, ``F.mse_loss`` with the empirical Fisher for regression; ``loss_fn=`` replaces the
+function (the labels stay those of ``loss`` or ``kind``).
 
 Cost: one forward pass without grad to sample labels, N/|b| forward+backward passes for the minibatch trace and
 N per-example gradients (vectorized, about the cost of one forward+backward over the N examples).
@@ -32,9 +40,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlscope.losses import FisherLabels, Loss, LossLike, cross_entropy, mse, resolve_loss
+from mtlscope.losses import sample_targets as _sample_targets
 from mtlscope.options import PositiveInt
 from mtlscope.probes.base import PROBES, Probe, ProbeContext, probe_mode
 from mtlscope.probes.per_example import (
@@ -52,11 +61,13 @@ __all__ = ["FisherProbe", "FisherResult", "expected_per_example_trace", "fim_tra
 
 @dataclass(frozen=True)
 class FisherResult:
-    """``fim_trace`` (minibatch form), ``fim_trace_per_example`` and whether the empirical Fisher was used."""
+    """``fim_trace`` (minibatch form), ``fim_trace_per_example``, whether the empirical Fisher was used and which
+    labels (``categorical``, ``bernoulli``, ``gaussian``: sampled from the model; ``empirical``: the targets)."""
 
     fim_trace: float
     fim_trace_per_example: float
     empirical: bool
+    labels: FisherLabels = "categorical"
 
 
 def _default_generator(generator: torch.Generator | None) -> torch.Generator:
@@ -64,28 +75,20 @@ def _default_generator(generator: torch.Generator | None) -> torch.Generator:
     return torch.Generator().manual_seed(0) if generator is None else generator
 
 
-def _class_probabilities(logits: Tensor) -> Tensor:
-    """Softmax over the class dimension (dim 1), moved last and flattened: ``[M, C]``."""
-    probs = torch.softmax(logits.detach().double(), dim=1)
-    return probs.movedim(1, -1).reshape(-1, logits.shape[1])
-
-
 def sample_labels(logits: Tensor, generator: torch.Generator) -> Tensor:
     """One label per example (per position for dense outputs) drawn from ``softmax(logits, dim=1)``."""
     if logits.dim() < 2:
         raise ValueError("classification outputs must have a class dimension (dim 1)")
-    probs = _class_probabilities(logits).to(generator.device)
-    labels = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
-    return labels.reshape(logits.shape[0], *logits.shape[2:])
+    return _sample_targets("categorical", logits, generator)
 
 
-def _loss(kind: Kind, loss_fn: LossFn | None) -> LossFn:
-    if loss_fn is not None:
-        return loss_fn
-    if kind == "classification":
-        return F.cross_entropy
+def _resolve(kind: Kind | None, loss: LossLike | None) -> Loss:
+    if loss is not None:
+        return resolve_loss(loss)
+    if kind is None or kind == "classification":
+        return cross_entropy()
     if kind == "regression":
-        return F.mse_loss
+        return mse(fisher="empirical")
     raise ValueError(f"kind must be 'classification' or 'regression', not {kind!r}")
 
 
@@ -95,7 +98,8 @@ def fim_trace(
     *,
     targets: Tensor | None = None,
     batch_size: int = 16,
-    kind: Kind = "classification",
+    loss: LossLike | None = None,
+    kind: Kind | None = None,
     empirical: bool = False,
     parameters: Iterable[Tensor] | None = None,
     generator: torch.Generator | None = None,
@@ -105,7 +109,9 @@ def fim_trace(
 ) -> FisherResult:
     """Fisher-information trace of ``model`` on ``inputs`` (Mueller et al. 2025, eq. 5), see the module docstring.
 
-    ``targets`` are required for the empirical Fisher (regression or ``empirical=True``). ``parameters``
+    ``loss``: the task's loss (a ``Loss`` or its spec): the function and, by its ``fisher`` declaration, how labels
+    are drawn; without it ``kind`` decides (module docstring). ``targets`` are required for the empirical Fisher
+    (a loss declared ``empirical``, regression, or ``empirical=True``). ``parameters``
     chooses which parameters count (default: all requiring grad). Labels are drawn from ``generator`` (default:
     a fresh generator seeded with 0). ``per_example=False`` skips the per-example trace (NaN in the result):
     per-example gradients are the costly part for large models (see docs/probes.md, "Cost"). The model is left
@@ -115,34 +121,43 @@ def fim_trace(
         raise ValueError("batch_size must be positive")
     if len(inputs) == 0:
         raise ValueError("no inputs")
-    use_empirical = empirical or kind == "regression"
-    loss = _loss(kind, loss_fn)
+    component = _resolve(kind, loss)
+    use_empirical = empirical or component.fisher == "empirical"
+    function: LossFn = loss_fn if loss_fn is not None else component
     chosen = selected_parameters(model, parameters)
     params = [p for _, p in chosen]
     with probe_mode(model):
         if use_empirical:
             if targets is None:
-                raise ValueError("the empirical Fisher (regression or empirical=True) needs the true targets")
+                raise ValueError(
+                    f"the empirical Fisher ({component.name} loss declared empirical, or empirical=True) needs the "
+                    "true targets"
+                )
             labels = targets
         else:
             with torch.no_grad():
-                labels = sample_labels(model(inputs), _default_generator(generator))
+                labels = component.sample_targets(model(inputs), _default_generator(generator))
         per_example_total = 0.0 if per_example else math.nan
         if per_example:
             for chunk in iter_per_example_gradients(
-                model, loss, inputs, labels, parameters=params, chunk_size=chunk_size
+                model, function, inputs, labels, parameters=params, chunk_size=chunk_size
             ):
                 per_example_total += chunk.double().pow(2).sum().item()
         size = min(batch_size, len(inputs))
         starts = range(0, len(inputs) - size + 1, size)
         minibatch = sum(
-            batch_gradient(model, loss, inputs[s : s + size], labels[s : s + size], chosen).double().pow(2).sum().item()
+            batch_gradient(model, function, inputs[s : s + size], labels[s : s + size], chosen)
+            .double()
+            .pow(2)
+            .sum()
+            .item()
             for s in starts
         )
     return FisherResult(
         fim_trace=minibatch / len(starts),
         fim_trace_per_example=per_example_total / len(inputs),
         empirical=use_empirical,
+        labels="empirical" if use_empirical else component.fisher,
     )
 
 
@@ -159,7 +174,7 @@ def expected_per_example_trace(
     For classifiers with ``[N, C]`` outputs; costs C per-example gradient passes. This is the expectation that
     ``fim_trace_per_example`` estimates (and ``batch_size * fim_trace`` in expectation).
     """
-    loss = _loss("classification", loss_fn)
+    loss: LossFn = loss_fn if loss_fn is not None else cross_entropy()
     params = [p for _, p in selected_parameters(model, parameters)]
     with probe_mode(model):
         with torch.no_grad():
@@ -184,7 +199,9 @@ def expected_per_example_trace(
 
 class FisherProbe(TaskProbe):
     """``fim_trace`` of every task's predictor on its probe subset, at each checkpoint (Mueller et al. 2025, eq. 5).
-    Records ``fim_trace``, ``fim_trace_per_example`` and ``fim_empirical`` (1 when the empirical Fisher was used)."""
+    Labels come from the distribution the task's loss declares (``Loss.fisher``). Records ``fim_trace``,
+    ``fim_trace_per_example`` and ``fim_empirical`` (1 when the empirical Fisher was used: the loss declares no
+    distribution, or ``empirical: true``)."""
 
     name = "fim_trace"
     default_every = 10
@@ -199,11 +216,10 @@ class FisherProbe(TaskProbe):
             view.data.inputs,
             targets=view.data.targets,
             batch_size=self.batch_size,
-            kind=view.task.kind,
+            loss=view.task.loss,
             empirical=self.empirical,
             parameters=view.parameters,
             generator=context.generator,
-            loss_fn=view.task.loss,
             per_example=self.per_example,
         )
         values = {"fim_trace": result.fim_trace, "fim_empirical": float(result.empirical)}

@@ -272,7 +272,12 @@ def _train(
     sink = TeeSink(directory, tracking)
     sink.start(prepared.config, run_id, path, state.step if state is not None else None)
     started = time.monotonic()
-    base = {"run_id": run_id, "variant": prepared.config.variant, "tasks": list(prepared.setting.task_names)}
+    base = {
+        "run_id": run_id,
+        "variant": prepared.config.variant,
+        "tasks": list(prepared.setting.task_names),
+        "task_declarations": {task.name: task.declaration() for task in prepared.setting.tasks},
+    }
     try:
         trainer = _trainer(prepared, sink, directory, on_step)
         if state is not None:

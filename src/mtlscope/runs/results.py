@@ -4,8 +4,10 @@
 ``status.json``) and returns ``RunResults``:
 
 - ``runs``: one row per run: ``run_id, path, status, variant, setting, tasks, num_tasks, method,
-  optimizer, lr, batch_size, temperature, loss_scale, momentum, seed, steps, planned_steps, message``
-  and ``config`` (the resolved config as a dict). ``loss_scale`` is C as a number; ``tasks`` is the task
+  optimizer, lr, batch_size, temperature, loss_scale, momentum, seed, steps, planned_steps, message,
+  wall_time_s, timing_s``, ``task_declarations`` (what each task declared: loss, Fisher labels, primary metric
+  and every metric's direction; empty for runs stored before tasks declared them, or still running) and
+  ``config`` (the resolved config as a dict). ``loss_scale`` is C as a number; ``tasks`` is the task
   list joined by '+'.
 - ``records``: the long table ``run_id, step, epoch, task, split, metric, value`` of all runs.
 - ``skipped``: ``(path, reason)`` of every damaged run directory that was left out.
@@ -69,6 +71,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "message",
     "wall_time_s",
     "timing_s",
+    "task_declarations",
     "config",
 )
 
@@ -193,7 +196,26 @@ def _read_summary(path: Path, status: str) -> dict[str, Any]:
     summary = _read_json(file)
     expected = {"steps": "integer", "planned_steps": "integer", "wall_time_s": "number", "timing_s": "object"}
     _check_fields(file, summary, expected)
+    _check_declarations(file, summary.get("task_declarations"))
     return summary
+
+
+def _check_declarations(file: Path, declarations: Any) -> None:
+    """``task_declarations``: task -> {loss, fisher, primary_metric (strings), higher_is_better: metric -> bool}."""
+    if declarations is None:
+        return
+    if not isinstance(declarations, dict):
+        raise DamagedRun(file, f"task_declarations: expected an object, got {_kind(declarations)}")
+    for task, declared in declarations.items():
+        key = f"task_declarations.{task}"
+        if not isinstance(declared, dict):
+            raise DamagedRun(file, f"{key}: expected an object, got {_kind(declared)}")
+        _check_fields(file, declared, {"loss": "string", "fisher": "string", "primary_metric": "string"})
+        directions = declared.get("higher_is_better")
+        if not isinstance(directions, dict) or not all(isinstance(value, bool) for value in directions.values()):
+            raise DamagedRun(file, f"{key}.higher_is_better: expected an object of metric names to booleans")
+        if declared.get("primary_metric") not in directions:
+            raise DamagedRun(file, f"{key}.primary_metric: expected one of the metrics in higher_is_better")
 
 
 def _read_environment(path: Path) -> None:
@@ -334,6 +356,7 @@ def _run_row(path: Path, status: Mapping[str, Any], config: RunConfig, summary: 
         "message": status.get("message") or "",
         "wall_time_s": summary.get("wall_time_s"),
         "timing_s": summary.get("timing_s") or {},
+        "task_declarations": summary.get("task_declarations") or {},
         "config": config.to_dict(),
     }
 

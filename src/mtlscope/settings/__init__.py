@@ -8,10 +8,9 @@ from mtlscope.settings import digits_attributes, digits_mtl, synthetic  # noqa: 
 from mtlscope.settings.registry import SETTINGS as SETTINGS_REGISTRY
 from mtlscope.settings.registry import available, check_options, entry, get, register
 from mtlscope.settings.setting import LAYOUTS, Layout, Setting
-from mtlscope.settings.task import HIGHER_IS_BETTER, SPLITS, Split, Task, TaskKind, metric_names
+from mtlscope.settings.task import SPLITS, Split, Task
 
 __all__ = [
-    "HIGHER_IS_BETTER",
     "LAYOUTS",
     "SETTINGS_REGISTRY",
     "SPLITS",
@@ -19,11 +18,9 @@ __all__ = [
     "Setting",
     "Split",
     "Task",
-    "TaskKind",
     "available",
     "check_options",
     "entry",
     "get",
-    "metric_names",
     "register",
 ]

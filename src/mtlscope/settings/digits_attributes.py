@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from mtlscope.losses import cross_entropy
+from mtlscope.metrics import accuracy, macro_f1
 from mtlscope.options import NonNegativeInt, PositiveInt
 from mtlscope.settings.digits_source import digit_images, split_indices
 from mtlscope.settings.registry import register
@@ -56,11 +58,12 @@ def digits_attributes(
     tasks = tuple(
         Task(
             name,
-            "classification",
             classes,
             Split(inputs["train"], label(digit["train"])),
             Split(inputs["val"], label(digit["val"])),
             Split(inputs["test"], label(digit["test"])),
+            loss=cross_entropy(),
+            metrics=(accuracy(), macro_f1()),
             description=description,
         )
         for name, (classes, label, description) in ATTRIBUTES.items()

@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtlscope.losses import cross_entropy
+from mtlscope.metrics import accuracy, macro_f1
 from mtlscope.options import NonNegativeInt, PositiveInt
 from mtlscope.settings.digits_source import digit_images, split_indices
 from mtlscope.settings.registry import register
 from mtlscope.settings.setting import Setting
 from mtlscope.settings.task import Split, Task
 
+#: Every task: cross-entropy loss, accuracy (primary) and macro-F1.
+CLASSIFICATION_METRICS = (accuracy(), macro_f1())
 REFERENCE = "Mueller, Dredze, Andrews. Can Optimization Trajectories Explain Multi-Task Transfer? TMLR 2025"
 
 
@@ -60,29 +64,32 @@ def digits_mtl(
     tasks = (
         Task(
             "digits1",
-            "classification",
             10,
             Split(images[d1_idx], labels[d1_idx]),
             val,
             test,
+            loss=cross_entropy(),
+            metrics=CLASSIFICATION_METRICS,
             description="digit classification on the target split",
         ),
         Task(
             "digits2",
-            "classification",
             10,
             Split(images[d2_idx], labels[d2_idx]),
             val,
             test,
+            loss=cross_entropy(),
+            metrics=CLASSIFICATION_METRICS,
             description="digit classification on the disjoint second split (more in-distribution data)",
         ),
         Task(
             "noisy-digits",
-            "classification",
             10,
             Split(images[d2_idx], noisy_train),
             noisy_val,
             noisy_test,
+            loss=cross_entropy(),
+            metrics=CLASSIFICATION_METRICS,
             description="digits2's images with randomly permuted labels (pure noise to memorize)",
         ),
     )

@@ -116,11 +116,11 @@ class Setting:
         return max(1, math.ceil(self.epoch_examples / batch_size))
 
     def summary(self) -> str:
-        """One line per task: name, kind, classes/outputs and split sizes."""
+        """One line per task: name, loss, outputs, primary metric and split sizes."""
         lines = []
         for task in self.tasks:
             lines.append(
-                f"{task.name}: {task.kind}, {task.output_size} outputs, primary {task.primary_metric}, "
+                f"{task.name}: {task.loss.name} loss, {task.output_size} outputs, primary {task.primary_metric}, "
                 f"train/val/test {len(task.train)}/{len(task.val)}/{len(task.test)}"
             )
         return "\n".join(lines)

@@ -4,8 +4,10 @@ Inputs are standard normal vectors ``x ~ N(0, I_dim)``. Task k has a unit teache
 teachers have pairwise cosine exactly ``relatedness`` (their Gram matrix is
 ``(1 - r) I + r 11^T``, realized on orthonormal directions), which must lie in ``[-1/(K-1), 1]``.
 
-- regression: ``y = w_k . x + noise * eps``, loss MSE, primary metric r2;
-- classification: ``y = 1[w_k . x + noise * eps > 0]``, two classes, primary metric accuracy.
+- regression: ``y = w_k . x + noise * eps``, loss MSE (the Fisher probe uses the empirical Fisher), metrics mae
+  and r2 (primary);
+- classification: ``y = 1[w_k . x + noise * eps > 0]``, two classes, cross-entropy, metrics accuracy (primary)
+  and macro-F1.
 
 ``layout='multi-input'`` draws separate inputs per task; ``layout='shared-input'`` one set of inputs
 with K labels. All draws come from ``seed``. Relatedness is the knob of gradient-conflict studies
@@ -14,12 +16,14 @@ with K labels. All draws come from ``seed``. Relatedness is the knob of gradient
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
+from mtlscope.losses import cross_entropy, mse
+from mtlscope.metrics import accuracy, macro_f1, mae, r2
 from mtlscope.options import NonNegativeFloat, NonNegativeInt, PositiveInt
 from mtlscope.settings.registry import register
 from mtlscope.settings.setting import LAYOUTS, Setting
@@ -85,6 +89,12 @@ def synthetic(
             return torch.from_numpy(signal.astype(np.float32))
         return torch.from_numpy((signal > 0).astype(np.int64))
 
+    components: dict[str, Any] = (
+        # the empirical Fisher, as for every regression task before losses declared their labels
+        {"loss": mse(fisher="empirical"), "metrics": (mae(), r2()), "primary_metric": "r2"}
+        if task_type == "regression"
+        else {"loss": cross_entropy(), "metrics": (accuracy(), macro_f1())}
+    )
     shared = {split: torch.from_numpy(x) for split, x in draw_inputs().items()}
     tasks = []
     for k in range(num_tasks):
@@ -96,11 +106,11 @@ def synthetic(
         tasks.append(
             Task(
                 f"task{k}",
-                "regression" if task_type == "regression" else "classification",
                 1 if task_type == "regression" else 2,
                 splits["train"],
                 splits["val"],
                 splits["test"],
+                **components,
                 description=f"teacher {k} ({task_type})",
             )
         )

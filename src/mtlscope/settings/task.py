@@ -1,31 +1,30 @@
-"""Tasks: one prediction problem with its data splits, loss and metrics (Mueller et al., TMLR 2025, §2.1).
+"""Tasks: one prediction problem with its data splits, its loss and its metrics (Mueller et al., TMLR 2025, §2.1).
 
-A task is classification (cross-entropy loss; metrics ``loss``, ``accuracy``, ``macro_f1``; primary
-``accuracy``) or regression (mean squared error; metrics ``loss``, ``mae``, ``r2``; primary ``r2``).
-Every metric has a direction (higher or lower is better) so analyses never guess.
+A task carries its loss and its metrics as components (``mtlscope.losses``, ``mtlscope.metrics``): registered
+names, ``{"name": ..., **options}`` mappings, instances, or plain functions (``losses.from_function``,
+``metrics.from_function``). Every metric has a direction (higher or lower is better), so analyses never guess;
+the task's loss is always recorded as the metric ``loss`` (lower is better), first. The primary metric (default:
+the first declared metric) is what model selection and generalization use.
+
+Example::
+
+    Task("digit", 10, train, val, test, loss="cross_entropy", metrics=["accuracy", "macro_f1"])
+    Task("depth", 1, train, val, test, loss={"name": "l1", "invalid": 0.0},
+         metrics=["depth_abs_error", "depth_rel_error"])
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-TaskKind = Literal["classification", "regression"]
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+from mtlscope.losses import Loss, resolve_loss
+from mtlscope.metrics import Accumulator, LossMetric, Metric, MetricLike, resolve_metric
 
-#: Direction of every metric mtlscope computes: True when higher is better.
-HIGHER_IS_BETTER: Mapping[str, bool] = {
-    "loss": False,
-    "accuracy": True,
-    "macro_f1": True,
-    "mae": False,
-    "r2": True,
-}
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -51,30 +50,79 @@ class Split:
 
 @dataclass(frozen=True)
 class Task:
-    """One task: name, kind, output size of its head, and its train/val/test splits."""
+    """One task: name, output size of its head, train/val/test splits, loss and metrics (module docstring).
+
+    ``loss`` and ``metrics`` are resolved to components at construction (``ValueError`` naming the task for an
+    unknown name, a bad option or a repeated metric name); ``metrics`` maps each metric's record name to it.
+    """
 
     name: str
-    kind: TaskKind
     output_size: int
     train: Split
     val: Split
     test: Split
-    description: str = ""
-    primary_metric: str = field(default="")
+    loss: Loss = field(kw_only=True)
+    metrics: Mapping[str, Metric] | Sequence[MetricLike] = field(kw_only=True, default=())
+    primary_metric: str = field(kw_only=True, default="")
+    description: str = field(kw_only=True, default="")
 
     def __post_init__(self) -> None:
+        try:
+            loss = resolve_loss(self.loss)
+        except (KeyError, ValueError) as error:
+            raise ValueError(f"task {self.name!r}: loss: {_message(error)}") from None
+        object.__setattr__(self, "loss", loss)
+        resolved: dict[str, Metric] = {}
+        specs = self.metrics.values() if isinstance(self.metrics, Mapping) else self.metrics
+        for spec in specs:
+            try:
+                metric = resolve_metric(spec)
+            except (KeyError, ValueError) as error:
+                raise ValueError(f"task {self.name!r}: metrics: {_message(error)}") from None
+            if metric.name == LossMetric.name or metric.name in resolved:
+                raise ValueError(f"task {self.name!r}: metrics: the name {metric.name!r} is used twice (or is 'loss')")
+            resolved[metric.name] = metric
+        object.__setattr__(self, "metrics", resolved)
         if not self.primary_metric:
-            object.__setattr__(self, "primary_metric", default_primary_metric(self.kind))
-        if self.primary_metric not in metric_names(self.kind):
+            object.__setattr__(self, "primary_metric", next(iter(resolved), LossMetric.name))
+        if self.primary_metric not in self.metric_names:
             raise ValueError(
                 f"task {self.name!r}: primary_metric {self.primary_metric!r} is not one of "
-                f"{', '.join(metric_names(self.kind))}"
+                f"{', '.join(self.metric_names)}"
             )
+
+    @property
+    def metric_components(self) -> Mapping[str, Metric]:
+        """The declared metrics by record name (``loss`` not included)."""
+        resolved: Mapping[str, Metric] = self.metrics  # type: ignore[assignment]  # resolved in __post_init__
+        return resolved
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The record names of this task's metrics, ``loss`` first."""
+        return (LossMetric.name, *self.metric_components)
+
+    def directions(self) -> dict[str, bool]:
+        """Every metric's direction (True when higher is better), ``loss`` included."""
+        return {
+            LossMetric.name: False,
+            **{name: metric.higher_is_better for name, metric in self.metric_components.items()},
+        }
 
     @property
     def higher_is_better(self) -> bool:
         """Direction of the primary metric."""
-        return HIGHER_IS_BETTER[self.primary_metric]
+        return self.directions()[self.primary_metric]
+
+    def declaration(self) -> dict[str, Any]:
+        """What the task declares, as plain data for a run's summary: loss (name, Fisher labels), metric directions
+        and the primary metric."""
+        return {
+            "loss": self.loss.name,
+            "fisher": self.loss.fisher,
+            "primary_metric": self.primary_metric,
+            "higher_is_better": self.directions(),
+        }
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
@@ -82,50 +130,18 @@ class Task:
         split: Split = getattr(self, name)
         return split
 
-    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        """Mean loss over the examples (cross-entropy or mean squared error)."""
-        return task_loss(self.kind, outputs, targets)
+    def accumulators(self) -> dict[str, Accumulator]:
+        """Fresh accumulators of all metrics (``loss`` first), to feed one set batch by batch."""
+        everything: dict[str, Metric] = {LossMetric.name: LossMetric(self.loss), **self.metric_components}
+        return {name: Accumulator(metric) for name, metric in everything.items()}
 
-    def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]:
-        """All metrics of this task on the given outputs (``loss`` included)."""
-        return task_metrics(self.kind, self.output_size, outputs, targets)
-
-
-def default_primary_metric(kind: TaskKind) -> str:
-    return "accuracy" if kind == "classification" else "r2"
-
-
-def metric_names(kind: TaskKind) -> tuple[str, ...]:
-    return ("loss", "accuracy", "macro_f1") if kind == "classification" else ("loss", "mae", "r2")
+    def scores(self, outputs: Tensor, targets: Tensor) -> dict[str, float]:
+        """All metrics of this task on the given outputs (``loss`` first)."""
+        accumulators = self.accumulators()
+        for accumulator in accumulators.values():
+            accumulator.update(outputs, targets)
+        return {name: accumulator.compute() for name, accumulator in accumulators.items()}
 
 
-def task_loss(kind: TaskKind, outputs: Tensor, targets: Tensor) -> Tensor:
-    if kind == "classification":
-        return F.cross_entropy(outputs, targets)
-    return F.mse_loss(outputs.reshape(targets.shape), targets)
-
-
-def task_metrics(kind: TaskKind, output_size: int, outputs: Tensor, targets: Tensor) -> dict[str, float]:
-    loss = float(task_loss(kind, outputs, targets))
-    if kind == "classification":
-        predicted = outputs.argmax(dim=1)
-        confusion = torch.bincount(targets * output_size + predicted, minlength=output_size * output_size).reshape(
-            output_size, output_size
-        )
-        true_positive = confusion.diagonal().to(torch.float64)
-        support = confusion.sum(dim=1).to(torch.float64)
-        predicted_count = confusion.sum(dim=0).to(torch.float64)
-        denominator = support + predicted_count
-        present = support > 0
-        f1 = torch.where(denominator > 0, 2 * true_positive / denominator.clamp(min=1), 0.0)
-        return {
-            "loss": loss,
-            "accuracy": float((predicted == targets).to(torch.float64).mean()),
-            "macro_f1": float(f1[present].mean()) if bool(present.any()) else 0.0,
-        }
-    flat_out = outputs.reshape(targets.shape).to(torch.float64)
-    flat_target = targets.to(torch.float64)
-    residual = flat_out - flat_target
-    total = ((flat_target - flat_target.mean()) ** 2).sum()
-    r2 = 1.0 - float((residual**2).sum() / total) if float(total) > 0 else 0.0
-    return {"loss": loss, "mae": float(residual.abs().mean()), "r2": r2}
+def _message(error: Exception) -> str:
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)

@@ -50,12 +50,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mtlscope.analysis.trajectories import checkpoint_table
+from mtlscope.analysis.trajectories import builtin_direction, checkpoint_table
 from mtlscope.models.multitask import MAX_SEED, is_seed
 from mtlscope.report.tables import to_markdown, write_table
 from mtlscope.runs.config import ConfigError, RunConfig, read_yaml
 from mtlscope.runs.results import DamagedRun, RunResults, load, read_records
-from mtlscope.settings.task import HIGHER_IS_BETTER
 from mtlscope.sweeps.execution import SweepResult, run_sweep
 from mtlscope.sweeps.manifest import write_manifest
 from mtlscope.sweeps.spec import Sweep, check_run_count, count_runs, expand
@@ -389,17 +388,25 @@ def _check_equal_steps(candidates: Sequence[Candidate], protocol: Protocol, sour
 # -- scoring and selection -------------------------------------------------------------------------------
 
 
-def validation_score(records: pd.DataFrame, run_id: str, metrics: Mapping[str, str], metric: str = "val") -> float:
+def validation_score(
+    records: pd.DataFrame,
+    run_id: str,
+    metrics: Mapping[str, str],
+    metric: str = "val",
+    higher_is_better: Mapping[str, bool] | None = None,
+) -> float:
     """The selection score of a run: the mean over its tasks (``metrics``: task -> primary metric) of the
     validation metric at the best checkpoints (``SCORES[metric]`` of them; ``last_val``: the last checkpoint).
-    A lower-is-better metric enters negated. NaN when a task has no validation record."""
+    A lower-is-better metric (``higher_is_better``: task -> the direction its task declares; a built-in metric's
+    direction where not given) enters negated. NaN when a task has no validation record."""
     top = SCORES[metric]
     values = []
     for task, task_metric in metrics.items():
         table = checkpoint_table(records, run_id, task, task_metric).dropna(subset=["val"])
         if table.empty:
             return math.nan
-        higher = HIGHER_IS_BETTER.get(task_metric, True)
+        declared = (higher_is_better or {}).get(task)
+        higher = builtin_direction(task_metric) if declared is None else declared
         if top is None:
             value = float(table["val"].iloc[-1])
         else:
@@ -447,8 +454,10 @@ def score_selection(plan: ProtocolPlan, result: SweepResult, out: Path) -> pd.Da
             else:
                 records.insert(0, "run_id", run_id)
                 setting = _setting(candidate.config)
-                metrics = {task: setting.task(task).primary_metric for task in candidate.config.setting.tasks or []}
-                score = validation_score(records, run_id, metrics, plan.protocol.metric)
+                tasks = [setting.task(task) for task in candidate.config.setting.tasks or []]
+                metrics = {task.name: task.primary_metric for task in tasks}
+                directions = {task.name: task.higher_is_better for task in tasks}
+                score = validation_score(records, run_id, metrics, plan.protocol.metric, directions)
                 message = _message(outcome.status, score, outcome.message)
         rows.append(
             {
