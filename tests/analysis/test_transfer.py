@@ -78,3 +78,41 @@ def test_geometric_bins() -> None:
     assert np.allclose(bin_centers(edges)[4], middle)
     with pytest.raises(ValueError, match="high > low"):
         geometric_edges(1.0, 1.0)
+
+
+def _declared_results(declared: bool) -> RunResults:
+    """One run of task ``depth`` whose primary metric ``rel_err`` is lower-is-better and not built in."""
+    records = []
+    for step in range(6):
+        records += [
+            ("r", step, float(step), "depth", "val", "rel_err", float(step)),  # best (lowest) at step 0
+            ("r", step, float(step), "depth", "test", "rel_err", 10.0 * step),
+            ("r", step, float(step), "depth", "val", "accuracy", float(step)),
+        ]
+    declaration = {
+        "depth": {
+            "loss": "l1",
+            "fisher": "empirical",
+            "primary_metric": "rel_err",
+            "higher_is_better": {"loss": False, "accuracy": True, "rel_err": False},
+        }
+    }
+    runs = {"run_id": "r", "status": "completed", "variant": "depth", "tasks": "depth", "seed": 0}
+    if declared:
+        runs["task_declarations"] = declaration  # type: ignore[assignment]
+    columns = ["run_id", "step", "epoch", "task", "split", "metric", "value"]
+    return RunResults(runs=pd.DataFrame([runs]), records=pd.DataFrame(records, columns=columns))
+
+
+def test_primary_metric_and_direction_are_the_declared_ones() -> None:
+    from mtlscope.analysis.transfer import generalization_by_run, metric_direction, primary_metric
+
+    results = _declared_results(declared=True)
+    assert primary_metric(results, "r", "depth") == primary_metric(results, None, "depth") == "rel_err"
+    assert metric_direction(results, "r", "depth", "rel_err") is False
+    row = generalization_by_run(results, top=2).iloc[0]
+    assert (row["metric"], row["generalization"]) == ("rel_err", 5.0)  # test at the two lowest val: 0 and 10
+    legacy = _declared_results(declared=False)  # stored before tasks declared their metrics
+    assert primary_metric(legacy, "r", "depth") == "accuracy"
+    with pytest.raises(ValueError, match="'rel_err' is not built in"):
+        metric_direction(legacy, "r", "depth", "rel_err")

@@ -130,3 +130,48 @@ def test_per_example_pass_can_be_skipped() -> None:
     minibatch_only = fim_trace(model, inputs, generator=torch.Generator().manual_seed(5), per_example=False)
     assert minibatch_only.fim_trace == full.fim_trace  # same labels, same minibatches
     assert math.isnan(minibatch_only.fim_trace_per_example) and math.isfinite(full.fim_trace_per_example)
+
+
+def _linear(outputs: int = 1) -> tuple[nn.Linear, Tensor]:
+    gen = torch.Generator().manual_seed(6)
+    model = nn.Linear(DIM, outputs).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(outputs, DIM, generator=gen, dtype=torch.float64))
+    return model, torch.randn(256, DIM, generator=gen, dtype=torch.float64)
+
+
+def test_gaussian_labels_for_mse() -> None:
+    """y ~ N(f(x), 1): grad of (f - y)^2 = -2 eps [x, 1], so E ||g||^2 = 4 (1 + |x|^2)."""
+    model, inputs = _linear()
+    gen = torch.Generator().manual_seed(7)
+    draws = [fim_trace(model, inputs, loss="mse", generator=gen) for _ in range(40)]
+    assert {(d.labels, d.empirical) for d in draws} == {("gaussian", False)}
+    exact = (4 * (1 + inputs.pow(2).sum(1))).mean().item()
+    assert sum(d.fim_trace_per_example for d in draws) / len(draws) == pytest.approx(exact, rel=0.03)
+
+
+def test_bernoulli_labels_for_binary_cross_entropy() -> None:
+    """y ~ Bernoulli(p), p = sigmoid(f): grad = (p - y) [x, 1], so E ||g||^2 = p (1 - p) (1 + |x|^2)."""
+    model, inputs = _linear()
+    gen = torch.Generator().manual_seed(8)
+    draws = [fim_trace(model, inputs, loss="binary_cross_entropy", generator=gen) for _ in range(40)]
+    assert {d.labels for d in draws} == {"bernoulli"}
+    with torch.no_grad():
+        p = torch.sigmoid(model(inputs)).squeeze(1)
+    exact = (p * (1 - p) * (1 + inputs.pow(2).sum(1))).mean().item()
+    assert sum(d.fim_trace_per_example for d in draws) / len(draws) == pytest.approx(exact, rel=0.05)
+
+
+def test_a_loss_declared_empirical_uses_the_targets() -> None:
+    model, inputs = _linear()
+    targets = torch.randn(len(inputs), 1, dtype=torch.float64)
+    result = fim_trace(model, inputs, targets=targets, loss={"name": "l1"})
+    assert result.empirical and result.labels == "empirical"
+    with torch.no_grad():
+        sign = torch.sign(model(inputs) - targets).squeeze(1)  # grad of |f - y| = sign(f - y) [x, 1]
+    exact = (sign.pow(2) * (1 + inputs.pow(2).sum(1))).mean().item()
+    assert result.fim_trace_per_example == pytest.approx(exact, rel=1e-10)
+    with pytest.raises(ValueError, match="l1 loss declared empirical"):
+        fim_trace(model, inputs, loss="l1")
+    forced = fim_trace(model, inputs, targets=targets, loss="mse", empirical=True)
+    assert forced.labels == "empirical"

@@ -156,6 +156,24 @@ DAMAGE: list[tuple[str, str, Callable[[Path], None], str]] = [
         "wall_time_s: expected a number, got 'slow'",
     ),
     ("summary-timing-type", "summary.json", _edit_json(_set("timing_s", value=[1])), "timing_s: expected an object"),
+    (
+        "summary-declarations-type",
+        "summary.json",
+        _edit_json(_set("task_declarations", value=[1])),
+        "task_declarations: expected an object, got a list",
+    ),
+    (
+        "summary-declared-direction",
+        "summary.json",
+        _edit_json(_set("task_declarations", "digits1", "higher_is_better", "accuracy", value="yes")),
+        "task_declarations.digits1.higher_is_better: expected an object of metric names to booleans",
+    ),
+    (
+        "summary-declared-primary",
+        "summary.json",
+        _edit_json(_set("task_declarations", "digits1", "primary_metric", value="auc")),
+        "task_declarations.digits1.primary_metric: expected one of the metrics",
+    ),
     ("config-missing", "config.yaml", lambda f: f.unlink(), "config.yaml: missing"),
     ("config-invalid-yaml", "config.yaml", lambda f: f.write_text("setting: [digits\n  seed: {"), "invalid YAML"),
     ("config-truncated", "config.yaml", lambda f: f.write_text(f.read_text()[:30]), "setting: expected a valid"),
@@ -342,3 +360,16 @@ def test_subset_keeps_the_skipped_runs_of_the_kept_ids(runs: Path) -> None:
     assert results.subset({victim.name}).skipped == results.skipped
     kept = results.subset(set(results.runs["run_id"]))
     assert kept.skipped == [] and len(kept.runs) == 2
+
+
+def test_a_stored_run_declares_its_tasks(stored: Path) -> None:
+    """The summary says each task's loss, Fisher labels, primary metric and metric directions."""
+    declared = load(stored).runs["task_declarations"].tolist()
+    expected = {
+        "loss": "cross_entropy",
+        "fisher": "categorical",
+        "primary_metric": "accuracy",
+        "higher_is_better": {"loss": False, "accuracy": True, "macro_f1": True},
+    }
+    assert sorted(sorted(row) for row in declared) == [["digits1"], ["digits1"], ["digits1", "digits2"]]
+    assert all(value == expected for row in declared for value in row.values())
