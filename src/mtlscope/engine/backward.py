@@ -52,6 +52,8 @@ Parameters = nn.Module | Iterable[Tensor]
 #: The task losses: a sequence of scalars, a mapping task -> scalar, or a [K] tensor.
 Losses = Sequence[Tensor] | Mapping[str, Tensor] | Tensor
 LossClosure = Callable[[], Losses]
+#: The task-specific parameters: one module or iterable of tensors per task (a mapping names the tasks).
+TaskParameters = Mapping[str, Parameters] | Sequence[Parameters] | nn.ModuleDict | nn.ModuleList
 
 
 def _parameters(value: Parameters, what: str) -> list[Tensor]:
@@ -200,7 +202,7 @@ class MultiTaskBackward:
         self,
         method: Method | str,
         shared: Parameters,
-        tasks: Mapping[str, Parameters] | Sequence[Parameters] | None = None,
+        tasks: TaskParameters | None = None,
         *,
         task_names: Sequence[str] | None = None,
         loss_scale: LossScale = 1.0,
@@ -233,10 +235,10 @@ class MultiTaskBackward:
         if tasks is None:
             self.heads: list[list[Tensor]] | None = None
         else:
-            groups = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
+            groups: list[Any] = list(tasks.values()) if isinstance(tasks, Mapping | nn.ModuleDict) else list(tasks)
             self.heads = [_parameters(group, "each task's parameters") for group in groups]
-            if task_names is None and isinstance(tasks, Mapping):
-                task_names = list(tasks)
+            if task_names is None and isinstance(tasks, Mapping | nn.ModuleDict):
+                task_names = [str(name) for name in tasks]
         if task_names is None and method.task_names:
             task_names = method.task_names
         self.task_names: tuple[str, ...] | None = tuple(task_names) if task_names is not None else None
@@ -484,7 +486,7 @@ def backward(
     features: Tensor | None = None,
     *,
     method: Method | str = "umtg",
-    tasks: Mapping[str, Parameters] | Sequence[Parameters] | None = None,
+    tasks: TaskParameters | None = None,
     loss_scale: LossScale = 1.0,
     generator: torch.Generator | None = None,
     **options: Any,
