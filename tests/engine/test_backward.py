@@ -284,6 +284,8 @@ def test_lookahead_leaves_the_model_and_graph_intact() -> None:
         (lambda e, h, z, losses: mtlscope.MultiTaskBackward("famo", e, h).after_step(), "losses after the step"),
         (lambda e, h, z, losses: mtlscope.backward(losses[:2], e, z, tasks=h), "3 groups of task parameters"),
         (lambda e, h, z, losses: mtlscope.backward(losses, e, [z], method="pcgrad"), "features must be one tensor"),
+        (lambda e, h, z, losses: mtlscope.backward(losses, e, method=methods.get("famo")), "across the optimizer"),
+        (lambda e, h, z, losses: mtlscope.backward(losses, e, method=methods.get("umtg"), lr=1), "pass them to it"),
     ],
 )
 def test_bad_use_is_one_clear_error(call: Any, message: str) -> None:
@@ -292,3 +294,30 @@ def test_bad_use_is_one_clear_error(call: Any, message: str) -> None:
     losses = [nn.functional.mse_loss(h(z), y) for h, y in zip(heads, ys)]
     with pytest.raises((ValueError, TypeError), match=message):
         call(encoder, heads, z, losses)
+
+
+def test_non_finite_loss_writes_nothing() -> None:
+    encoder, heads, z, losses = _toy_losses()
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        mtlscope.backward([*losses[:2], losses[2] * float("nan")], encoder, z, method="pcgrad", tasks=heads)
+    assert all(p.grad is None for m in [encoder, *heads] for p in m.parameters())
+
+
+def test_task_modules_by_name_and_dwa_epochs() -> None:
+    # a ModuleDict names the tasks; DWA's weights change once two epochs are complete
+    encoder, heads, x, ys = _toy()
+    named = nn.ModuleDict({"a": heads[0], "b": heads[1], "c": heads[2]})
+    mtl = mtlscope.MultiTaskBackward("dwa", encoder, named, steps_per_epoch=1)
+    assert mtl.task_names == ("a", "b", "c")
+    optimizer = torch.optim.SGD([*encoder.parameters(), *named.parameters()], lr=0.01)
+    seen = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        z = encoder(x)
+        combination = mtl({n: nn.functional.mse_loss(named[n](z), y) for n, y in zip("abc", ys)}, features=z)
+        assert combination.loss_weights is not None
+        seen.append(combination.loss_weights)
+        optimizer.step()
+    assert torch.equal(seen[0], torch.ones(3, dtype=seen[0].dtype))
+    assert torch.equal(seen[1], seen[0])
+    assert not torch.equal(seen[2], seen[0])  # epoch 2: the loss ratios of epochs 0 and 1

@@ -500,13 +500,18 @@ def backward(
         method = METHODS.build(method, **options)
         count = _stack(losses).numel()
         method.setup(tuple(losses) if isinstance(losses, Mapping) else tuple(f"task{k}" for k in range(count)))
-        if method.state_dict() or method.needs & {"lookahead", "post_step_losses"}:
+        if method.state_dict():
             raise ValueError(
                 f"method {method.name!r} keeps state across steps: create mtlscope.MultiTaskBackward({method.name!r}, "
                 "...) once and call it every step"
             )
-    if generator is None:
-        generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
     elif options:
         raise TypeError(f"method options {sorted(options)} are given with a Method instance; pass them to it")
+    if method.needs & {"lookahead", "post_step_losses"}:
+        raise ValueError(
+            f"method {method.name!r} works across the optimizer step: create mtlscope.MultiTaskBackward once "
+            "and call it (and its after_step) every step"
+        )
+    if generator is None:
+        generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
     return MultiTaskBackward(method, shared, tasks, loss_scale=loss_scale, generator=generator)(losses, features)
