@@ -284,6 +284,7 @@ def test_lookahead_leaves_the_model_and_graph_intact() -> None:
         (lambda e, h, z, losses: mtlscope.MultiTaskBackward("famo", e, h).after_step(), "losses after the step"),
         (lambda e, h, z, losses: mtlscope.backward(losses[:2], e, z, tasks=h), "3 groups of task parameters"),
         (lambda e, h, z, losses: mtlscope.backward(losses, e, [z], method="pcgrad"), "features must be one tensor"),
+        (lambda e, h, z, losses: mtlscope.MultiTaskBackward("umtg", e, loss_scale="N"), "'K' or 'sqrt\\(K\\)'"),
         (lambda e, h, z, losses: mtlscope.backward(losses, e, method=methods.get("famo")), "across the optimizer"),
         (lambda e, h, z, losses: mtlscope.backward(losses, e, method=methods.get("umtg"), lr=1), "pass them to it"),
     ],

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from mtlscope.engine.gradients import JACOBIAN_MODES, encoder_jacobian, jacobian_batched, joint_jacobian
 from mtlscope.engine.lookahead import flatten, optimizer_update, unflatten
-from mtlscope.engine.loss_scale import LossScale, resolve_loss_scale
+from mtlscope.engine.loss_scale import LossScale, parse_loss_scale, resolve_loss_scale
 from mtlscope.methods.base import NEEDS, Combination, Lookahead, Method, StepInput
 from mtlscope.methods.registry import METHODS
 from mtlscope.models.encoders import Encoder, last_weight_layer
@@ -244,7 +244,7 @@ class MultiTaskBackward:
         self.task_names: tuple[str, ...] | None = tuple(task_names) if task_names is not None else None
         if self.heads is not None and self.task_names is not None and len(self.heads) != len(self.task_names):
             raise ValueError(f"{len(self.heads)} groups of task parameters for {len(self.task_names)} tasks")
-        self.given_scale = loss_scale
+        self.given_scale = parse_loss_scale(loss_scale)
         self.loss_scale = 1.0
         self.optimizer = optimizer
         if "last_shared_jacobian" in method.needs:
