@@ -10,15 +10,18 @@ results DataFrames -> analysis -> report.
 """
 
 from mtlscope import methods, probes, settings  # noqa: F401  (registers every built-in component)
+from mtlscope.engine.backward import MultiTaskBackward, backward
 from mtlscope.runs import ConfigError, RunConfig, RunResults, execute, load, load_config, validate_config
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "MultiTaskBackward",
     "RunConfig",
     "RunResults",
     "__version__",
+    "backward",
     "execute",
     "load",
     "load_config",
