@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -17,6 +18,8 @@ from mtlscope.engine.trainer import ListSink, Schedule, Trainer
 from mtlscope.methods.base import Combination, Method, StepInput
 from mtlscope.models import build_model
 from mtlscope.probes.base import Probe, ProbeContext, ProbeValues, StepContext
+from mtlscope.reproduce import load_preset
+from mtlscope.runs import validate_config
 
 
 def _lrs(lr: float, schedule: dict[str, Any] | None, steps: int, steps_per_epoch: int, upto: int) -> list[float]:
@@ -135,7 +138,7 @@ def _scheduled_run(schedule: dict[str, Any] | None = SCHEDULE) -> dict[str, Any]
         "seen": probe.seen,
         "simulated": method.simulated,
         "gradients": method.gradients,
-        "real": [b - a for a, b in zip(after, after[1:])],
+        "real": [b - a for a, b in itertools.pairwise(after)],
         "records": pd.DataFrame(sink.records),
     }
 
@@ -172,3 +175,16 @@ def test_checkpoints_record_the_lr_of_the_next_update() -> None:
 def test_no_schedule_keeps_the_optimizers_lr() -> None:
     run = _scheduled_run(schedule=None)
     assert run["seen"] == {step: [0.2] for step in range(STEPS)}
+
+
+# -- presets ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["temperature-fig1", "temperature-fig2", "temperature-fig4"])
+def test_the_temperature_papers_cifar100_presets_decay_the_lr_by_099_per_epoch(name: str) -> None:
+    """App. A.2 of Mueller et al. 2022; the presets wait for the cifar100-mtl setting, so their optimizer is checked
+    on an embedded one."""
+    base = load_preset(name).sweep["base"]
+    config = validate_config({**base, "setting": {"name": "digits-mtl"}, "model": {}})
+    assert config.optimizer.schedule == {"name": "exponential", "gamma": 0.99, "warmup_steps": 0}
+    assert (config.optimizer.name, config.optimizer.lr, config.optimizer.momentum) == ("sgd", 0.004, 0.9)

@@ -77,6 +77,9 @@ def _cosine(lr: float, length: RunLength, *, min_lr: NonNegativeFloat = 0.0) -> 
     return lambda step: min_lr + (lr - min_lr) * (1 + math.cos(math.pi * step / length.steps)) / 2
 
 
+_NONE = inspect.Parameter.empty
+
+
 @dataclass(frozen=True)
 class LearningRate:
     """The learning rate of every optimizer step: ``schedule(step)``, warmed up over ``warmup_steps``."""
@@ -95,9 +98,10 @@ class LearningRate:
 def canonical_schedule(schedule: Mapping[str, Any]) -> dict[str, Any] | None:
     """A checked ``{name, **options}`` with every default filled in; ``None`` for the constant learning rate
     without warm-up (the default, so ``schedule: constant`` is the same run as no schedule)."""
-    entry = LR_SCHEDULES.entry(schedule["name"])
-    defaults = {k: v for k, v in entry.options().items() if v is not inspect.Parameter.empty}
-    filled = {"name": schedule["name"], **defaults, **{k: v for k, v in schedule.items() if k != "name"}}
+    options = LR_SCHEDULES.entry(schedule["name"]).options()  # the schedule's own, then warmup_steps
+    given = {k: v for k, v in schedule.items() if k != "name"}
+    filled = {"name": schedule["name"]}
+    filled.update({k: given.get(k, default) for k, default in options.items() if k in given or default is not _NONE})
     if filled["name"] == "constant" and filled["warmup_steps"] == 0:
         return None
     return filled
