@@ -18,6 +18,9 @@ linear warm-up that reaches the schedule's value at step W (the first step is at
 before each step and at each checkpoint, so the optimizer always holds the learning rate of its next update —
 what the optimizer lookahead of IT-MTL and the affinity probe simulate with, and what a checkpoint records.
 Being a function of the step index only, it resumes exactly from a saved state.
+
+A schedule of your own: ``@LR_SCHEDULES.register(name, description)`` on ``builder(lr, length, *, option=default)``
+(options annotated with their types and ranges, ``mtlscope.options``) returning the function ``step -> lr``.
 """
 
 from __future__ import annotations
