@@ -2,13 +2,20 @@
 
 At step 0, every ``eval_every`` steps and at the last step, the trainer records for every task the
 metrics on train (the full training set, or its first ``train_eval_limit`` examples), val and test, the
-optimizer's learning rate, the batch size and the temperature lr/B (split ``optim``), and the values of
-the run's probes (split ``probe``; each probe at every ``probe.every``-th checkpoint and at the last).
-Probes that observe steps (``probe.observes_steps``) also see every step's batch before its update. Probes
-run with the model in eval mode. Per-step diagnostics (split ``step``; see ``mtlscope.engine.step``)
-are kept in memory and written with the next checkpoint. Records go to a ``RecordSink`` as soon as a
-checkpoint is complete; after them, the whole training state goes to the ``StateSink`` (if any), so a run
-can resume from its last checkpoint and continue exactly as if it had not stopped.
+optimizer's learning rate (that of the next update), the batch size and the temperature lr/B (split
+``optim``), and the values of the run's probes (split ``probe``; each probe at every ``probe.every``-th
+checkpoint and at the last). Probes that observe steps (``probe.observes_steps``) also see every step's batch
+before its update. Probes run with the model in eval mode. Per-step diagnostics (split ``step``; see
+``mtlscope.engine.step``) are kept in memory and written with the next checkpoint. Records go to a
+``RecordSink`` as soon as a checkpoint is complete; after them, the whole training state goes to the
+``StateSink`` (if any), so a run can resume from its last checkpoint and continue exactly as if it had not
+stopped.
+
+Learning rate: with a schedule ``lr_at`` (a function of the 0-based step index; ``mtlscope.engine.lr_schedules``),
+the trainer sets every parameter group's learning rate to ``lr_at(s)`` before step ``s`` (before step-observing
+probes see the step) and at the checkpoint after ``s`` steps, so the optimizer always holds the learning rate of
+its next update — what lookahead simulations (IT-MTL, the affinity probe) and the records read. Without one, the
+optimizer's learning rate is left as it is.
 
 Randomness: every stream is seeded from the run seed — model initialization, one batch stream per task,
 the method generator, one generator per probe — and torch's global generator (used by dropout) is seeded
@@ -122,6 +129,7 @@ class Trainer:
         diagnostics_every: int | None = None,
         jacobian_mode: str = "auto",
         jacobian_chunk: int | None = None,
+        lr_at: Callable[[int], float] | None = None,
     ) -> None:
         self.setting = setting
         self.model = model
@@ -137,6 +145,7 @@ class Trainer:
         self.train_eval_limit = train_eval_limit
         self.on_step = on_step
         self.state_sink = state_sink
+        self.lr_at = lr_at
         method.setup(setting.task_names)
         self.sampler = BatchSampler(setting, batch_size, seed)
         self.method_generator = torch.Generator().manual_seed(derived_seed(seed, "method"))
@@ -212,6 +221,7 @@ class Trainer:
         scores = self.scores
         for step in range(self.step + 1, self.schedule.steps + 1):
             batch = self.sampler.next()
+            self._set_lr(step - 1)
             if self.step_probes:
                 self._observe_step(batch, step - 1)
             started = time.perf_counter()
@@ -265,6 +275,14 @@ class Trainer:
         finally:
             self.model.train()
 
+    def _set_lr(self, step: int) -> None:
+        """Give every parameter group the learning rate of optimizer step ``step`` (0-based), if scheduled."""
+        if self.lr_at is None:
+            return
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def _probe_due(self, probe: Probe, step: int) -> bool:
         return step == self.schedule.steps or (step // self.schedule.eval_every) % probe.every == 0
 
@@ -286,6 +304,7 @@ class Trainer:
         return records
 
     def _checkpoint(self, step: int) -> Scores:
+        self._set_lr(step)
         epoch = self.schedule.epoch(step)
         started = time.perf_counter()
         scores = evaluate(self.model, self.setting, train_limit=self.train_eval_limit)

@@ -23,6 +23,7 @@ import torch
 
 from mtlscope.engine.gradients import resolve_mode
 from mtlscope.engine.loss_scale import resolve_loss_scale
+from mtlscope.engine.lr_schedules import LearningRate, build_learning_rate
 from mtlscope.engine.optimizers import build_optimizer
 from mtlscope.engine.trainer import Record, RecordSink, Schedule, StateSink, Trainer
 from mtlscope.messages import clip
@@ -72,6 +73,7 @@ class Prepared:
     optimizer: torch.optim.Optimizer
     probes: list[Probe]
     schedule: Schedule
+    learning_rate: LearningRate
     loss_scale: float
     device: torch.device
 
@@ -108,6 +110,9 @@ def prepare(config: RunConfig, source: str = "config") -> Prepared:
     steps_per_epoch = setting.steps_per_epoch(training.batch_size)
     steps = training.steps if training.steps is not None else (training.epochs or 1) * steps_per_epoch
     eval_every = steps_per_epoch if training.eval_every == "epoch" else int(training.eval_every)
+    learning_rate = build_learning_rate(
+        optimizer_config.lr, optimizer_config.schedule, steps=steps, steps_per_epoch=steps_per_epoch
+    )
     return Prepared(
         config=resolved,
         setting=setting.to(device),
@@ -116,6 +121,7 @@ def prepare(config: RunConfig, source: str = "config") -> Prepared:
         optimizer=optimizer,
         probes=probes,
         schedule=Schedule(steps=steps, steps_per_epoch=steps_per_epoch, eval_every=eval_every),
+        learning_rate=learning_rate,
         loss_scale=resolve_loss_scale(training.loss_scale, len(setting.tasks)),
         device=device,
     )
@@ -158,6 +164,7 @@ def _trainer(
         diagnostics_every=config.training.diagnostics_every,
         jacobian_mode=config.training.jacobian_mode,
         jacobian_chunk=config.training.jacobian_chunk,
+        lr_at=prepared.learning_rate.lr_at,
     )
 
 
