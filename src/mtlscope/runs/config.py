@@ -137,6 +137,7 @@ class TrainingConfig(_Strict):
     jacobian_mode: Literal["auto", "per_task", "batched", "loop"] = "auto"
     jacobian_chunk: int | None = Field(default=None, ge=1)
     save_state: bool = True
+    keep_best: bool = False
 
     @field_validator("loss_scale", mode="before")
     @classmethod
