@@ -163,6 +163,15 @@ def test_a_config_without_lr_schedule_keeps_its_run_id() -> None:
     assert constant.optimizer.schedule is None and constant.run_id() == plain.run_id()
 
 
+def test_keep_best_changes_the_run_id_only_when_asked_for() -> None:
+    plain = validate_config({"setting": {"name": "digits-mtl"}})
+    off = validate_config({"setting": {"name": "digits-mtl"}, "training": {"keep_best": False}})
+    on = validate_config({"setting": {"name": "digits-mtl"}, "training": {"keep_best": True}})
+    assert "keep_best" not in plain.to_dict()["training"] and off.run_id() == plain.run_id()
+    assert on.training.keep_best and on.run_id() != plain.run_id()
+    assert validate_config(on.to_dict()).training.keep_best  # kept through the stored config
+
+
 def test_lr_schedule_is_stored_with_its_defaults_and_changes_the_run_id() -> None:
     short = validate_config({"setting": {"name": "digits-mtl"}, "optimizer": {"schedule": {"name": "cosine"}}})
     assert short.to_dict()["optimizer"]["schedule"] == {"name": "cosine", "min_lr": 0.0, "warmup_steps": 0}

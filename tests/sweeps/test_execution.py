@@ -178,6 +178,7 @@ def test_failing_runs_are_recorded_and_the_sweep_goes_on(
     assert result.retried >= 1
     messages = {outcome.run_id: outcome.message for outcome in result.outcomes}
     assert "test fault" in messages[raising] and "test fault" in messages[escaping]
+    assert messages[raising].startswith("RuntimeError: test fault")  # the run's own error, as execute recorded it
     assert messages[crashing] == WORKER_DIED
     # on disk: execute marked the raising run failed, the driver the run whose worker died (its state is kept)
     assert read_status(tmp_path / raising)["status"] == "failed"

@@ -7,9 +7,9 @@ optimizer's learning rate (that of the next update), the batch size and the temp
 checkpoint and at the last). Probes that observe steps (``probe.observes_steps``) also see every step's batch
 before its update. Probes run with the model in eval mode. Per-step diagnostics (split ``step``; see
 ``mtlscope.engine.step``) are kept in memory and written with the next checkpoint. Records go to a
-``RecordSink`` as soon as a checkpoint is complete; after them, the whole training state goes to the
-``StateSink`` (if any), so a run can resume from its last checkpoint and continue exactly as if it had not
-stopped.
+``RecordSink`` as soon as a checkpoint is complete; then the caller's ``CheckpointHook``s see the checkpoint
+(e.g. to keep the best weights); after them, the whole training state goes to the ``StateSink`` (if any), so a
+run can resume from its last checkpoint and continue exactly as if it had not stopped.
 
 Learning rate: with a schedule ``lr_at`` (a function of the 0-based step index; ``mtlscope.engine.lr_schedules``),
 the trainer sets every parameter group's learning rate to ``lr_at(s)`` before step ``s`` (before step-observing
@@ -67,6 +67,20 @@ class RecordSink(Protocol):
 
 class StateSink(Protocol):
     def save_state(self, state: dict[str, Any]) -> None: ...
+
+
+class CheckpointHook(Protocol):
+    """What the trainer's caller keeps across checkpoints (e.g. the best validation checkpoint's weights): it sees
+    every checkpoint's scores with the model as it is at that step (it must not change the model), and its state
+    (``state_dict``, under ``name``) is part of the training state, so a resumed run continues it exactly."""
+
+    name: str
+
+    def at_checkpoint(self, step: int, scores: Scores, model: MultiTaskModel) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class ListSink:
@@ -130,6 +144,7 @@ class Trainer:
         jacobian_mode: str = "auto",
         jacobian_chunk: int | None = None,
         lr_at: Callable[[int], float] | None = None,
+        checkpoint_hooks: Sequence[CheckpointHook] = (),
     ) -> None:
         self.setting = setting
         self.model = model
@@ -146,6 +161,7 @@ class Trainer:
         self.on_step = on_step
         self.state_sink = state_sink
         self.lr_at = lr_at
+        self.checkpoint_hooks = list(checkpoint_hooks)
         method.setup(setting.task_names)
         self.sampler = BatchSampler(setting, batch_size, seed)
         self.method_generator = torch.Generator().manual_seed(derived_seed(seed, "method"))
@@ -184,6 +200,7 @@ class Trainer:
             "method_generator": self.method_generator.get_state(),
             "probe_generators": {name: g.get_state() for name, g in self.probe_generators.items()},
             "probes": {probe.name: probe.state_dict() for probe in self.probes},
+            "hooks": {hook.name: hook.state_dict() for hook in self.checkpoint_hooks},
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "scores": self.scores,
@@ -201,6 +218,8 @@ class Trainer:
             self.probe_generators[name].set_state(generator_state)
         for probe in self.probes:
             probe.load_state_dict(state["probes"].get(probe.name, {}))
+        for hook in self.checkpoint_hooks:  # a state without a hook's own is not this run's: KeyError
+            hook.load_state_dict(state["hooks"][hook.name])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -343,6 +362,8 @@ class Trainer:
         self.model.train()
         self.sink.write([*self.pending, *records])
         self.pending = []
+        for hook in self.checkpoint_hooks:
+            hook.at_checkpoint(step, scores, self.model)
         self.step, self.scores = step, scores
         if self.state_sink is not None and step < self.schedule.steps:
             self.state_sink.save_state(self.state_dict())

@@ -168,6 +168,7 @@ class TrainingConfig(_Strict):
     jacobian_mode: Literal["auto", "per_task", "batched", "loop"] = "auto"
     jacobian_chunk: int | None = Field(default=None, ge=1)
     save_state: bool = True
+    keep_best: bool = False
 
     @field_validator("loss_scale", mode="before")
     @classmethod
@@ -188,6 +189,13 @@ class TrainingConfig(_Strict):
         if self.epochs is None and self.steps is None:
             object.__setattr__(self, "epochs", 20)
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not self.keep_best:  # configs that keep no best checkpoint keep the run ids they had before the option
+            data.pop("keep_best", None)
+        return data
 
 
 class RunConfig(_Strict):
