@@ -80,6 +80,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             on_step=bar.advance_to,
             source=args.config,
             trackers=trackers,
+            on_failure="return",  # a failed run is the one line below and exit code 1
         )
     if outcome.skipped:
         print(f"{outcome.path}: {outcome.message} (use --force to run it again)")

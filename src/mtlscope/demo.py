@@ -80,7 +80,7 @@ def run_demo(
             def advance(step: int, start: int = start) -> None:
                 bar.advance_to(start + step)
 
-            outcome = execute(config, out / "runs", on_step=advance)
+            outcome = execute(config, out / "runs", on_step=advance, on_failure="return")
             bar.advance_to(start + steps_per_run, timed=not outcome.skipped)
             outcomes.append(outcome)
     results = load(out / "runs")

@@ -57,6 +57,14 @@ BAD_CONFIGS = {
         "setting:\n  name: digits-attributes\ntraining:\n  jacobian_mode: per_task\n",
         "jacobian_mode 'per_task' needs the multi-input layout",
     ),
+    "bad lr schedule option": (
+        BASE + "optimizer:\n  schedule: {name: exponential, gamma: 1.5}\n",
+        "optimizer.schedule.gamma: expected a number in (0, 1] (got 1.5)",
+    ),
+    "unknown lr schedule": (
+        BASE + "optimizer:\n  schedule: linear\n",
+        "optimizer.schedule: unknown lr schedule 'linear'; available: constant, cosine, exponential, step",
+    ),
     "bad encoder value": (
         BASE + "model:\n  encoder: {name: mlp, hidden: [0]}\n",
         "model.encoder.hidden: expected a non-empty list of integers >= 1 (got [0])",
@@ -112,3 +120,73 @@ def test_run_id_is_derived_from_the_resolved_config() -> None:
     other = resolve(validate_config({"setting": {"name": "digits-mtl"}, "seed": 1}))
     assert other.run_id() != implicit.run_id()
     assert implicit.run_id().startswith("digits1+digits2+noisy-digits-s0-")
+
+
+SCHEDULE_ERRORS = {
+    "missing option": ({"name": "step"}, "optimizer.schedule.every_epochs: required option of lr schedule 'step'"),
+    "unknown option": (
+        {"name": "cosine", "gamma": 0.5},
+        "optimizer.schedule.gamma: unknown option of lr schedule 'cosine'; options: min_lr, warmup_steps",
+    ),
+    "negative warm-up": (
+        {"name": "constant", "warmup_steps": -1},
+        "optimizer.schedule.warmup_steps: expected an integer >= 0 (got -1)",
+    ),
+    "warm-up not an integer": (
+        {"name": "exponential", "gamma": 0.99, "warmup_steps": 2.5},
+        "optimizer.schedule.warmup_steps: expected an integer >= 0 (got 2.5)",
+    ),
+    "min_lr above lr": (
+        {"name": "cosine", "min_lr": 0.5},
+        "optimizer.schedule.min_lr: expected at most the optimizer's lr 0.1 (got 0.5)",
+    ),
+    "gamma zero": ({"name": "step", "every_epochs": 2, "gamma": 0}, "optimizer.schedule.gamma: expected a number in"),
+    "not a mapping": (["exponential"], "optimizer.schedule: expected a mapping with a 'name'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCHEDULE_ERRORS))
+def test_bad_lr_schedule_is_a_one_line_error_naming_the_key(case: str) -> None:
+    schedule, expected = SCHEDULE_ERRORS[case]
+    with pytest.raises(ConfigError) as error:
+        validate_config({"setting": {"name": "digits-mtl"}, "optimizer": {"lr": 0.1, "schedule": schedule}})
+    assert str(error.value).startswith(f"config: {expected}")
+    assert "\n" not in str(error.value)
+
+
+def test_a_config_without_lr_schedule_keeps_its_run_id() -> None:
+    """No ``schedule`` key in the dumped config, so the run ids from before schedules existed stay (pinned)."""
+    plain = validate_config({"setting": {"name": "digits-mtl"}})
+    assert "schedule" not in plain.to_dict()["optimizer"]
+    assert plain.run_id() == "digits-mtl-s0-cf18101267"
+    constant = validate_config({"setting": {"name": "digits-mtl"}, "optimizer": {"schedule": "constant"}})
+    assert constant.optimizer.schedule is None and constant.run_id() == plain.run_id()
+
+
+def test_keep_best_changes_the_run_id_only_when_asked_for() -> None:
+    plain = validate_config({"setting": {"name": "digits-mtl"}})
+    off = validate_config({"setting": {"name": "digits-mtl"}, "training": {"keep_best": False}})
+    on = validate_config({"setting": {"name": "digits-mtl"}, "training": {"keep_best": True}})
+    assert "keep_best" not in plain.to_dict()["training"] and off.run_id() == plain.run_id()
+    assert on.training.keep_best and on.run_id() != plain.run_id()
+    assert validate_config(on.to_dict()).training.keep_best  # kept through the stored config
+
+
+def test_lr_schedule_is_stored_with_its_defaults_and_changes_the_run_id() -> None:
+    short = validate_config({"setting": {"name": "digits-mtl"}, "optimizer": {"schedule": {"name": "cosine"}}})
+    assert short.to_dict()["optimizer"]["schedule"] == {"name": "cosine", "min_lr": 0.0, "warmup_steps": 0}
+    full = validate_config({"setting": {"name": "digits-mtl"}, "optimizer": short.to_dict()["optimizer"]})
+    assert full.run_id() == short.run_id() == validate_config(short.to_dict()).run_id()
+    assert short.run_id() != validate_config({"setting": {"name": "digits-mtl"}}).run_id()
+    warm = validate_config(
+        {"setting": {"name": "digits-mtl"}, "optimizer": {"schedule": {"name": "cosine", "warmup_steps": 5}}}
+    )
+    assert warm.run_id() != short.run_id()
+
+
+def test_lr_schedule_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + "optimizer:\n  schedule: {name: exponential, gamma: 0.99}\n")
+    config = load_config(path, ["optimizer.schedule.gamma=0.9", "optimizer.schedule.warmup_steps=10"])
+    assert config.optimizer.schedule == {"name": "exponential", "gamma": 0.9, "warmup_steps": 10}
+    assert load_config(path, ["optimizer.schedule=null"]).optimizer.schedule is None

@@ -56,6 +56,31 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, stop_at: int) -> N
     assert not (resumed.path / STATE_FILE).exists()
 
 
+SCHEDULES = {
+    "exponential with warm-up": {"name": "exponential", "gamma": 0.7, "warmup_steps": 6},
+    "cosine": {"name": "cosine", "min_lr": 0.001},
+}
+
+
+@pytest.mark.parametrize(
+    ("schedule", "stop_at"), [("exponential with warm-up", 5), ("exponential with warm-up", 20), ("cosine", 45)]
+)
+def test_resumed_run_with_lr_schedule_equals_uninterrupted_run(tmp_path: Path, schedule: str, stop_at: int) -> None:
+    """The affinity probe and the momentum buffers see the scheduled lr; a resumed run continues it exactly (14
+    steps per epoch: stopped in the warm-up, after it, and in the last epoch)."""
+    config = {**CONFIG, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": SCHEDULES[schedule]}}
+    reference = execute(validate_config(config), tmp_path / "reference")
+    with pytest.raises(Stop):
+        execute(validate_config(config), tmp_path / "resumed", on_step=_stop_at(stop_at))
+    resumed = execute(validate_config(config), tmp_path / "resumed")
+    assert resumed.status == "completed" and not resumed.skipped
+    assert (resumed.path / RECORDS_FILE).read_text() == (reference.path / RECORDS_FILE).read_text()
+    records = load(tmp_path / "reference").records
+    lrs = records[(records["split"] == "optim") & (records["metric"] == "lr")].groupby("step")["value"].first()
+    assert list(lrs.index) == [0, 14, 28, 42, 56]
+    assert lrs.nunique() == len(lrs)  # the schedule acted between every two checkpoints
+
+
 def test_resume_false_starts_over(tmp_path: Path) -> None:
     with pytest.raises(Stop):
         execute(validate_config(CONFIG), tmp_path, on_step=_stop_at(20))

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from mtlscope.engine.trainer import Record
-from mtlscope.runs import execute, load, read_records, validate_config
+from mtlscope.runs import RunFailed, execute, load, read_records, validate_config
 from mtlscope.runs.store import RECORDS_FILE, read_status
 from mtlscope.runs.tracking import (
     MlflowTracker,
@@ -172,10 +172,9 @@ def test_fresh_start_replaces_the_mlflow_run(tmp_path: Path, mlflow_spec: dict[s
 
 
 def test_failed_run_is_failed_in_mlflow(tmp_path: Path, mlflow_spec: dict[str, Any]) -> None:
-    outcome = execute(
-        validate_config(CONFIG), tmp_path, trackers=[mlflow_spec], on_step=_raise_at(4, RuntimeError("boom"))
-    )
-    assert outcome.status == "failed"
+    with pytest.raises(RunFailed) as failed:
+        execute(validate_config(CONFIG), tmp_path, trackers=[mlflow_spec], on_step=_raise_at(4, RuntimeError("boom")))
+    assert failed.value.outcome.status == "failed"
     (run,) = mlflow_runs(mlflow_spec)
     assert run.info.status == "FAILED"
     assert run.data.tags["mtlscope.status"] == "failed" and run.data.tags["mtlscope.message"] == "RuntimeError: boom"

@@ -1,17 +1,21 @@
-"""Files read from disk are data, never code: a malicious ``state.pt`` or a YAML tag in any file the project reads
-runs nothing and gives a clean restart, error or warning.
+"""Files read from disk are data, never code: a malicious ``state.pt``, weights file or a YAML tag in any file the
+project reads runs nothing and gives a clean restart, error or warning.
 
 Run directories travel between machines (rsync from cluster nodes), so every reader is covered: the saved state
-(``torch.load``), configs, overrides, sweep and preset files (``yaml.safe_load``), a stored ``config.yaml``, and
-the sweep manifest (``json``). A planted payload would create a marker file; the marker must never appear.
+(``torch.load``), the weights (``load_model``: safetensors), configs, overrides, sweep and preset files
+(``yaml.safe_load``), a stored ``config.yaml``, and the sweep manifest (``json``). A planted payload would create
+a marker file; the marker must never appear.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import logging
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +24,8 @@ import torch
 import yaml
 
 from mtlscope.cli import main
-from mtlscope.runs import execute, load, validate_config
-from mtlscope.runs.store import CONFIG_FILE, RECORDS_FILE, STATE_FILE, damage, read_status
+from mtlscope.runs import WeightsError, execute, load, load_model, validate_config
+from mtlscope.runs.store import CONFIG_FILE, RECORDS_FILE, STATE_FILE, SUMMARY_FILE, damage, read_status
 from mtlscope.sweeps import run_sweep, sweep_status
 
 CONFIG = {
@@ -151,6 +155,29 @@ def test_every_saved_state_loads_without_code(tmp_path: Path) -> None:
     steps: list[int] = []
     assert execute(validate_config(CONFIG), tmp_path / "out", on_step=steps.append).status == "completed"
     assert steps[0] == 6  # resumed after the step-5 checkpoint
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torch"])
+def test_malicious_weights_file_never_runs(tmp_path: Path, reference: Path, kind: str) -> None:
+    """A pickle planted as ``model.safetensors`` (its sha256 recorded too, as a thorough attacker would) is refused
+    by ``load_model`` with one line, and its payload never runs."""
+    marker = tmp_path / "marker"
+    source = next(path for path in sorted(reference.iterdir()) if path.is_dir())
+    run = Path(shutil.copytree(source, tmp_path / source.name))
+    if kind == "pickle":
+        payload = pickle.dumps(Plant(marker))
+    else:  # what torch.save writes: a zip archive whose pickle holds the payload
+        buffer = io.BytesIO()
+        torch.save({"encoder.net.0.weight": Plant(marker)}, buffer)
+        payload = buffer.getvalue()
+    (run / "model.safetensors").write_bytes(payload)
+    summary = json.loads((run / SUMMARY_FILE).read_text())
+    summary["weights"]["final"]["sha256"] = hashlib.sha256(payload).hexdigest()
+    (run / SUMMARY_FILE).write_text(json.dumps(summary))
+    with pytest.raises(WeightsError) as error:
+        load_model(run)
+    assert "model.safetensors: not a safetensors weights file" in str(error.value) and "\n" not in str(error.value)
+    assert not marker.exists()
 
 
 # -- YAML tags ---------------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 ``optimizer_update(optimizer, parameters, gradients)`` returns, for each parameter, the change
 ``p_new - p`` that ``optimizer.step()`` would apply if the parameters had these gradients, simulated
 exactly from the optimizer's current state (momentum buffers, Adam moments, step counts, bias correction,
-weight decay, AMSGrad, Nesterov) and each parameter's param-group hyperparameters. The optimizer, its
+weight decay, AMSGrad, Nesterov) and each parameter's param-group hyperparameters, the learning rate included:
+in a run with a learning-rate schedule the trainer sets each step's learning rate before the step, so a simulation
+made for step ``s`` (IT-MTL, the affinity probe) uses step ``s``'s learning rate. The optimizer, its
 state and the parameters are left as they were. Supported: ``torch.optim.SGD`` (with or without momentum,
 dampening, Nesterov), ``Adam`` and ``AdamW``. IT-MTL and the inter-task affinity probe use it to evaluate
 "what if we stepped along this gradient".

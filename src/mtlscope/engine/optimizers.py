@@ -1,5 +1,6 @@
-"""Optimizers of a run (Mueller et al. 2025, App. A): Adam (default, constant learning rate), AdamW, SGD and SGD with
-momentum (``name: sgd`` with ``momentum > 0``; the temperature paper uses momentum 0.9)."""
+"""Optimizers of a run (Mueller et al. 2025, App. A): Adam (default), AdamW, SGD and SGD with momentum (``name: sgd``
+with ``momentum > 0``; the temperature paper uses momentum 0.9). The learning rate given here is the initial one;
+a run's schedule (``mtlscope.engine.lr_schedules``) is applied by the trainer."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
 ) -> torch.optim.Optimizer:
-    """The torch optimizer ``name`` over ``parameters`` with a constant learning rate ``lr``."""
+    """The torch optimizer ``name`` over ``parameters`` with learning rate ``lr``."""
     params = list(parameters)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

@@ -1,7 +1,9 @@
 """One training step: task losses, what the method needs, the method's combination, the update.
 
 The step computes the task losses, then only what the method declared in ``needs`` (see
-``mtlscope.methods.base``), calls ``method.combine`` and applies the ``Combination``:
+``mtlscope.methods.base``), calls ``method.combine`` and applies the ``Combination`` through
+``mtlscope.engine.backward.MultiTaskBackward`` (the piece a hand-written training loop uses, so the two fill
+``.grad`` identically):
 
 - ``loss_weights`` without a Jacobian: one backward of ``sum_k w_k L_k`` (the cheapest step);
 - ``loss_weights`` with a Jacobian already computed: shared gradient ``w @ J``, heads ``w_k grad L_k``;
@@ -25,7 +27,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from mtlscope.engine.backward import MultiTaskBackward, TaskGradients
 from mtlscope.engine.gradients import (
+    Forward,
     encoder_jacobian,
     forward,
     last_shared_parameters,
@@ -34,9 +38,9 @@ from mtlscope.engine.gradients import (
     resolve_mode,
     task_losses,
 )
-from mtlscope.engine.lookahead import ModelLookahead, flatten, unflatten
+from mtlscope.engine.lookahead import ModelLookahead, flatten
 from mtlscope.engine.sampling import Batch
-from mtlscope.methods.base import NEEDS, Combination, Method, StepInput
+from mtlscope.methods.base import Combination, Method
 from mtlscope.models.multitask import MultiTaskModel
 from mtlscope.settings.setting import Setting
 
@@ -68,9 +72,6 @@ class TrainingStep:
         jacobian_chunk: int | None = None,
         diagnostics_every: int | None = None,
     ) -> None:
-        unknown = set(method.needs) - NEEDS
-        if unknown:
-            raise ValueError(f"method {method.name!r} needs {sorted(unknown)}, which the engine does not provide")
         self.model = model
         self.setting = setting
         self.method = method
@@ -82,9 +83,23 @@ class TrainingStep:
         self.chunk = jacobian_chunk
         self.diagnostics_every = diagnostics_every
         self.shared = list(model.shared_parameters())
-        self.heads = [list(model.task_parameters(task)) for task in setting.task_names]
-        self.last_shared = last_shared_parameters(model) if "last_shared_jacobian" in method.needs else None
         needs = method.needs
+        self.last_shared = last_shared_parameters(model) if "last_shared_jacobian" in needs else None
+        # the combination and its gradients: the same public piece as a hand-written loop's
+        self.engine = MultiTaskBackward(
+            method,
+            self.shared,
+            [list(model.task_parameters(task)) for task in setting.task_names],
+            task_names=setting.task_names,
+            loss_scale=loss_scale,
+            optimizer=optimizer,
+            last_shared=self.last_shared,
+            steps_per_epoch=steps_per_epoch,
+            generator=generator,
+            # on one graph: batched vector-Jacobian products unless the loop was asked for
+            jacobian_mode="loop" if self.mode == "loop" else "batched",
+            jacobian_chunk=jacobian_chunk,
+        )
         # per-task graphs (multi-input) give the Jacobian and the last layer's gradients at the arithmetic floor
         self.per_task = (
             self.mode == "per_task"
@@ -96,110 +111,53 @@ class TrainingStep:
         self.optimizer.zero_grad(set_to_none=True)
         needs = self.method.needs
         diagnose = self.diagnostics_every is not None and step % self.diagnostics_every == 0
-        jacobian = representation_jacobian = last_jacobian = None
-        graph_losses: Tensor | None = None
-        head_grads: list[list[Tensor]] | None = None
+        graph: Forward | None = None
         if self.per_task:
             computed = per_task_gradients(self.model, self.setting, batch, self.last_shared)
-            losses, jacobian, head_grads = computed.losses, computed.jacobian, computed.head_grads
-            last_jacobian = computed.last_shared_jacobian
+            losses = computed.losses
+            gradients = TaskGradients(
+                losses,
+                jacobian=computed.jacobian,
+                last_shared_jacobian=computed.last_shared_jacobian,
+                head_grads=computed.head_grads,
+            )
         else:
             graph = forward(self.model, self.setting, batch)
-            graph_losses = graph.losses
-            losses = graph_losses.detach()
+            losses = graph.losses.detach()
         if not bool(torch.isfinite(losses).all()):
             return StepResult(losses, finite=False)
-        # on one graph: batched vector-Jacobian products unless the loop was asked for
-        joint_mode = "loop" if self.mode == "loop" else "batched"
         at_representation: Tensor | None = None
-        if graph_losses is not None:
-            if {"jacobian", "representation"} & needs or diagnose or self.last_shared is not None:
+        if graph is not None:
+            # each head reads its own view of the representation: one backward gives every task's gradient there
+            if self.engine.uses_gradients or diagnose:
                 at_representation = representation_gradients(graph)
-            if "representation" in needs:
-                assert at_representation is not None
-                representation_jacobian = at_representation.flatten(1)
-            if "jacobian" in needs:
-                assert at_representation is not None
-                jacobian = encoder_jacobian(
-                    graph.representation, at_representation, self.shared, joint_mode, self.chunk
-                )
-            if self.last_shared is not None:
-                assert at_representation is not None  # the last layer's gradients: a VJP through that layer only
-                last_jacobian = encoder_jacobian(
-                    graph.representation, at_representation, self.last_shared, joint_mode, self.chunk
-                )
-        diagnostic_jacobian = jacobian
-        if diagnose and diagnostic_jacobian is None and at_representation is not None:
+            gradients = self.engine.gradients(graph.losses, graph.representation, at_representation)
+        diagnostic_jacobian = gradients.jacobian
+        if diagnose and diagnostic_jacobian is None and graph is not None and at_representation is not None:
             diagnostic_jacobian = encoder_jacobian(
-                graph.representation, at_representation, self.shared, joint_mode, self.chunk
+                graph.representation, at_representation, self.shared, self.engine.mode, self.chunk
             )
-        combination = self.method.combine(
-            StepInput(
-                losses=losses,
-                task_names=self.setting.task_names,
-                loss_scale=self.loss_scale,
-                step=step,
-                epoch=step // self.steps_per_epoch,
-                diagnose=diagnose,
-                generator=self.generator,
-                jacobian=jacobian,
-                representation_jacobian=representation_jacobian,
-                last_shared_jacobian=last_jacobian,
-                lookahead=ModelLookahead(self.model, self.setting, batch, self.optimizer)
-                if "lookahead" in needs
-                else None,
-            )
+        combination = self.engine.combine(
+            gradients,
+            step=step,
+            epoch=step // self.steps_per_epoch,
+            diagnose=diagnose,
+            lookahead=ModelLookahead(self.model, self.setting, batch, self.optimizer) if "lookahead" in needs else None,
         )
         before = flatten([p.detach() for p in self.shared]).clone() if diagnose else None
-        shared_gradient = self._apply(graph_losses, jacobian, head_grads, combination)
+        shared_gradient = self.engine.apply(
+            combination, graph.losses if graph is not None else None, gradients.jacobian, gradients.head_grads
+        )
         self.optimizer.step()
         if "post_step_losses" in needs:
             with torch.no_grad():
-                self.method.after_step(task_losses(self.model, self.setting, batch)[0].detach())
+                self.engine.after_step(task_losses(self.model, self.setting, batch)[0].detach())
         if not diagnose:
             return StepResult(losses)
         assert before is not None
         return StepResult(
             losses, diagnostics=self._diagnostics(diagnostic_jacobian, combination, shared_gradient, before)
         )
-
-    def _apply(
-        self,
-        graph_losses: Tensor | None,
-        jacobian: Tensor | None,
-        head_grads: list[list[Tensor]] | None,
-        combination: Combination,
-    ) -> Tensor | None:
-        """Write the gradients; return the combined shared gradient when it was formed explicitly."""
-        weights = combination.loss_weights
-        if weights is not None and jacobian is None:
-            assert graph_losses is not None
-            (weights.to(graph_losses) * graph_losses).sum().backward()
-            return None
-        if weights is not None:
-            assert jacobian is not None
-            shared_gradient = weights.to(jacobian) @ jacobian
-            head_scale = weights.to(jacobian)
-        else:
-            assert combination.shared_gradient is not None
-            shared_gradient = combination.shared_gradient
-            head_scale = torch.full((len(self.heads),), 1.0 / self.loss_scale, dtype=shared_gradient.dtype)
-        if head_grads is not None:
-            for scale, params, grads in zip(head_scale, self.heads, head_grads):
-                for p, g in zip(params, grads):
-                    p.grad = (scale * g).to(p)
-        else:
-            assert graph_losses is not None
-            every_head = [p for params in self.heads for p in params]
-            (head_scale.to(graph_losses) * graph_losses).sum().backward(inputs=every_head)
-        if shared_gradient.numel() != sum(p.numel() for p in self.shared):
-            raise ValueError(
-                f"method {self.method.name!r} returned a shared gradient of {shared_gradient.numel()} entries for "
-                f"{sum(p.numel() for p in self.shared)} shared parameters"
-            )
-        for p, g in zip(self.shared, unflatten(shared_gradient, self.shared)):
-            p.grad = g.detach().to(p).clone()
-        return shared_gradient
 
     def _diagnostics(
         self, jacobian: Tensor | None, combination: Combination, shared_gradient: Tensor | None, before: Tensor

@@ -2,13 +2,20 @@
 
 At step 0, every ``eval_every`` steps and at the last step, the trainer records for every task the
 metrics on train (the full training set, or its first ``train_eval_limit`` examples), val and test, the
-optimizer's learning rate, the batch size and the temperature lr/B (split ``optim``), and the values of
-the run's probes (split ``probe``; each probe at every ``probe.every``-th checkpoint and at the last).
-Probes that observe steps (``probe.observes_steps``) also see every step's batch before its update. Probes
-run with the model in eval mode. Per-step diagnostics (split ``step``; see ``mtlscope.engine.step``)
-are kept in memory and written with the next checkpoint. Records go to a ``RecordSink`` as soon as a
-checkpoint is complete; after them, the whole training state goes to the ``StateSink`` (if any), so a run
-can resume from its last checkpoint and continue exactly as if it had not stopped.
+optimizer's learning rate (that of the next update), the batch size and the temperature lr/B (split
+``optim``), and the values of the run's probes (split ``probe``; each probe at every ``probe.every``-th
+checkpoint and at the last). Probes that observe steps (``probe.observes_steps``) also see every step's batch
+before its update. Probes run with the model in eval mode. Per-step diagnostics (split ``step``; see
+``mtlscope.engine.step``) are kept in memory and written with the next checkpoint. Records go to a
+``RecordSink`` as soon as a checkpoint is complete; then the caller's ``CheckpointHook``s see the checkpoint
+(e.g. to keep the best weights); after them, the whole training state goes to the ``StateSink`` (if any), so a
+run can resume from its last checkpoint and continue exactly as if it had not stopped.
+
+Learning rate: with a schedule ``lr_at`` (a function of the 0-based step index; ``mtlscope.engine.lr_schedules``),
+the trainer sets every parameter group's learning rate to ``lr_at(s)`` before step ``s`` (before step-observing
+probes see the step) and at the checkpoint after ``s`` steps, so the optimizer always holds the learning rate of
+its next update — what lookahead simulations (IT-MTL, the affinity probe) and the records read. Without one, the
+optimizer's learning rate is left as it is.
 
 Randomness: every stream is seeded from the run seed — model initialization, one batch stream per task,
 the method generator, one generator per probe — and torch's global generator (used by dropout) is seeded
@@ -60,6 +67,20 @@ class RecordSink(Protocol):
 
 class StateSink(Protocol):
     def save_state(self, state: dict[str, Any]) -> None: ...
+
+
+class CheckpointHook(Protocol):
+    """What the trainer's caller keeps across checkpoints (e.g. the best validation checkpoint's weights): it sees
+    every checkpoint's scores with the model as it is at that step (it must not change the model), and its state
+    (``state_dict``, under ``name``) is part of the training state, so a resumed run continues it exactly."""
+
+    name: str
+
+    def at_checkpoint(self, step: int, scores: Scores, model: MultiTaskModel) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class ListSink:
@@ -122,6 +143,8 @@ class Trainer:
         diagnostics_every: int | None = None,
         jacobian_mode: str = "auto",
         jacobian_chunk: int | None = None,
+        lr_at: Callable[[int], float] | None = None,
+        checkpoint_hooks: Sequence[CheckpointHook] = (),
     ) -> None:
         self.setting = setting
         self.model = model
@@ -137,6 +160,8 @@ class Trainer:
         self.train_eval_limit = train_eval_limit
         self.on_step = on_step
         self.state_sink = state_sink
+        self.lr_at = lr_at
+        self.checkpoint_hooks = list(checkpoint_hooks)
         method.setup(setting.task_names)
         self.sampler = BatchSampler(setting, batch_size, seed)
         self.method_generator = torch.Generator().manual_seed(derived_seed(seed, "method"))
@@ -175,6 +200,7 @@ class Trainer:
             "method_generator": self.method_generator.get_state(),
             "probe_generators": {name: g.get_state() for name, g in self.probe_generators.items()},
             "probes": {probe.name: probe.state_dict() for probe in self.probes},
+            "hooks": {hook.name: hook.state_dict() for hook in self.checkpoint_hooks},
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "scores": self.scores,
@@ -192,6 +218,8 @@ class Trainer:
             self.probe_generators[name].set_state(generator_state)
         for probe in self.probes:
             probe.load_state_dict(state["probes"].get(probe.name, {}))
+        for hook in self.checkpoint_hooks:  # a state without a hook's own is not this run's: KeyError
+            hook.load_state_dict(state["hooks"][hook.name])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -212,6 +240,7 @@ class Trainer:
         scores = self.scores
         for step in range(self.step + 1, self.schedule.steps + 1):
             batch = self.sampler.next()
+            self._set_lr(step - 1)
             if self.step_probes:
                 self._observe_step(batch, step - 1)
             started = time.perf_counter()
@@ -265,6 +294,14 @@ class Trainer:
         finally:
             self.model.train()
 
+    def _set_lr(self, step: int) -> None:
+        """Give every parameter group the learning rate of optimizer step ``step`` (0-based), if scheduled."""
+        if self.lr_at is None:
+            return
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def _probe_due(self, probe: Probe, step: int) -> bool:
         return step == self.schedule.steps or (step // self.schedule.eval_every) % probe.every == 0
 
@@ -286,6 +323,7 @@ class Trainer:
         return records
 
     def _checkpoint(self, step: int) -> Scores:
+        self._set_lr(step)
         epoch = self.schedule.epoch(step)
         started = time.perf_counter()
         scores = evaluate(self.model, self.setting, train_limit=self.train_eval_limit)
@@ -324,6 +362,8 @@ class Trainer:
         self.model.train()
         self.sink.write([*self.pending, *records])
         self.pending = []
+        for hook in self.checkpoint_hooks:
+            hook.at_checkpoint(step, scores, self.model)
         self.step, self.scores = step, scores
         if self.state_sink is not None and step < self.schedule.steps:
             self.state_sink.save_state(self.state_dict())

@@ -20,10 +20,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from mtlscope.engine.loss_scale import parse_loss_scale
+from mtlscope.engine.lr_schedules import LR_SCHEDULES, build_learning_rate, canonical_schedule
 from mtlscope.messages import clip, show
 from mtlscope.methods.registry import METHODS
 from mtlscope.models.encoders import ENCODERS
@@ -115,6 +125,16 @@ class OptimizerConfig(_Strict):
     weight_decay: float = Field(default=0.0, ge=0)
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
+    #: The learning-rate schedule ``{name, **options}`` (``mtlscope.engine.lr_schedules``), every default filled
+    #: in; ``None``: constant, and then the key is left out of the dumped config (so of the run id).
+    schedule: dict[str, Any] | None = None
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: Any) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        return canonical_schedule(_component(LR_SCHEDULES, value, field="schedule"))
 
     @model_validator(mode="after")
     def _sgd_only(self) -> OptimizerConfig:
@@ -122,7 +142,18 @@ class OptimizerConfig(_Strict):
             raise ValueError(f"momentum and nesterov apply to sgd only, not {self.name}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
+        try:  # options checked against the lr (a cosine's min_lr)
+            build_learning_rate(self.lr, self.schedule, steps=1, steps_per_epoch=1)
+        except OptionError as error:
+            raise _option_error(error, prefix="schedule.") from None
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.schedule is None:  # configs without a schedule keep the run ids they had before schedules
+            data.pop("schedule", None)
+        return data
 
 
 class TrainingConfig(_Strict):
@@ -137,6 +168,7 @@ class TrainingConfig(_Strict):
     jacobian_mode: Literal["auto", "per_task", "batched", "loop"] = "auto"
     jacobian_chunk: int | None = Field(default=None, ge=1)
     save_state: bool = True
+    keep_best: bool = False
 
     @field_validator("loss_scale", mode="before")
     @classmethod
@@ -157,6 +189,13 @@ class TrainingConfig(_Strict):
         if self.epochs is None and self.steps is None:
             object.__setattr__(self, "epochs", 20)
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not self.keep_best:  # configs that keep no best checkpoint keep the run ids they had before the option
+            data.pop("keep_best", None)
+        return data
 
 
 class RunConfig(_Strict):

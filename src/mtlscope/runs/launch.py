@@ -2,7 +2,10 @@
 
 Everything that can fail because of the config (setting options, task names, model and method options)
 is built *before* the run directory is created, so a bad config writes nothing. An exception during
-training marks the run ``failed`` with the error message; a non-finite loss marks it ``diverged``.
+training marks the run ``failed`` (the error and its traceback in ``summary.json``) and ``execute`` raises
+``RunFailed`` with that exception as its cause, unless called with ``on_failure="return"`` (sweeps, the CLI and
+the demo record the failed outcome and go on); a non-finite loss marks the run ``diverged`` (a result, returned).
+A completed run keeps its final weights (``mtlscope.runs.weights``).
 
 ``execute`` holds the run's lock (``mtlscope.runs.locking``) for the whole run, decides from what is on disk
 whether to skip, resume or start over (``mtlscope.runs.store``: a damaged completed run or an unusable saved
@@ -17,12 +20,13 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from mtlscope.engine.gradients import resolve_mode
 from mtlscope.engine.loss_scale import resolve_loss_scale
+from mtlscope.engine.lr_schedules import LearningRate, build_learning_rate
 from mtlscope.engine.optimizers import build_optimizer
 from mtlscope.engine.trainer import Record, RecordSink, Schedule, StateSink, Trainer
 from mtlscope.messages import clip
@@ -46,6 +50,7 @@ from mtlscope.runs.store import (
     stored_status,
 )
 from mtlscope.runs.tracking import TeeSink, Tracker, build_trackers
+from mtlscope.runs.weights import BestCheckpoint, cpu_copy, save_weights
 from mtlscope.settings.registry import get as get_setting
 from mtlscope.settings.setting import Setting
 
@@ -72,8 +77,10 @@ class Prepared:
     optimizer: torch.optim.Optimizer
     probes: list[Probe]
     schedule: Schedule
+    learning_rate: LearningRate
     loss_scale: float
     device: torch.device
+    best: BestCheckpoint | None = None  # keeps the best validation checkpoint (``training.keep_best``)
 
 
 def prepare(config: RunConfig, source: str = "config") -> Prepared:
@@ -108,6 +115,9 @@ def prepare(config: RunConfig, source: str = "config") -> Prepared:
     steps_per_epoch = setting.steps_per_epoch(training.batch_size)
     steps = training.steps if training.steps is not None else (training.epochs or 1) * steps_per_epoch
     eval_every = steps_per_epoch if training.eval_every == "epoch" else int(training.eval_every)
+    learning_rate = build_learning_rate(
+        optimizer_config.lr, optimizer_config.schedule, steps=steps, steps_per_epoch=steps_per_epoch
+    )
     return Prepared(
         config=resolved,
         setting=setting.to(device),
@@ -116,8 +126,10 @@ def prepare(config: RunConfig, source: str = "config") -> Prepared:
         optimizer=optimizer,
         probes=probes,
         schedule=Schedule(steps=steps, steps_per_epoch=steps_per_epoch, eval_every=eval_every),
+        learning_rate=learning_rate,
         loss_scale=resolve_loss_scale(training.loss_scale, len(setting.tasks)),
         device=device,
+        best=BestCheckpoint(setting) if training.keep_best else None,
     )
 
 
@@ -128,6 +140,24 @@ class RunOutcome:
     status: str
     message: str = ""
     skipped: bool = False
+
+
+class RunFailed(RuntimeError):
+    """``execute``: the run failed. ``__cause__`` is the exception raised during training (none when the run's
+    records on disk were found changed); the run directory is kept, marked ``failed``, with the error and its
+    traceback in ``summary.json``, and running the config again resumes it. ``outcome`` is the failed
+    ``RunOutcome`` that ``execute(..., on_failure="return")`` returns instead."""
+
+    def __init__(self, outcome: RunOutcome) -> None:
+        first = outcome.message.strip().splitlines()[0] if outcome.message.strip() else "no message"
+        super().__init__(f"{outcome.path}: run failed ({clip(first, 300)})")
+        self.outcome = outcome
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.outcome,))
+
+
+OnFailure = Literal["raise", "return"]
 
 
 class _Discard:
@@ -158,6 +188,8 @@ def _trainer(
         diagnostics_every=config.training.diagnostics_every,
         jacobian_mode=config.training.jacobian_mode,
         jacobian_chunk=config.training.jacobian_chunk,
+        lr_at=prepared.learning_rate.lr_at,
+        checkpoint_hooks=[prepared.best] if prepared.best is not None else [],
     )
 
 
@@ -199,6 +231,7 @@ def execute(
     on_step: Callable[[int], None] | None = None,
     source: str = "config",
     trackers: Sequence[Mapping[str, Any]] = (),
+    on_failure: OnFailure = "raise",
 ) -> RunOutcome:
     """Run ``config`` into ``out/<run_id>``, holding the run's lock (``mtlscope.runs.locking``).
 
@@ -212,10 +245,17 @@ def execute(
     Raises ``ConfigError`` (nothing written) for a config that cannot be built, and ``InUseError`` (nothing
     touched) when another process holds the run's lock, unless ``wait`` (then it waits for that process).
 
+    A run that fails (an exception during training) is marked ``failed`` in its directory, with the error and its
+    traceback in ``summary.json``; then ``execute`` raises ``RunFailed`` (the exception chained as its cause), or
+    with ``on_failure="return"`` returns the failed ``RunOutcome`` (what sweeps do, to record it and go on). A
+    diverged run is a result: its outcome is returned either way.
+
     ``trackers``: specs of MLflow / TensorBoard views of the run (see ``mtlscope.runs.tracking``); they get the
     records after the run directory. A bad spec or a missing package raises ``TrackingError`` (nothing written); a
     tracker failing during the run is dropped with a warning. Tracking is no part of the config or the run id.
     """
+    if on_failure not in ("raise", "return"):
+        raise ValueError(f"on_failure: expected 'raise' or 'return', got {str(on_failure)[:40]!r}")
     prepared = prepare(config, source)
     tracking = build_trackers(trackers)
     path = Path(out) / prepared.config.run_id()
@@ -240,7 +280,10 @@ def execute(
         if state is None:
             prepared = prepare(config, source) if tried else prepared  # a state tried on it may have changed it
             directory = RunDirectory.create(path, prepared.config.to_dict(), describe_environment(prepared.device))
-        return _train(prepared, directory, tracking, state, on_step)
+        outcome, cause = _train(prepared, directory, tracking, state, on_step)
+    if outcome.status == "failed" and on_failure == "raise":
+        raise RunFailed(outcome) from cause
+    return outcome
 
 
 def _resumable_state(path: Path, prepared: Prepared) -> tuple[SavedState | None, bool]:
@@ -266,7 +309,8 @@ def _train(
     tracking: Sequence[Tracker],
     state: SavedState | None,
     on_step: Callable[[int], None] | None,
-) -> RunOutcome:
+) -> tuple[RunOutcome, Exception | None]:
+    """Train and finish the run directory; the outcome, and the exception the training raised if it failed."""
     path = directory.path
     run_id = path.name
     sink = TeeSink(directory, tracking)
@@ -283,12 +327,13 @@ def _train(
         if state is not None:
             trainer.load_state_dict(state.trainer)
         outcome = trainer.run()
+        weights = _save_weights(prepared, path, outcome.status, outcome.steps)
     except Exception as error:  # recorded, never lost: the run is marked failed with the message
         message = f"{type(error).__name__}: {error}"
         failed = {**base, "status": "failed", "error": message, "traceback": traceback.format_exc()}
         directory.finish("failed", failed, message=message)
         sink.finish("failed", failed)
-        return RunOutcome(run_id, path, "failed", message)
+        return RunOutcome(run_id, path, "failed", message), error
     except BaseException:  # interrupted (Ctrl-C, a kill signal turned into an exception): the run stays resumable
         directory.close()
         sink.close()
@@ -306,11 +351,24 @@ def _train(
             task: {split: metrics for (name, split), metrics in outcome.final_scores.items() if name == task}
             for task in prepared.setting.task_names
         },
+        "weights": weights,
     }
     status = directory.finish(outcome.status, summary, steps=outcome.steps, message=outcome.message)
     if status != outcome.status:  # the records on disk were not what the run wrote
         message = str(read_status(path).get("message", ""))
         sink.finish(status, {**summary, "status": status, "message": message})
-        return RunOutcome(run_id, path, status, message)
+        return RunOutcome(run_id, path, status, message), None
     sink.finish(outcome.status, summary)
-    return RunOutcome(run_id, path, outcome.status, outcome.message)
+    return RunOutcome(run_id, path, outcome.status, outcome.message), None
+
+
+def _save_weights(prepared: Prepared, path: Path, status: str, steps: int) -> dict[str, Any]:
+    """Write the weights a finished run keeps (final ones when completed, the best checkpoint's when kept); the
+    summary's ``weights`` entry."""
+    weights: dict[str, Any] = {}
+    if status == "completed":
+        weights["final"] = save_weights(path, "final", cpu_copy(prepared.model), steps)
+    best = prepared.best
+    if best is not None and best.step is not None:
+        weights["best"] = {**save_weights(path, "best", best.weights, best.step), **best.record()}
+    return weights

@@ -10,6 +10,9 @@
   status.json       {"status": running | completed | failed | diverged, ...}; replaced atomically
   state.pt          training state at the last checkpoint (model, optimizer, method, samplers, RNGs);
                     replaced atomically; only unfinished runs (running, failed) keep it
+  model.safetensors the final weights of a completed run (``mtlscope.runs.weights``; a diverged run has none)
+  best.safetensors  with ``training.keep_best``: the weights at the best validation checkpoint (completed and
+                    diverged runs), with the step they come from
   .lock             held by the process writing the run (``mtlscope.runs.locking``)
 ```
 
@@ -25,7 +28,8 @@ moment leaves a readable partial trajectory (a torn last line is dropped on load
 they are always whole; the ``completed`` status is written last, by one rename, and only after the records on
 disk were checked against what the run wrote, so a run is either completed with all its files or not
 completed. ``damage(path)`` checks a completed (or diverged) run against its summary afterwards: records
-missing, truncated, duplicated or changed, a missing or unreadable summary or config.
+missing, truncated, duplicated or changed, a missing or unreadable summary or config, a weights file missing or
+changed (the summary's ``weights`` entry holds the sha256 of each one the run wrote).
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ STATUS_FILE = "status.json"
 SUMMARY_FILE = "summary.json"
 STATE_FILE = "state.pt"
 STATE_FORMAT = 2
+#: The weights files of a finished run, by which weights they hold.
+WEIGHTS_FILES: dict[str, str] = {"final": "model.safetensors", "best": "best.safetensors"}
 RECORDS_HEADER = ",".join(RECORD_COLUMNS)
 
 
@@ -104,6 +110,12 @@ def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a uniquely named temporary file and a rename (never a torn file)."""
     with _temporary(path, "w") as handle:
         handle.write(text)
+
+
+def write_atomic_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a uniquely named temporary file and a rename (never a torn file)."""
+    with _temporary(path, "wb") as handle:
+        handle.write(data)
 
 
 def remove_temporaries(directory: Path) -> None:
@@ -270,7 +282,7 @@ def damage(path: Path) -> str | None:
     is not a finished run (running, failed, no status). Checks that the summary and the config are there and
     readable and that ``records.csv`` is exactly what the run wrote (rows and sha256 recorded in the summary;
     for runs of mtlscope before that record: whole lines, no duplicated rows, and a completed run's records
-    reaching its last step)."""
+    reaching its last step), and that every weights file the summary records is there with its sha256."""
     if stored_status(path) not in FINISHED:
         return None
     try:
@@ -294,7 +306,57 @@ def damage(path: Path) -> str | None:
         return _legacy_damage(path, summary)
     if not isinstance(expected, dict):
         return f"{SUMMARY_FILE}: the records entry is not understood"
-    return _records_damage(path, expected)
+    return _records_damage(path, expected) or _weights_damage(path, summary)
+
+
+def file_sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_entry(summary: Mapping[str, Any], which: str) -> dict[str, Any] | None:
+    """The summary's record of the ``which`` weights file (``{"sha256", "step", ...}``); ``None`` when the run
+    wrote none (a run of mtlscope before weights were kept, a diverged run's final weights, ``best`` without
+    ``training.keep_best``). ``StoreError`` when the entry is there but not understood."""
+    weights = summary.get("weights")
+    if weights is None:
+        return None
+    if not isinstance(weights, dict) or not set(weights) <= set(WEIGHTS_FILES):
+        raise StoreError(f"{SUMMARY_FILE}: the weights entry is not understood")
+    entry = weights.get(which)
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not _is_step(entry.get("step")):
+        raise StoreError(f"{SUMMARY_FILE}: the weights entry of {which!r} is not understood")
+    return entry
+
+
+def _is_step(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _weights_damage(path: Path, summary: Mapping[str, Any]) -> str | None:
+    """Every weights file the summary records is there with the recorded sha256."""
+    for which, name in WEIGHTS_FILES.items():
+        try:
+            entry = weights_entry(summary, which)
+        except StoreError as error:
+            return str(error)
+        if entry is None:
+            continue
+        file = path / name
+        if not file.is_file():
+            return f"{name} missing"
+        try:
+            digest = file_sha256(file)
+        except OSError as error:
+            return f"{name} unreadable ({brief(error)})"
+        if digest != entry["sha256"]:
+            return f"{name} changed after the run finished (its sha256 is not the one in {SUMMARY_FILE})"
+    return None
 
 
 # -- writing -------------------------------------------------------------------------------------------------
@@ -343,8 +405,8 @@ class RunDirectory:
 
         Raises ``StoreError`` (nothing changed) when ``records.csv`` cannot hold them: missing, unreadable, fewer
         rows than the state was saved after, or not ending at the state's step. Then rewrites ``records.csv`` and
-        ``config.yaml`` atomically, writes ``environment.json`` if it is missing, and removes the summary and the
-        temporary files of killed writers.
+        ``config.yaml`` atomically, writes ``environment.json`` if it is missing, and removes the summary, the
+        weights files (of an earlier attempt) and the temporary files of killed writers.
         """
         _, text = _read_records_text(path)
         lines, _ = _record_lines(text)
@@ -364,7 +426,8 @@ class RunDirectory:
         write_atomic(path / CONFIG_FILE, yaml.safe_dump(dict(config), sort_keys=False))
         if not (path / ENVIRONMENT_FILE).exists():
             write_atomic(path / ENVIRONMENT_FILE, json.dumps(dict(environment), indent=2))
-        (path / SUMMARY_FILE).unlink(missing_ok=True)
+        for name in (SUMMARY_FILE, *WEIGHTS_FILES.values()):
+            (path / name).unlink(missing_ok=True)
         remove_temporaries(path)
         directory = cls(path, rows=len(kept))
         directory.set_status("running", resumed_from_step=state.step)

@@ -23,11 +23,12 @@
   it failed after its worker died) only while holding the run's lock.
 - ``executor="ray"``: one Ray task per run on a local Ray instance or a cluster at ``address``
   (``mtlscope.sweeps.ray_executor``); the same ``execute`` in every task, so the same skipping and resuming.
-- A run that diverges or raises is recorded (by ``execute``) and the sweep goes on. An exception that escapes
-  ``execute`` (e.g. the run in use by another process) is recorded as that run failing. A worker process that dies
-  (killed, out of memory) breaks the pool: a fresh pool first retries the runs that were in flight, each
-  alone (resuming from its checkpoint), then goes on with the rest. A run whose worker dies again while it
-  runs alone is recorded as failed (its directory's status too), and a later re-run of the sweep retries it.
+- A run that diverges or raises is recorded (``execute`` with ``on_failure="return"``) and the sweep goes on. An
+  exception that escapes ``execute`` (e.g. the run in use by another process) is recorded as that run failing. A
+  worker process that dies (killed, out of memory) breaks the pool: a fresh pool first retries the runs that were
+  in flight, each alone (resuming from its checkpoint), then goes on with the rest. A run whose worker dies again
+  while it runs alone is recorded as failed (its directory's status too), and a later re-run of the sweep retries
+  it.
 
 The results do not depend on ``workers``: every run is seeded by its config alone (same thread count per
 run assumed; pass ``threads_per_worker`` to pin it).
@@ -172,7 +173,14 @@ def _run_one(
                     _inject(kind, config.run_id())
 
     return execute(
-        config, out, force=force, restart_failed=restart_failed, wait=wait, on_step=on_step, trackers=trackers
+        config,
+        out,
+        force=force,
+        restart_failed=restart_failed,
+        wait=wait,
+        on_step=on_step,
+        trackers=trackers,
+        on_failure="return",  # a failed run is recorded, and the sweep goes on
     )
 
 
