@@ -158,16 +158,11 @@ def valid_mask(targets: Tensor, invalid: float | None) -> Tensor:
     return targets != invalid
 
 
-class MaskedL1(Loss):
-    name, fisher = "l1", "empirical"
-
-    def __init__(self, invalid: float | None = None) -> None:
-        self.invalid = invalid
+class _MaskedLoss(Loss):
+    """A loss over the terms its mask keeps: ``_terms`` gives their sum and count; the loss is their mean."""
 
     def _terms(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        mask = valid_mask(targets, self.invalid)
-        safe = torch.where(mask, targets, torch.zeros_like(targets))
-        return ((_shaped(outputs, targets) - safe).abs() * mask).sum(), mask.sum()
+        raise NotImplementedError
 
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
         total, count = self._terms(outputs, targets)
@@ -178,7 +173,19 @@ class MaskedL1(Loss):
         return total, int(count)
 
 
-class Cosine(Loss):
+class MaskedL1(_MaskedLoss):
+    name, fisher = "l1", "empirical"
+
+    def __init__(self, invalid: float | None = None) -> None:
+        self.invalid = invalid
+
+    def _terms(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        mask = valid_mask(targets, self.invalid)
+        safe = torch.where(mask, targets, torch.zeros_like(targets))
+        return ((_shaped(outputs, targets) - safe).abs() * mask).sum(), mask.sum()
+
+
+class Cosine(_MaskedLoss):
     name, fisher = "cosine", "empirical"
 
     def _terms(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -190,14 +197,6 @@ class Cosine(Loss):
         mask = targets.abs().sum(dim=1) > 0
         cosine = (F.normalize(outputs, dim=1) * F.normalize(targets, dim=1)).sum(dim=1)
         return ((1 - cosine) * mask).sum(), mask.sum()
-
-    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        total, count = self._terms(outputs, targets)
-        return total / count.clamp(min=1)
-
-    def sum_and_count(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, int]:
-        total, count = self._terms(outputs, targets)
-        return total, int(count)
 
 
 class FunctionLoss(Loss):
@@ -254,14 +253,8 @@ def resolve_loss(spec: LossLike) -> Loss:
     """A ``Loss`` from a registered name, a ``{"name": ..., **options}`` mapping, a ``Loss`` or a plain function."""
     if isinstance(spec, Loss):
         return spec
-    if isinstance(spec, str):
-        return LOSSES.build(spec)
-    if isinstance(spec, Mapping):
-        options = dict(spec)
-        name = options.pop("name", None)
-        if not isinstance(name, str):
-            raise ValueError(f"a loss given as a mapping needs a 'name'; losses: {', '.join(LOSSES.available())}")
-        return LOSSES.build(name, **options)
+    if isinstance(spec, str | Mapping):
+        return LOSSES.build_spec(spec)
     if callable(spec):
         return from_function(spec)
     raise ValueError(f"a loss must be a name, a mapping with a name, a Loss or a function, got {type(spec).__name__}")

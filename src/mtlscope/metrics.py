@@ -575,14 +575,8 @@ def resolve_metric(spec: MetricLike) -> Metric:
     """A ``Metric`` from a registered name, a ``{"name": ..., **options}`` mapping or a ``Metric``."""
     if isinstance(spec, Metric):
         return spec
-    if isinstance(spec, str):
-        return METRICS.build(spec)
-    if isinstance(spec, Mapping):
-        options = dict(spec)
-        name = options.pop("name", None)
-        if not isinstance(name, str):
-            raise ValueError(f"a metric given as a mapping needs a 'name'; metrics: {', '.join(METRICS.available())}")
-        return METRICS.build(name, **options)
+    if isinstance(spec, str | Mapping):
+        return METRICS.build_spec(spec)
     if callable(spec):
         raise ValueError("a plain function needs a name and a direction: use mtlscope.metrics.from_function")
     raise ValueError(f"a metric must be a name, a mapping with a name or a Metric, got {type(spec).__name__}")

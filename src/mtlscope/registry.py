@@ -148,3 +148,14 @@ class Registry(Generic[T]):
         self.check_options(name, options)
         _, own = self.split_common(options)
         return self.entry(name).builder(*args, **own)
+
+    def build_spec(self, spec: str | Mapping[str, Any]) -> T:
+        """Build a component given as its ``name`` or as ``{"name": ..., **options}`` (options checked)."""
+        if isinstance(spec, str):
+            return self.build(spec)
+        options = dict(spec)
+        name = options.pop("name", None)
+        if not isinstance(name, str):
+            available = ", ".join(self.available())
+            raise ValueError(f"a {self.kind} given as a mapping needs a 'name'; available: {available}")
+        return self.build(name, **options)
