@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import torch
 
+from mtlscope.data.fingerprint import combine
 from mtlscope.settings.task import SPLITS, Split, Task
 
 Layout = Literal["multi-input", "shared-input"]
@@ -110,6 +111,33 @@ class Setting:
             for task in self.tasks
         )
         return replace(self, tasks=tasks)
+
+    def fingerprint(self) -> str:
+        """sha256 of what the setting trains and scores on: layout, input shape, and every task's declaration,
+        output size and data (each split's fingerprint; shared inputs are hashed once per split)."""
+        cache: dict[int, str] = {}
+
+        def split_digest(task: Task, name: str) -> str:
+            data = task.split(name)
+            if id(data) not in cache:
+                cache[id(data)] = data.fingerprint()
+            return cache[id(data)]
+
+        return combine(
+            {
+                "layout": self.layout,
+                "input_shape": list(self.input_shape),
+                "tasks": [
+                    {
+                        "name": task.name,
+                        "output_size": task.output_size,
+                        "declaration": task.declaration(),
+                        "data": {name: split_digest(task, name) for name in SPLITS},
+                    }
+                    for task in self.tasks
+                ],
+            }
+        )
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Steps in one epoch at ``batch_size`` examples per task per step (see the module docstring)."""

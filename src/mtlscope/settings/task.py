@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
+from mtlscope.data.fingerprint import combine, tensor_digest
 from mtlscope.losses import Loss, resolve_loss
 from mtlscope.metrics import Accumulator, LossMetric, Metric, MetricLike, resolve_metric
 
@@ -40,6 +41,10 @@ class Split:
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
+
+    def fingerprint(self) -> str:
+        """sha256 of the inputs and targets (``mtlscope.data.fingerprint``)."""
+        return combine({"inputs": tensor_digest(self.inputs), "targets": tensor_digest(self.targets)})
 
     def head(self, limit: int | None) -> Split:
         """The first ``limit`` examples (all when ``limit`` is None): a fixed, seed-free subset."""

@@ -1,0 +1,1 @@
+"""Data plumbing for settings: fingerprints of what a run trains on (``mtlscope.data.fingerprint``)."""
