@@ -43,7 +43,7 @@ from mtlscope.engine.sampling import Batch, BatchSampler
 from mtlscope.engine.step import TrainingStep
 from mtlscope.methods.base import Method
 from mtlscope.models.multitask import MultiTaskModel, derived_seed
-from mtlscope.probes.base import Probe, ProbeContext, StepContext
+from mtlscope.engine.hooks import Probe, ProbeContext, StepContext
 from mtlscope.settings.setting import Setting
 
 
