@@ -322,3 +322,133 @@ def test_task_modules_by_name_and_dwa_epochs() -> None:
     assert torch.equal(seen[0], torch.ones(3, dtype=seen[0].dtype))
     assert torch.equal(seen[1], seen[0])
     assert not torch.equal(seen[2], seen[0])  # epoch 2: the loss ratios of epochs 0 and 1
+
+
+# -- a plain nn.Module encoder (not an mtlscope Encoder) in a hand-written loop --------------------------------
+
+
+def _plain_loop_parameters(setting: Setting, method: str, explicit_last_shared: bool) -> dict[str, Tensor]:
+    """The researcher's loop with their own nn.Sequential encoder (the same layers and initial weights as the
+    trainer's MLP encoder): GradNorm's last shared layer is found by last_weight_layer, or given."""
+    model = _model(setting)
+    plain = nn.Sequential(*model.encoder.layers)  # a plain module: no last_shared_layer() to ask
+    assert not isinstance(plain, mtlscope.models.encoders.Encoder)
+    optimizer = _optimizer(model)
+    names = setting.task_names
+    last = {"last_shared": plain[-2]} if explicit_last_shared else {}  # the last Linear (before the activation)
+    mtl = mtlscope.MultiTaskBackward(
+        method,
+        shared=plain,
+        tasks={name: model.heads[name] for name in names},
+        loss_scale=LOSS_SCALE,
+        steps_per_epoch=STEPS_PER_EPOCH,
+        seed=SEED,
+        **last,
+    )
+    sampler = BatchSampler(setting, BATCH, SEED)
+    for _ in range(STEPS):
+        batch = sampler.next()
+        optimizer.zero_grad()
+        z = plain(batch.inputs)
+        mtl([task.loss(model.heads[task.name](z), batch.targets[task.name]) for task in setting.tasks], features=z)
+        optimizer.step()
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("explicit_last_shared", [False, True])
+@pytest.mark.parametrize("method", ["pcgrad", "gradnorm"])
+def test_plain_module_loop_gives_the_trainers_parameters(method: str, explicit_last_shared: bool) -> None:
+    setting = _setting("shared-input")
+    expected = _trainer_parameters(setting, method, {})
+    got = _plain_loop_parameters(setting, method, explicit_last_shared)
+    start = {name: p.detach() for name, p in _model(setting).named_parameters()}
+    for name, value in expected.items():
+        assert not torch.equal(value, start[name]), f"{name} did not move: the comparison would prove nothing"
+        assert torch.equal(got[name], value), f"{method}: {name} differs from the trainer's"
+
+
+def test_gradnorm_last_shared_layer_changes_the_result() -> None:
+    # the layer matters: GradNorm with the first Linear as W gives other parameters (so the tests above can fail)
+    setting = _setting("shared-input")
+    model = _model(setting)
+    plain = nn.Sequential(*model.encoder.layers)
+    optimizer = _optimizer(model)
+    mtl = mtlscope.MultiTaskBackward(
+        "gradnorm", plain, {n: model.heads[n] for n in setting.task_names}, loss_scale=LOSS_SCALE, last_shared=plain[1]
+    )
+    sampler = BatchSampler(setting, BATCH, SEED)
+    for _ in range(STEPS):
+        batch = sampler.next()
+        optimizer.zero_grad()
+        z = plain(batch.inputs)
+        mtl([task.loss(model.heads[task.name](z), batch.targets[task.name]) for task in setting.tasks], features=z)
+        optimizer.step()
+    expected = _trainer_parameters(setting, "gradnorm", {})
+    assert any(not torch.equal(p.detach(), expected[name]) for name, p in model.named_parameters())
+
+
+# TorchJD's random aggregators draw from torch's global generator, ours from the given one: seeded alike, they agree
+RANDOM_TORCHJD = [
+    ("graddrop", {}, "GradDrop", {}, 1.0),
+    ("rlw", {}, "Random", {}, 3.0),  # softmax(randn(K)) @ J: our weights with C = K
+    ("gradvac", {"beta": 0.5}, "GradVac", {"beta": 0.5}, 1.0),  # stateful: EMA targets over the steps
+]
+
+
+@pytest.mark.parametrize(("ours", "options", "theirs", "their_options", "scale"), RANDOM_TORCHJD)
+def test_random_aggregators_match_torchjd_over_steps(
+    ours: str, options: dict[str, Any], theirs: str, their_options: dict[str, Any], scale: float
+) -> None:
+    pytest.importorskip("torchjd", reason="TorchJD not installed: agreement with TorchJD not checked")
+    import torchjd.aggregation as aggregation
+    from torchjd.autojac import jac_to_grad, mtl_backward
+
+    aggregator = getattr(aggregation, theirs)(**their_options)
+    encoder, heads, x, ys = _toy()
+    mine_encoder, mine_heads, _, _ = _toy()
+    mtl = mtlscope.MultiTaskBackward(
+        ours, mine_encoder, mine_heads, loss_scale=scale, generator=torch.Generator().manual_seed(7), **options
+    )
+    torch.manual_seed(7)
+    updates = []
+    for step in range(4):
+        # the same batch at new parameters each step (a plain SGD step of each side's own update)
+        for enc, hs, run in ((encoder, heads, "theirs"), (mine_encoder, mine_heads, "ours")):
+            for p in [*enc.parameters(), *(q for h in hs for q in h.parameters())]:
+                p.grad = None
+            z = enc(x)
+            losses = [nn.functional.mse_loss(h(z), y) for h, y in zip(hs, ys)]
+            if run == "theirs":
+                mtl_backward(losses, features=z, tasks_params=[list(h.parameters()) for h in hs])
+                jac_to_grad(list(enc.parameters()), aggregator)
+            else:
+                mtl(losses, features=z)
+        shared_theirs = torch.cat([p.grad.flatten() for p in encoder.parameters()])
+        shared_ours = torch.cat([p.grad.flatten() for p in mine_encoder.parameters()])
+        torch.testing.assert_close(shared_ours, shared_theirs, rtol=1e-9, atol=1e-9 * float(shared_theirs.norm()))
+        updates.append(shared_ours)
+        with torch.no_grad():
+            for p, q in zip(encoder.parameters(), mine_encoder.parameters()):
+                p -= 0.01 * p.grad
+                q -= 0.01 * q.grad
+    assert not torch.equal(updates[0], updates[1])
+
+
+def test_bad_loop_input_is_one_clear_error() -> None:
+    encoder, heads, x, ys = _toy()
+    z = encoder(x)
+    losses = [nn.functional.mse_loss(h(z), y) for h, y in zip(heads, ys)]
+    with pytest.raises(ValueError, match="unknown method 'pcgradd'; available: .*pcgrad"):
+        mtlscope.MultiTaskBackward("pcgradd", encoder, heads)
+    with pytest.raises(ValueError, match="unknown method 'pcgradd'"):
+        mtlscope.backward(losses, encoder, z, method="pcgradd")
+    with pytest.raises(ValueError, match="features have no autograd graph"):
+        mtlscope.backward(losses, encoder, z.detach(), method="pcgrad")
+    other = nn.Linear(5, 4).double()
+    with pytest.raises(ValueError, match="features were not computed from the shared parameters"):
+        mtlscope.backward(losses, encoder, other(x), method="pcgrad")
+    with pytest.raises(ValueError, match="last_shared must be parameters of shared"):
+        mtlscope.MultiTaskBackward("gradnorm", encoder, heads, last_shared=heads[0])
+    with pytest.raises(ValueError, match="expected 3 task losses"):
+        mtlscope.MultiTaskBackward("pcgrad", encoder, task_names=["a", "b", "c"])(losses[:2], features=z)
+    assert all(p.grad is None for m in [encoder, *heads] for p in m.parameters())

@@ -66,6 +66,26 @@ def _parameters(value: Parameters, what: str) -> list[Tensor]:
     return parameters
 
 
+def build_method(name: str, options: Mapping[str, Any]) -> Method:
+    """The registered method ``name`` with ``options``; an unknown name is a one-line ``ValueError``."""
+    if not isinstance(name, str) or name not in METHODS.available():
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS.available())}")
+    return METHODS.build(name, **options)
+
+
+def check_features(features: Tensor, shared: Sequence[Tensor]) -> None:
+    """``ValueError`` unless ``features`` were computed from at least one of the ``shared`` parameters (a walk of
+    their graph: a detached tensor, the inputs, or the output of another module are refused)."""
+    if features.grad_fn is None:
+        raise ValueError(
+            "features have no autograd graph: give the shared module's output (z = encoder(x)), not a detached "
+            "tensor or the inputs"
+        )
+    ids = {id(p) for p in shared}
+    if not any(id(leaf) in ids for leaf in graph_leaves(features, ())):
+        raise ValueError("features were not computed from the shared parameters: give z = shared(x) for shared=")
+
+
 def _modules(*values: object) -> list[nn.Module]:
     found: list[nn.Module] = []
     for value in values:
@@ -216,7 +236,7 @@ class MultiTaskBackward:
         **options: Any,
     ) -> None:
         if isinstance(method, str):
-            method = METHODS.build(method, **options)
+            method = build_method(method, options)
         elif options:
             raise TypeError(f"method options {sorted(options)} are given with a Method instance; pass them to it")
         if not isinstance(method, Method):
@@ -260,6 +280,8 @@ class MultiTaskBackward:
                 assert isinstance(shared, nn.Module)
                 source = last_weight_layer(shared)
             self.last_shared: list[Tensor] | None = _parameters(source, "last_shared")
+            if not self.last_shared or not {id(p) for p in self.last_shared} <= {id(p) for p in self.shared}:
+                raise ValueError("last_shared must be parameters of shared (its last layer of weights)")
         else:
             self.last_shared = None
         if "lookahead" in method.needs and optimizer is None:
@@ -433,6 +455,8 @@ class MultiTaskBackward:
         lookahead, and for ``after_step`` when the method needs the losses after the update)."""
         if features is not None and not isinstance(features, Tensor):
             raise TypeError("features must be one tensor (the shared representation); concatenate several")
+        if features is not None:
+            check_features(features, self.shared)
         if self.task_names is None:
             names = tuple(losses) if isinstance(losses, Mapping) else None
             stacked = _stack(losses)
@@ -497,7 +521,7 @@ def backward(
     ``MultiTaskBackward`` once and call it every step; by name such a method is refused here. Random draws use
     ``generator``, by default one seeded from torch's global generator."""
     if isinstance(method, str):
-        method = METHODS.build(method, **options)
+        method = build_method(method, options)
         count = _stack(losses).numel()
         method.setup(tuple(losses) if isinstance(losses, Mapping) else tuple(f"task{k}" for k in range(count)))
         if method.state_dict():
