@@ -411,7 +411,7 @@ def test_random_aggregators_match_torchjd_over_steps(
     )
     torch.manual_seed(7)
     updates = []
-    for step in range(4):
+    for _ in range(4):
         # the same batch at new parameters each step (a plain SGD step of each side's own update)
         for enc, hs, run in ((encoder, heads, "theirs"), (mine_encoder, mine_heads, "ours")):
             for p in [*enc.parameters(), *(q for h in hs for q in h.parameters())]:
@@ -438,7 +438,7 @@ def test_bad_loop_input_is_one_clear_error() -> None:
     encoder, heads, x, ys = _toy()
     z = encoder(x)
     losses = [nn.functional.mse_loss(h(z), y) for h, y in zip(heads, ys)]
-    with pytest.raises(ValueError, match="unknown method 'pcgradd'; available: .*pcgrad"):
+    with pytest.raises(ValueError, match=r"unknown method 'pcgradd'; available: .*pcgrad"):
         mtlscope.MultiTaskBackward("pcgradd", encoder, heads)
     with pytest.raises(ValueError, match="unknown method 'pcgradd'"):
         mtlscope.backward(losses, encoder, z, method="pcgradd")

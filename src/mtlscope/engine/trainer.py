@@ -39,11 +39,11 @@ from typing import Any, Literal, NamedTuple, Protocol
 import torch
 
 from mtlscope.engine.evaluation import Scores, evaluate
+from mtlscope.engine.hooks import Probe, ProbeContext, StepContext
 from mtlscope.engine.sampling import Batch, BatchSampler
 from mtlscope.engine.step import TrainingStep
 from mtlscope.methods.base import Method
 from mtlscope.models.multitask import MultiTaskModel, derived_seed
-from mtlscope.engine.hooks import Probe, ProbeContext, StepContext
 from mtlscope.settings.setting import Setting
 
 

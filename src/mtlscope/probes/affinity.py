@@ -15,6 +15,9 @@ moves head j by its own simulated update first, as in Fifty et al.'s eq. 1.
 - ``affinity(model, setting, batch, optimizer)`` computes both K x K matrices for one batch, any
   ``MultiTaskModel`` and SGD/Adam/AdamW optimizer; ``A[source, target] = Z_{source -> target}``, the
   diagonal is the self-affinity.
+- ``task_affinity(losses, shared, optimizer)`` does the same for any model: ``losses()`` computes the K task
+  losses of one batch at the current parameters, ``shared`` are the shared parameters (a module or tensors);
+  heads stay fixed.
 - The ``affinity`` probe does it on the training step's own batch, before the update, every
   ``every_steps`` steps (in eval mode, like ``affinity``), and reports at checkpoints the mean matrices over the steps
   since its previous report (``affinity/<source>``, per epoch with the default checkpoints) and over all of
@@ -25,18 +28,22 @@ moves head j by its own simulated update first, as in Fifty et al.'s eq. 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from mtlscope.engine.backward import ClosureLookahead
 from mtlscope.engine.gradients import JacobianMode, forward, shared_jacobian
 from mtlscope.engine.lookahead import ModelLookahead, optimizer_update
 from mtlscope.engine.sampling import Batch
 from mtlscope.models.multitask import MultiTaskModel
 from mtlscope.options import PositiveInt
 from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues, StepContext, probe_mode
+from mtlscope.probes.similarity import task_gradients
 from mtlscope.settings.setting import Setting
 
 AffinityMode = Literal["both", "exact", "first_order"]
@@ -87,6 +94,61 @@ def affinity(
             change = change + head_change.to(change).unsqueeze(0)
         first_order_matrix = -change / base.unsqueeze(0)
     return AffinityResult(exact_matrix, first_order_matrix, base.detach())
+
+
+TaskLosses = Sequence[Tensor] | Mapping[str, Tensor] | Tensor
+
+
+def task_affinity(
+    losses: Callable[[], TaskLosses],
+    shared: nn.Module | Iterable[Tensor],
+    optimizer: torch.optim.Optimizer,
+    *,
+    exact: bool = True,
+    first_order: bool = True,
+    modules: Sequence[nn.Module] = (),
+) -> AffinityResult:
+    """Inter-task affinities (Fifty et al. 2020, eq. 1) for any model, on one batch.
+
+    ``losses()`` returns the K >= 2 task losses of the batch (a sequence, a mapping task -> loss, or a [K]
+    tensor) computed at the current parameters; it is called once with grad, for the task gradients on
+    ``shared``, and once per source task without grad, with the shared parameters moved by ``Delta_i``, the
+    update ``optimizer`` would make from task i's gradient alone (simulated from its state; SGD, Adam, AdamW).
+    Task-specific parameters stay fixed. ``A[source, target]`` as for ``affinity``. ``shared`` (when a module)
+    and ``modules`` run in eval mode (``probe_mode``) and their buffers are restored; parameters, ``.grad``, the
+    optimizer state and the global RNG are left untouched.
+    """
+    if not callable(losses):
+        raise ValueError("losses must be a function returning the task losses of one batch (it is called again)")
+    if not (exact or first_order):
+        raise ValueError("nothing to compute: exact and first_order are both False")
+    if isinstance(shared, Tensor):
+        raise ValueError("shared must be a module or an iterable of parameters, not one tensor")
+    params = list(shared.parameters()) if isinstance(shared, nn.Module) else list(shared)
+    if not params or any(not isinstance(p, Tensor) or not p.requires_grad for p in params):
+        raise ValueError("shared must hold parameters that require grad")
+    grouped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if any(id(p) not in grouped for p in params):
+        raise ValueError("every shared parameter must be in the optimizer's parameter groups (its update is simulated)")
+    evaluated = [m for m in [shared, *modules] if isinstance(m, nn.Module)]
+    with ExitStack() as stack:
+        for module in evaluated:
+            stack.enter_context(probe_mode(module))
+        with torch.enable_grad():
+            values = losses()
+        names = list(values) if isinstance(values, Mapping) else None
+        rows = list(values.values()) if isinstance(values, Mapping) else values
+        jacobian = task_gradients(rows, params).detach()
+        base = torch.stack([torch.as_tensor(v).reshape(()) for v in rows]).detach()
+        if len(base) < 2:
+            raise ValueError(f"affinity needs at least two tasks; losses() returned {len(base)} loss")
+        task_names = names or [f"task{k}" for k in range(len(base))]
+        lookahead = ClosureLookahead(optimizer, params, losses, task_names, evaluated)
+        deltas = torch.stack([lookahead.update(row) for row in jacobian])  # [K, P]: Delta_i
+        moved = [lookahead.losses(delta) for delta in deltas] if exact else []
+    exact_matrix = 1.0 - torch.stack(moved) / base.unsqueeze(0) if exact else None
+    first_order_matrix = -(deltas @ jacobian.T) / base.unsqueeze(0) if first_order else None
+    return AffinityResult(exact_matrix, first_order_matrix, base)
 
 
 def _head_updates(

@@ -37,7 +37,14 @@ from torch import Tensor, nn
 
 from mtlscope.options import PositiveInt
 from mtlscope.probes.base import PROBES, Probe, ProbeContext, probe_mode
-from mtlscope.probes.per_example import LossFn, batch_gradient, selected_parameters
+from mtlscope.probes.per_example import (
+    LossFn,
+    batch_gradient,
+    check_examples,
+    check_model,
+    loss_function,
+    selected_parameters,
+)
 from mtlscope.probes.predictor import DEFAULT_SUBSET, ParameterChoice, TaskProbe, TaskView
 
 __all__ = ["CovarianceProbe", "CovarianceResult", "grad_cov_trace"]
@@ -68,11 +75,13 @@ def grad_cov_trace(
 
     ``parameters`` chooses which parameters count (default: all requiring grad). The large batch is drawn from
     ``generator`` (default: a fresh generator seeded with 0, never the global RNG). The model runs in eval mode
-    and is left exactly as it was (modes, parameters, buffers, ``.grad``).
+    and is left exactly as it was (modes, parameters, buffers, ``.grad``). ``loss_fn`` may also be a loss name or
+    an ``mtlscope.losses.Loss``.
     """
+    check_model(model)
+    check_examples(inputs, targets)
+    loss_fn = loss_function(loss_fn, "loss_fn")
     n_total = len(inputs)
-    if len(targets) != n_total:
-        raise ValueError(f"{n_total} inputs but {len(targets)} targets")
     if small_batch < 1 or large_batch < 1:
         raise ValueError("batch sizes must be positive")
     n_small = min(large_batch, n_total) // small_batch

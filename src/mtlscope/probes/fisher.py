@@ -42,14 +42,17 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from mtlscope.losses import FisherLabels, Loss, LossLike, cross_entropy, mse, resolve_loss
+from mtlscope.losses import FisherLabels, Loss, LossLike, cross_entropy, from_function, mse
 from mtlscope.losses import sample_targets as _sample_targets
 from mtlscope.options import PositiveInt
 from mtlscope.probes.base import PROBES, Probe, ProbeContext, probe_mode
 from mtlscope.probes.per_example import (
     LossFn,
     batch_gradient,
+    check_examples,
+    check_model,
     iter_per_example_gradients,
+    loss_function,
     selected_parameters,
 )
 from mtlscope.probes.predictor import DEFAULT_SUBSET, ParameterChoice, TaskProbe, TaskView
@@ -84,7 +87,8 @@ def sample_labels(logits: Tensor, generator: torch.Generator) -> Tensor:
 
 def _resolve(kind: Kind | None, loss: LossLike | None) -> Loss:
     if loss is not None:
-        return resolve_loss(loss)
+        component = loss_function(loss, "loss").function
+        return component if isinstance(component, Loss) else from_function(component)
     if kind is None or kind == "classification":
         return cross_entropy()
     if kind == "regression":
@@ -119,11 +123,11 @@ def fim_trace(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
-    if len(inputs) == 0:
-        raise ValueError("no inputs")
+    check_model(model)
+    check_examples(inputs, targets, need_targets=False)
     component = _resolve(kind, loss)
     use_empirical = empirical or component.fisher == "empirical"
-    function: LossFn = loss_fn if loss_fn is not None else component
+    function: LossFn = loss_function(loss_fn if loss_fn is not None else component, "loss_fn")
     chosen = selected_parameters(model, parameters)
     params = [p for _, p in chosen]
     with probe_mode(model):

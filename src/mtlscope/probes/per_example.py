@@ -13,31 +13,109 @@ Shared rules of the probes (Mueller et al. 2025, App. B), implemented by ``probe
   ``state_dict``), so parameters, buffers and ``.grad`` are exactly as before on return;
 - ``parameters=`` chooses which parameters count (default: all that require grad, in ``model.parameters()``
   order); the flattened layout follows that order.
+
+The standalone probes take any ``nn.Module`` and a loss given as a plain function ``fn(outputs, targets) -> mean
+loss`` (a 0-dim tensor), a registered loss name, a ``{"name": ..., **options}`` mapping or an ``mtlscope.losses``
+``Loss``; ``loss_function`` resolves it and checks every value it returns, and ``check_examples`` the inputs, so
+bad input is one ``ValueError`` line naming what was wrong.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from mtlscope.losses import LOSSES, Loss, resolve_loss
 from mtlscope.probes.base import probe_mode
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Method = Literal["auto", "vmap", "loop"]
 
 __all__ = [
+    "CheckedLoss",
     "LossFn",
     "auto_chunk_size",
     "batch_gradient",
+    "check_examples",
+    "check_model",
     "iter_per_example_gradients",
+    "loss_function",
     "per_example_gradients",
     "probe_mode",
     "selected_parameters",
 ]
+
+
+class CheckedLoss:
+    """A loss function whose every value is checked to be a 0-dim tensor (the batch's mean loss); an error the
+    function raises becomes one ``ValueError`` line with the shapes it was given."""
+
+    def __init__(self, function: LossFn, name: str) -> None:
+        self.function, self.name = function, name
+
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        try:
+            value = self.function(outputs, targets)
+        except (RuntimeError, ValueError, IndexError, TypeError) as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(
+                f"the loss {self.name} failed on model outputs of shape {list(outputs.shape)} and targets of shape "
+                f"{list(targets.shape)}: {first}"
+            ) from None
+        if not isinstance(value, Tensor) or value.dim() != 0:
+            got = f"shape {list(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"the loss {self.name} must return a 0-dim tensor (the mean over the batch), got {got} (a reduction "
+                "'none' loss? take its mean)"
+            )
+        return value
+
+
+def loss_function(loss: Any, what: str = "loss") -> CheckedLoss:
+    """``loss`` (a function ``fn(outputs, targets) -> mean loss``, a registered loss name, a ``{"name": ...}``
+    mapping or a ``Loss``) as a checked function; anything else is one ``ValueError`` line naming ``what``."""
+    if isinstance(loss, CheckedLoss):
+        return loss
+    if isinstance(loss, str | Mapping):
+        name = loss if isinstance(loss, str) else loss.get("name")
+        if name not in LOSSES.available():
+            raise ValueError(f"{what}: unknown loss {name!r}; available: {', '.join(LOSSES.available())}")
+        component = resolve_loss(loss)
+        return CheckedLoss(component, repr(component.name))
+    if isinstance(loss, Loss):
+        return CheckedLoss(loss, repr(loss.name))
+    if callable(loss):
+        return CheckedLoss(loss, repr(getattr(loss, "__name__", type(loss).__name__)))
+    raise ValueError(
+        f"{what} must be a function (outputs, targets) -> mean loss, a loss name or a mtlscope Loss, got "
+        f"{type(loss).__name__}"
+    )
+
+
+def check_model(model: Any) -> None:
+    """``ValueError`` unless ``model`` is an ``nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def check_examples(inputs: Any, targets: Any = None, *, need_targets: bool = True) -> None:
+    """``ValueError`` unless ``inputs`` (and ``targets``) are tensors with the same, non-zero number of examples."""
+    if not isinstance(inputs, Tensor):
+        raise ValueError(f"inputs must be a tensor with the examples along dim 0, got {type(inputs).__name__}")
+    if inputs.dim() == 0 or len(inputs) == 0:
+        raise ValueError("inputs hold no examples")
+    if targets is None:
+        if need_targets:
+            raise ValueError("targets are required")
+        return
+    if not isinstance(targets, Tensor):
+        raise ValueError(f"targets must be a tensor with the examples along dim 0, got {type(targets).__name__}")
+    if targets.dim() == 0 or len(targets) != len(inputs):
+        raise ValueError(f"{len(inputs)} inputs but {len(targets) if targets.dim() else 0} targets")
 
 
 def selected_parameters(model: nn.Module, parameters: Iterable[Tensor] | None = None) -> list[tuple[str, Tensor]]:
@@ -172,8 +250,12 @@ def per_example_gradients(
 
     ``loss_fn(outputs, targets)`` is a mean loss applied to single-example batches. Columns follow the order of
     ``parameters`` (default: the model's parameters that require grad), each flattened. The model runs in eval
-    mode and is left exactly as it was (modes, parameters, buffers, ``.grad``).
+    mode and is left exactly as it was (modes, parameters, buffers, ``.grad``). ``loss_fn`` may also be a loss
+    name or an ``mtlscope.losses.Loss`` (``loss_function``).
     """
+    check_model(model)
+    check_examples(inputs, targets)
+    loss_fn = loss_function(loss_fn, "loss_fn")
     with probe_mode(model):
         chunks = list(
             iter_per_example_gradients(

@@ -20,6 +20,7 @@ from torch.func import functional_call
 
 from mtlscope.options import PositiveFloat, PositiveInt
 from mtlscope.probes.base import PROBES, Probe, ProbeContext, probe_mode
+from mtlscope.probes.per_example import check_examples, check_model, loss_function
 from mtlscope.probes.predictor import DEFAULT_SUBSET, ParameterChoice, TaskProbe, TaskView
 
 __all__ = ["SharpnessProbe", "SharpnessResult", "checkpoints", "sharpness"]
@@ -74,7 +75,8 @@ def sharpness(
 
     Args:
         model: any module mapping ``inputs`` (a batch along dim 0) to outputs.
-        loss_fn: ``loss_fn(outputs, targets)`` -> scalar mean loss of the batch.
+        loss_fn: ``loss_fn(outputs, targets)`` -> scalar mean loss of the batch (a plain function, a registered
+            loss name or an ``mtlscope.losses.Loss``).
         inputs, targets: the examples (the trainer passes the 2048-example probe subset); they are split into
             consecutive chunks of ``batch_size`` along dim 0 and must already be on the model's device.
         rho: radius of the box |eps_i| <= rho * |theta_i| (elementwise, relative to each parameter).
@@ -118,8 +120,9 @@ def sharpness(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
-    if len(inputs) == 0 or len(inputs) != len(targets):
-        raise ValueError(f"need as many inputs as targets, at least one; got {len(inputs)} and {len(targets)}")
+    check_model(model)
+    check_examples(inputs, targets)
+    loss_fn = loss_function(loss_fn, "loss_fn")
 
     names = _parameter_names(model, parameters)
     per_batch: list[float] = []

@@ -10,6 +10,7 @@ has the closed form ``(|g1|^2 + g1.g2) / (|g1| |g1 + g2|)``. Low or negative sim
 gradient conflicts with the direction the shared parameters actually move in. Multi-task runs only.
 
 - ``grad_similarity(jacobian)`` is the pure function on a [K, P] matrix of task gradients;
+  ``task_gradients(losses, parameters)`` computes that matrix for any model (one backward per task);
 - the ``grad_similarity`` probe records ``grad_similarity`` per task at checkpoints, with the model in eval
   mode (``probe_mode``; the caller's mode is restored).
 """
@@ -17,9 +18,10 @@ gradient conflicts with the direction the shared parameters actually move in. Mu
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mtlscope.engine.gradients import JacobianMode, shared_jacobian
 from mtlscope.engine.sampling import random_batch
@@ -27,11 +29,49 @@ from mtlscope.options import PositiveInt
 from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues, probe_mode
 
 
+def task_gradients(
+    losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, parameters: nn.Module | Iterable[Tensor]
+) -> Tensor:
+    """The [K, P] matrix of task gradients: row k is the gradient of ``losses[k]`` (a scalar with its graph) with
+    respect to ``parameters`` (a module's parameters, or tensors requiring grad), flattened in their order; a
+    parameter a loss does not reach contributes zeros. One backward per task; the graph is kept, ``.grad`` is
+    not written."""
+    if isinstance(losses, Mapping):
+        items = list(losses.values())
+    elif isinstance(losses, Tensor):
+        items = list(losses.reshape(-1)) if losses.dim() <= 1 else [losses]
+    else:
+        items = list(losses)
+    if not items:
+        raise ValueError("losses is empty: give one scalar loss per task")
+    for k, loss in enumerate(items):
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            got = f"shape {list(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(f"loss {k} must be a scalar tensor (the task's mean loss), got {got}")
+        if not loss.requires_grad:
+            raise ValueError(f"loss {k} has no autograd graph: compute it from the parameters, outside torch.no_grad()")
+    if isinstance(parameters, Tensor):
+        raise ValueError("parameters must be a module or an iterable of tensors, not one tensor")
+    params = list(parameters.parameters()) if isinstance(parameters, nn.Module) else list(parameters)
+    if not params or any(not isinstance(p, Tensor) or not p.requires_grad for p in params):
+        raise ValueError("parameters must be a non-empty collection of tensors that require grad")
+    rows = []
+    for loss in items:
+        grads = torch.autograd.grad(loss.reshape(()), params, retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)]))
+    return torch.stack(rows)
+
+
 def grad_similarity(jacobian: Tensor, weights: Tensor | None = None) -> Tensor:
     """[K] cosine of each row of ``jacobian`` [K, P] with the combined gradient ``weights @ jacobian``
-    (the UMTG direction for uniform weights, the default). NaN for a zero task gradient or a zero sum."""
-    if jacobian.dim() != 2:
-        raise ValueError(f"jacobian must be [K, P], got shape {list(jacobian.shape)}")
+    (the UMTG direction for uniform weights, the default). NaN for a zero task gradient or a zero sum.
+    For any model: ``grad_similarity(task_gradients(losses, shared_parameters))``."""
+    if not isinstance(jacobian, Tensor) or jacobian.dim() != 2:
+        got = list(jacobian.shape) if isinstance(jacobian, Tensor) else type(jacobian).__name__
+        raise ValueError(f"jacobian must be a [K, P] tensor of task gradients (see task_gradients), got {got}")
+    if weights is not None and (not isinstance(weights, Tensor) or weights.shape != (len(jacobian),)):
+        got = list(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+        raise ValueError(f"weights must be a [K] tensor with K = {len(jacobian)} (one per task), got {got}")
     combined = (torch.ones(len(jacobian)) if weights is None else weights).to(jacobian) @ jacobian
     norms = jacobian.norm(dim=1) * combined.norm()
     cosines = (jacobian @ combined) / norms
