@@ -85,3 +85,22 @@ def test_specs_and_plain_functions() -> None:
     total, count = plain.sum_and_count(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.0]))
     assert (float(total), count) == (10.0, 2)
     assert set(LOSSES.available()) == {"cross_entropy", "binary_cross_entropy", "mse", "l1", "cosine"}
+
+
+def test_bad_function_loss_definitions_are_one_clear_line() -> None:
+    with pytest.raises(ValueError, match="a loss must be a function .* got int"):
+        from_function(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="a loss name must be a non-empty string"):
+        from_function(lambda o, t: (o - t).abs().mean(), name=" ")
+    with pytest.raises(ValueError, match="fisher must be one of categorical, bernoulli, gaussian, empirical"):
+        from_function(lambda o, t: (o - t).abs().mean(), fisher="poisson")  # type: ignore[arg-type]
+
+
+def test_a_function_loss_defaults_to_the_empirical_fisher_and_keeps_its_name() -> None:
+    def huber(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.huber_loss(outputs, targets)
+
+    loss = from_function(huber)
+    assert (loss.name, loss.fisher) == ("huber", "empirical")
+    value = loss(torch.tensor([0.0, 3.0]), torch.tensor([0.5, 0.0]))
+    assert float(value) == pytest.approx((0.5 * 0.25 + (3.0 - 0.5)) / 2)

@@ -210,3 +210,22 @@ def test_function_metric_is_computed_on_the_whole_set() -> None:
     accumulator.update(outputs[:1], targets[:1])
     accumulator.update(outputs[1:], targets[1:])
     assert accumulator.compute() == 2.0 and median.name == "median_error" and not median.higher_is_better
+
+
+def test_bad_function_metric_definitions_are_one_clear_line() -> None:
+    def error(o: torch.Tensor, t: torch.Tensor) -> float:
+        return float((o - t).abs().max())
+
+    with pytest.raises(ValueError, match="a metric name must be a non-empty string"):
+        from_function(error, name="", higher_is_better=False)
+    with pytest.raises(ValueError, match="cannot be named 'loss'"):
+        from_function(error, name="loss", higher_is_better=False)
+    with pytest.raises(ValueError, match="metric 'worst': expected a function"):
+        from_function("error", name="worst", higher_is_better=False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="higher_is_better must be true or false"):
+        from_function(error, name="worst", higher_is_better="no")  # type: ignore[arg-type]
+    vector = from_function(lambda o, t: (o - t).abs(), name="per_example", higher_is_better=False)
+    with pytest.raises(ValueError, match=r"metric 'per_example' must return one number, got a tensor of shape \[3\]"):
+        vector(torch.zeros(3), torch.ones(3))
+    worst = from_function(lambda o, t: (o - t).abs().max(), name="worst", higher_is_better=False)
+    assert worst(torch.zeros(3), torch.tensor([1.0, -4.0, 2.0])) == 4.0  # a one-element tensor is a number

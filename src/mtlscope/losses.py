@@ -212,7 +212,15 @@ class FunctionLoss(Loss):
 def from_function(
     function: Callable[[Tensor, Tensor], Tensor], *, name: str | None = None, fisher: FisherLabels = "empirical"
 ) -> Loss:
-    """``function`` (a mean over the examples) as a ``Loss``; by default only the empirical Fisher applies."""
+    """``function`` (a mean over the examples) as a ``Loss``; by default only the empirical Fisher applies.
+
+    ``fisher`` declares how the Fisher probe may sample labels from the model (module docstring): ``"empirical"``
+    (the default: the true targets) unless ``function`` is the negative log-likelihood of one of the other
+    distributions. A bad definition (not callable, an empty name, an unknown ``fisher``) is one ``ValueError``."""
+    if not callable(function) or isinstance(function, type):
+        raise ValueError(f"a loss must be a function (outputs, targets) -> mean loss, got {type(function).__name__}")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ValueError(f"a loss name must be a non-empty string, got {name!r}")
     if fisher not in FISHER_LABELS:
         raise ValueError(f"fisher must be one of {', '.join(FISHER_LABELS)}, got {fisher!r}")
     return FunctionLoss(function, name or str(getattr(function, "__name__", "loss")), fisher)

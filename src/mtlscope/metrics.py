@@ -26,6 +26,7 @@ Built in (``docs/metrics.md`` has the reference entry of each): ``accuracy``, ``
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -468,11 +469,29 @@ class FunctionMetric(Metric):
         return {"values_outputs": outputs.detach(), "values_targets": targets}
 
     def compute(self, stats: Stats) -> float:
-        return float(self.function(stats["values_outputs"], stats["values_targets"]))
+        value = self.function(stats["values_outputs"], stats["values_targets"])
+        if isinstance(value, Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            got = f"a tensor of shape {list(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"metric {self.name!r} must return one number, got {got}")
+        return float(value)
 
 
 def from_function(function: Callable[[Tensor, Tensor], Any], *, name: str, higher_is_better: bool) -> Metric:
-    """``function(outputs, targets) -> float`` as a metric named ``name`` with its direction."""
+    """``function(outputs, targets) -> number`` as a metric named ``name`` with its direction.
+
+    The function sees the outputs and targets of a whole set at once (evaluation keeps them across batches) and
+    returns one number (a float, or a one-element tensor). ``name`` is the metric's record name: a non-empty
+    string other than ``loss``. A bad definition is one ``ValueError``."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a metric name must be a non-empty string, got {name!r}")
+    if name == LossMetric.name:
+        raise ValueError("a metric cannot be named 'loss' (every task records its loss under that name)")
+    if not callable(function) or isinstance(function, type):
+        raise ValueError(
+            f"metric {name!r}: expected a function (outputs, targets) -> number, got {type(function).__name__}"
+        )
     if not isinstance(higher_is_better, bool):
         raise ValueError(f"metric {name!r}: higher_is_better must be true or false")
     return FunctionMetric(function, name, higher_is_better)
