@@ -88,7 +88,7 @@ def test_specs_and_plain_functions() -> None:
 
 
 def test_bad_function_loss_definitions_are_one_clear_line() -> None:
-    with pytest.raises(ValueError, match="a loss must be a function .* got int"):
+    with pytest.raises(ValueError, match=r"a loss must be a function .* got int"):
         from_function(3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="a loss name must be a non-empty string"):
         from_function(lambda o, t: (o - t).abs().mean(), name=" ")
