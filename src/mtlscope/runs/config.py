@@ -589,6 +589,18 @@ def _build_setting(spec: SettingConfig, source: str, objects: Mapping[str, Any])
     return get_setting(spec.name, **spec.options)
 
 
+def build_setting(spec: SettingConfig, source: str = "config") -> Setting:
+    """The whole setting (every task) of a validated setting spec: registered, or by import path; ``ConfigError``
+    (one line) when it cannot be built. Cached within ``cached_settings``."""
+    try:
+        return _cached(("setting", _setting_key(spec, {})), lambda: _build_setting(spec, source, {}))  # type: ignore[no-any-return]
+    except ConfigError:
+        raise
+    except (KeyError, ValueError, TypeError) as error:
+        message = error.args[0] if error.args else str(error)
+        raise ConfigError(f"{source}: setting: {clip(str(message), 400)}") from None
+
+
 def _setting_key(spec: SettingConfig, objects: Mapping[str, Any]) -> str:
     data = spec.model_dump(exclude={"tasks"})
     if spec.object is not None:

@@ -459,7 +459,7 @@ def sync(directory: str | Path, specs: Sequence[Mapping[str, Any]]) -> list[str]
     for path in sorted(status.parent for status in Path(directory).rglob(STATUS_FILE)):
         if not (path / CONFIG_FILE).exists():
             continue
-        config = validate_config(read_yaml(path / CONFIG_FILE), str(path / CONFIG_FILE))
+        config = validate_config(read_yaml(path / CONFIG_FILE), str(path / CONFIG_FILE), imports=False)
         status = str(read_status(path)["status"])
         steps = [record.step for record in stored_records(path)]
         summary = json.loads((path / SUMMARY_FILE).read_text()) if (path / SUMMARY_FILE).exists() else {}
