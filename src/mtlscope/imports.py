@@ -121,9 +121,18 @@ def _source_files(name: str) -> list[Path]:
     return files
 
 
+#: The fingerprint first seen for each imported module, with the module's spec (a new one after a reload).
+_SEEN: dict[str, tuple[object, str]] = {}
+
+
 def module_fingerprint(name: str) -> str | None:
     """sha256 of the source files of the imported module ``name`` (see ``_source_files``); ``None`` when the
-    module has no source file of its own (``__main__`` of a notebook)."""
+    module has no source file of its own (``__main__`` of a notebook).
+
+    A module whose files changed after this process first fingerprinted it (and that was not reloaded since) runs
+    code its files no longer hold: that is an ``ImportPathError`` asking for ``importlib.reload`` or a new process,
+    never a run id naming code that did not run.
+    """
     module = sys.modules.get(name)
     own = getattr(module, "__file__", None)
     if module is None or not (isinstance(own, str) and os.path.isfile(own)):
@@ -132,7 +141,16 @@ def module_fingerprint(name: str) -> str | None:
     for file in _source_files(name):
         digest.update(f"{file.name}\0".encode())
         digest.update(file.read_bytes())
-    return digest.hexdigest()
+    fingerprint = digest.hexdigest()
+    spec = getattr(module, "__spec__", None) or module
+    seen = _SEEN.get(name)
+    if seen is not None and seen[0] is spec and seen[1] != fingerprint:
+        raise ImportPathError(
+            f"module {name!r} changed on disk since this process imported it; reload it (importlib.reload) or start "
+            "a new process, so that the run uses the code its run id covers"
+        )
+    _SEEN[name] = (spec, fingerprint)
+    return fingerprint
 
 
 def object_fingerprint(value: Any) -> str:

@@ -704,7 +704,10 @@ def resolve_with_setting(
         data["setting"]["options"] = dict(setting.options)
     data["model"]["encoder"] = data["model"]["encoder"] or dict(setting.default_model["encoder"])
     data["model"]["head"] = data["model"]["head"] or dict(setting.default_model["head"])
-    sources, plugins = _sources(data)
+    try:
+        sources, plugins = _sources(data)
+    except ImportPathError as error:
+        raise ConfigError(f"{source}: {error}") from None
     if plugins:
         data["plugins"] = plugins
     tasks = tuple(setting.task_names)
