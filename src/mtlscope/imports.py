@@ -199,4 +199,3 @@ def use_paths(paths: list[str]) -> None:
     for entry in reversed(paths):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-

@@ -50,13 +50,15 @@ def test_an_error_inside_the_users_module_is_named_not_taken_for_a_missing_modul
 
 def test_split_path_and_plugin_names() -> None:
     assert split_path("pkg.data:make_setting") == ("pkg.data", "make_setting")
-    with pytest.raises(ImportPathError, match="plugin 3: expected a module name"):
+    with pytest.raises(ImportPathError, match=r"plugin 3: expected a module name"):
         import_plugin(3)
-    with pytest.raises(ImportPathError, match="expected a module name like 'package.module'"):
+    with pytest.raises(ImportPathError, match=r"expected a module name like 'package.module'"):
         import_plugin("not a module")
 
 
-def test_module_fingerprint_covers_the_file_and_its_package(project: Callable[[str, str], Path], tmp_path: Path) -> None:
+def test_module_fingerprint_covers_the_file_and_its_package(
+    project: Callable[[str, str], Path], tmp_path: Path
+) -> None:
     package = tmp_path / "lab"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -69,7 +71,7 @@ def test_module_fingerprint_covers_the_file_and_its_package(project: Callable[[s
         first = module_fingerprint("lab.nets")
         assert module_fingerprint("lab.nets") == first
         (package / "__init__.py").write_text("# changed\n")
-        with pytest.raises(ImportPathError, match="module 'lab.nets' changed on disk since this process imported it"):
+        with pytest.raises(ImportPathError, match=r"module 'lab.nets' changed on disk since this process imported it"):
             module_fingerprint("lab.nets")
         importlib.reload(sys.modules["lab"])
         importlib.reload(sys.modules["lab.nets"])

@@ -78,7 +78,7 @@ def test_head_factories_get_output_size_and_input_dim() -> None:
 
     model = build_model(setting, {"name": "mlp", "hidden": [6]}, head, seed=0)
     assert model(torch.zeros(4, *setting.input_shape), "digits1").shape == (4, 10)
-    with pytest.raises(ValueError, match="head factory .* must take a parameter 'output_size'"):
+    with pytest.raises(ValueError, match=r"head factory .* must take a parameter 'output_size'"):
         build_model(setting, {"name": "mlp"}, lambda input_dim: nn.Linear(input_dim, 1), seed=0)
 
 
@@ -90,7 +90,7 @@ def test_a_factory_given_by_import_path_builds_and_gradnorm_finds_its_last_layer
     model = build_model(setting, {"factory": "mycnn:make_cnn", "channels": 3}, {"name": "linear"}, seed=0)
     conv = model.encoder[0]
     assert [p.data_ptr() for p in last_shared_parameters(model)] == [p.data_ptr() for p in conv.parameters()]
-    with pytest.raises(ValueError, match="encoder factory mycnn:make_cnn has no option 'width'; options: channels"):
+    with pytest.raises(ValueError, match=r"encoder factory mycnn:make_cnn has no option 'width'; options: channels"):
         build_model(setting, {"factory": "mycnn:make_cnn", "width": 3}, {"name": "linear"}, seed=0)
-    with pytest.raises(ValueError, match="returned a int, expected a torch nn.Module"):
+    with pytest.raises(ValueError, match=r"returned a int, expected a torch nn.Module"):
         build_model(setting, lambda: 3, {"name": "linear"}, seed=0)

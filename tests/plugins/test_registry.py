@@ -43,7 +43,8 @@ def test_a_different_builder_under_a_taken_name_is_an_error_naming_both() -> Non
 def test_reloading_a_plugin_module_registers_it_again_quietly(project: Callable[[str, str], Path]) -> None:
     from mtlscope.models.encoders import ENCODERS
 
-    project("myenc", "from mtlscope.models.encoders import ENCODERS, mlp\n\nENCODERS.register('mine', 'x')(lambda shape, **o: mlp(shape))\n")
+    source = "from mtlscope.models.encoders import ENCODERS, mlp\n\n"
+    project("myenc", source + "ENCODERS.register('mine', 'x')(lambda shape, **o: mlp(shape))\n")
     module = importlib.import_module("myenc")
     importlib.reload(module)
     assert "mine" in ENCODERS.available()

@@ -41,7 +41,7 @@ def test_the_run_id_is_stable_and_changes_with_source_version_and_data(
     assert list(identity["sources"]) == ["mycnn"]
 
     path.write_text(CNN.replace("padding=1", "padding=0"))  # the encoder's code changed
-    with pytest.raises(ConfigError, match="module 'mycnn' changed on disk since this process imported it"):
+    with pytest.raises(ConfigError, match=r"module 'mycnn' changed on disk since this process imported it"):
         run_id(BASE)  # the imported (old) code would run under the new code's id
     importlib.reload(sys.modules["mycnn"])
     edited = run_id(BASE)
@@ -86,8 +86,9 @@ def test_a_changed_encoder_source_is_a_new_run_never_an_old_result(
     importlib.reload(sys.modules["mycnn"])
     second = execute(config, tmp_path / "out")
     assert not second.skipped and second.run_id != first.run_id
-    assert yaml.safe_load((second.path / "config.yaml").read_text())["identity"]["sources"]["mycnn"] != (
-        yaml.safe_load((first.path / "config.yaml").read_text())["identity"]["sources"]["mycnn"]
+    assert (
+        yaml.safe_load((second.path / "config.yaml").read_text())["identity"]["sources"]["mycnn"]
+        != (yaml.safe_load((first.path / "config.yaml").read_text())["identity"]["sources"]["mycnn"])
     )
 
 
@@ -111,6 +112,6 @@ def test_python_objects_are_covered_by_the_run_id(tmp_path: Path) -> None:
     assert len({first.run_id, by_instance.run_id, other_weights.run_id}) == 3
     changed = setting.subset(["digits1"])
     assert execute(training, tmp_path / "out", setting=changed, encoder=encoder).run_id != first.run_id
-    with pytest.raises(ConfigError, match="setting: given as a Python object .* pass it with setting="):
+    with pytest.raises(ConfigError, match=r"setting: given as a Python object .* pass it with setting="):
         execute(validate_config({**training, "setting": {"object": "Setting 'x'"}}), tmp_path / "none")
     assert not (tmp_path / "none").exists()

@@ -136,7 +136,7 @@ def representation_size(encoder: nn.Module, examples: torch.Tensor, label: str =
     return int(out.shape[1])
 
 
-def example_inputs(inputs: torch.Tensor, input_shape: Sequence[int]) -> torch.Tensor:
+def example_inputs(inputs: torch.Tensor | None, input_shape: Sequence[int]) -> torch.Tensor:
     """Two examples for a dry forward: the first training inputs (zeros of ``input_shape`` if there are none)."""
     if isinstance(inputs, torch.Tensor) and inputs.shape[0] > 0:
         return inputs[:2].detach().cpu()

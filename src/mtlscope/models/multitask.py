@@ -140,9 +140,7 @@ def build_model(
                 "head",
                 head,
                 {"input_dim": size, "output_size": setting.task(name).output_size},
-                lambda registered, **options: HEADS.build(
-                    registered, size, setting.task(name).output_size, **options
-                ),
+                lambda registered, **options: HEADS.build(registered, size, setting.task(name).output_size, **options),
             ),
         )
         for name in names

@@ -37,6 +37,7 @@ from pydantic_core import PydanticCustomError
 
 from mtlscope.data.fingerprint import combine, tensor_digest
 from mtlscope.engine.loss_scale import parse_loss_scale
+from mtlscope.engine.lr_schedules import LR_SCHEDULES, build_learning_rate, canonical_schedule
 from mtlscope.imports import (
     ImportPathError,
     import_plugin,
@@ -48,11 +49,10 @@ from mtlscope.imports import (
     resolve_path,
     split_path,
 )
-from mtlscope.engine.lr_schedules import LR_SCHEDULES, build_learning_rate, canonical_schedule
 from mtlscope.messages import clip, show
 from mtlscope.methods.registry import METHODS
-from mtlscope.models.encoders import ENCODERS
 from mtlscope.models.components import check_factory_options
+from mtlscope.models.encoders import ENCODERS
 from mtlscope.models.heads import HEADS
 from mtlscope.models.multitask import MAX_SEED
 from mtlscope.probes.base import PROBES
@@ -131,6 +131,8 @@ def _part(registry: Registry[Any], value: Any, *, field: str) -> dict[str, Any]:
             raise ValueError("a part given as a Python object is recorded as {object: label} only")
         return dict(value)
     return _component(registry, value, field=field)
+
+
 class SettingConfig(_Strict):
     """The setting: a registered ``name``, or a ``factory`` import path called with ``options`` (returning a
     ``Setting``), or ``object``: the label of a ``Setting`` given to ``execute(..., setting=)`` in Python."""
@@ -593,7 +595,8 @@ def build_setting(spec: SettingConfig, source: str = "config") -> Setting:
     """The whole setting (every task) of a validated setting spec: registered, or by import path; ``ConfigError``
     (one line) when it cannot be built. Cached within ``cached_settings``."""
     try:
-        return _cached(("setting", _setting_key(spec, {})), lambda: _build_setting(spec, source, {}))  # type: ignore[no-any-return]
+        built: Setting = _cached(("setting", _setting_key(spec, {})), lambda: _build_setting(spec, source, {}))
+        return built
     except ConfigError:
         raise
     except (KeyError, ValueError, TypeError) as error:
@@ -609,7 +612,8 @@ def _setting_key(spec: SettingConfig, objects: Mapping[str, Any]) -> str:
 
 
 def _module_sources(module: str) -> str | None:
-    return _cached(("module", module), lambda: module_fingerprint(module))  # type: ignore[no-any-return]
+    fingerprint: str | None = _cached(("module", module), lambda: module_fingerprint(module))
+    return fingerprint
 
 
 def _sources(data: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
@@ -627,7 +631,8 @@ def _sources(data: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
             modules.append(split_path(spec["factory"])[0])
     used: list[tuple[Registry[Any], str]] = [(METHODS, data["method"]["name"])]
     used += [(PROBES, name) for name in data.get("probes") or {}]
-    used += [(registry, spec["name"]) for (_, spec), registry in zip(parts, (SETTINGS, ENCODERS, HEADS)) if "name" in spec]
+    registries: list[Registry[Any]] = [SETTINGS, ENCODERS, HEADS]
+    used += [(registry, spec["name"]) for (_, spec), registry in zip(parts, registries) if "name" in spec]
     for registry, name in used:
         builder = registry.entry(name).builder
         module = getattr(builder, "__module__", "") or ""

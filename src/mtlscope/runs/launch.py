@@ -30,12 +30,12 @@ from mtlscope.engine.loss_scale import resolve_loss_scale
 from mtlscope.engine.lr_schedules import LearningRate, build_learning_rate
 from mtlscope.engine.optimizers import build_optimizer
 from mtlscope.engine.trainer import Record, RecordSink, Schedule, StateSink, Trainer
+from mtlscope.imports import describe
 from mtlscope.messages import clip
 from mtlscope.methods.base import Method
 from mtlscope.methods.registry import METHODS
 from mtlscope.models.multitask import MultiTaskModel, build_model
 from mtlscope.probes.base import Probe, build_probe
-from mtlscope.imports import describe
 from mtlscope.runs.config import ConfigError, RunConfig, resolve_with_setting, validate_config
 from mtlscope.runs.environment import describe_environment
 from mtlscope.runs.locking import hold_run
@@ -239,16 +239,19 @@ def with_objects(
     if setting is not None:
         if not isinstance(setting, Setting):
             raise ConfigError(f"setting=: expected a mtlscope Setting, got a {type(setting).__name__}")
-        previous = data.get("setting") if isinstance(data.get("setting"), dict) else {}
-        data["setting"] = {"object": f"Setting {setting.name!r}", **({"tasks": previous["tasks"]} if previous.get("tasks") else {})}
+        previous = data.get("setting")
+        tasks = previous.get("tasks") if isinstance(previous, dict) else None
+        data["setting"] = {"object": f"Setting {setting.name!r}", **({"tasks": tasks} if tasks else {})}
     for part, value in (("encoder", encoder), ("head", head)):
         if value is None:
             continue
         if not (isinstance(value, torch.nn.Module) or callable(value)):
-            raise ConfigError(f"{part}=: expected an nn.Module or a factory returning one, got a {type(value).__name__}")
+            raise ConfigError(
+                f"{part}=: expected an nn.Module or a factory returning one, got a {type(value).__name__}"
+            )
         kind = "instance" if isinstance(value, torch.nn.Module) else "factory"
-        model = data.get("model") if isinstance(data.get("model"), dict) else {}
-        data["model"] = {**model, part: {"object": f"{describe(value)} ({kind})"}}
+        model = data.get("model")
+        data["model"] = {**(model if isinstance(model, dict) else {}), part: {"object": f"{describe(value)} ({kind})"}}
     return validate_config(data)
 
 
@@ -297,7 +300,9 @@ def execute(
     """
     if on_failure not in ("raise", "return"):
         raise ValueError(f"on_failure: expected 'raise' or 'return', got {str(on_failure)[:40]!r}")
-    objects = {key: value for key, value in (("setting", setting), ("encoder", encoder), ("head", head)) if value is not None}
+    objects = {
+        key: value for key, value in (("setting", setting), ("encoder", encoder), ("head", head)) if value is not None
+    }
     if objects or not isinstance(config, RunConfig):
         config = with_objects(config, **objects)
     prepared = prepare(config, source, objects=objects)
@@ -322,7 +327,9 @@ def execute(
                 _restart(path, str(error))
                 state = None
         if state is None:
-            prepared = prepare(config, source, objects=objects) if tried else prepared  # a state tried on it may have changed it
+            prepared = (
+                prepare(config, source, objects=objects) if tried else prepared
+            )  # a state tried on it may have changed it
             directory = RunDirectory.create(path, prepared.config.to_dict(), describe_environment(prepared.device))
         outcome, cause = _train(prepared, directory, tracking, state, on_step)
     if outcome.status == "failed" and on_failure == "raise":

@@ -340,7 +340,7 @@ def _run_row(path: Path, status: Mapping[str, Any], config: RunConfig, summary: 
         "path": str(path),
         "status": status["status"],
         "variant": config.variant,
-        "setting": config.setting.name,
+        "setting": config.setting.label,
         "tasks": "+".join(tasks),
         "num_tasks": len(tasks),
         "method": config.method["name"],

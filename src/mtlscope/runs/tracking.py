@@ -127,7 +127,7 @@ def run_tags(config: RunConfig, run_id: str) -> dict[str, str]:
     return {
         RUN_ID_TAG: run_id,
         "mtlscope.variant": config.variant,
-        "mtlscope.setting": config.setting.name,
+        "mtlscope.setting": config.setting.label,
         "mtlscope.method": str(config.method["name"]),
         "mtlscope.seed": str(config.seed),
     }

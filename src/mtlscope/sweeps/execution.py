@@ -60,8 +60,8 @@ from typing import Any
 
 import torch
 
-from mtlscope.progress import Progress
 from mtlscope.imports import use_paths, worker_paths
+from mtlscope.progress import Progress
 from mtlscope.runs.config import ConfigError, RunConfig, cached_settings, in_process_only, resolve, validate_config
 from mtlscope.runs.launch import RunOutcome, execute
 from mtlscope.runs.locking import InUseError, hold_directory, hold_run
