@@ -1,13 +1,15 @@
 """The ``mtlscope`` command line.
 
-    mtlscope run CONFIG [key=value ...] [--out DIR] [--force] [--wait] [--quiet] [--mlflow URI] [--tensorboard DIR]
+    mtlscope run CONFIG [key=value ...] [--out DIR] [--force] [--plugin MODULE ...] [--wait] [--quiet] [--mlflow URI]
+                 [--tensorboard DIR]
     mtlscope demo [--out DIR] [--seeds N] [--epochs N] [--quiet]
     mtlscope settings
     mtlscope runs DIR
     mtlscope analyze DIR [--out DIR] [--format markdown|latex|csv]
     mtlscope report DIR [--out report.html]
     mtlscope sweep FILE [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
-                   [--force RUN_ID ...] [--restart-failed] [--wait] [--dry-run] [--max-runs N] [--quiet]
+                   [--force RUN_ID ...] [--restart-failed] [--wait] [--dry-run] [--max-runs N] [--plugin MODULE ...]
+                   [--quiet]
                    [--mlflow URI] [--tensorboard DIR]
     mtlscope sweep-status DIR [--workers N]
     mtlscope reproduce NAME [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
@@ -18,6 +20,9 @@ Exit codes: 0 success (a diverged run is a result, not an error), 1 a run failed
 arguments or paths) or an output directory (or run) in use by another mtlscope process (without ``--wait``) —
 in which case nothing is written, 130 interrupted (Ctrl-C; running the same command again resumes).
 
+The current directory is put in front of the import path (as ``python -m`` does), so the modules a config names
+by import path or under ``plugins`` (``--plugin``) can live next to it.
+
 Progress goes to stderr: a bar on a terminal, plain periodic lines in a log (``mtlscope.progress``); ``--quiet``
 shows none. A damaged stored run is skipped by ``runs``, ``analyze`` and ``report`` with one ``warning:`` line.
 """
@@ -25,6 +30,7 @@ shows none. A damaged stored run is skipped by ``runs``, ``analyze`` and ``repor
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -66,7 +72,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from mtlscope.runs.launch import execute, prepare
 
     _output_directory(args.out)
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, plugins=args.plugin)
     steps = prepare(config, args.config).schedule.steps
     trackers = _tracker_specs(args)
     from mtlscope.progress import Progress
@@ -254,7 +260,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     execution.update(force=set(args.force), restart_failed=args.restart_failed)
 
     if protocol.has_protocol(args.file):  # a file with a protocol mapping runs the papers' protocol
-        plan = protocol.load_protocol(args.file, args.overrides, max_runs=args.max_runs)
+        plan = protocol.load_protocol(args.file, args.overrides, max_runs=args.max_runs, plugins=args.plugin)
         if args.dry_run:
             seeds = len(plan.protocol.seeds)
             print(f"protocol {plan.name}: {len(plan.candidates)} selection runs of {len(plan.labels)} variants, then")
@@ -268,7 +274,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         ran_ids = {outcome.run_id for outcome in [*ran.selection_result.outcomes, *ran.final.outcomes]}
         _check_forced(args.force, ran_ids, "of either stage of this protocol")
         return 1 if ran.selection_result.counts.get("failed", 0) + ran.final.counts.get("failed", 0) else 0
-    sweep = load_sweep(args.file, args.overrides, max_runs=args.max_runs)
+    sweep = load_sweep(args.file, args.overrides, max_runs=args.max_runs, plugins=args.plugin)
     out = Path(args.out)
     extra = f" ({sweep.duplicates} duplicate configs run once)" if sweep.duplicates else ""
     print(f"sweep {sweep.name}: {len(sweep.configs)} runs{extra} -> {out}")
@@ -423,6 +429,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plugin_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module first, for the components it registers; recorded in the config (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtlscope", description="See how multi-task learning changes optimization.")
     parser.add_argument("--version", action="version", version=f"mtlscope {mtlscope.__version__}")
@@ -433,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optimizer.lr=0.01")
     run.add_argument("--out", default="runs-out", help="results directory (default: runs-out)")
     run.add_argument("--force", action="store_true", help="run again even when already completed")
+    _add_plugin_argument(run)
     _add_wait_argument(run)
     _add_quiet_argument(run)
     _add_tracking_arguments(run)
@@ -484,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart-failed", action="store_true", help="run failed runs again from scratch instead of resuming them"
     )
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded run ids and stop")
+    _add_plugin_argument(sweep)
     _add_quiet_argument(sweep)
     sweep.add_argument(
         "--max-runs", type=int, default=None, help="refuse a sweep of more runs (default: the file's max_runs, 100000)"
@@ -537,6 +555,8 @@ def _main(argv: Sequence[str] | None) -> int:
     from mtlscope.runs.tracking import TrackingError
 
     args = build_parser().parse_args(argv)
+    if os.getcwd() not in sys.path:  # as with python -m: modules of the current directory import (plugins, factories)
+        sys.path.insert(0, os.getcwd())
     if getattr(args, "seeds", 1) is not None and getattr(args, "seeds", 1) < 2 and args.command == "demo":
         print(
             "error: --seeds: expected at least 2 (the transfer table needs a standard deviation)",

@@ -82,6 +82,12 @@ def _option_type(annotation: Any) -> OptionType:
     return cached[1]
 
 
+def _origin(builder: Callable[..., Any]) -> str:
+    """``module:qualname`` of a builder: what makes a second registration the same one."""
+    module = getattr(builder, "__module__", None) or "?"
+    return f"{module}:{getattr(builder, '__qualname__', type(builder).__name__)}"
+
+
 class Registry(Generic[T]):
     """Named builders of one kind of component (``kind`` names it in error messages).
 
@@ -95,11 +101,20 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
 
     def register(self, name: str, description: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator registering ``builder(*, option=default, ...)`` under ``name``."""
+        """Decorator registering ``builder(*, option=default, ...)`` under ``name``.
+
+        Registering a name again from the same source (the same module and qualified name of the builder: a
+        notebook cell run again, ``importlib.reload``) replaces the entry; a different builder under a name
+        already taken is a ``ValueError`` naming both.
+        """
 
         def decorate(builder: Callable[..., T]) -> Callable[..., T]:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
+            previous = self._entries.get(name)
+            if previous is not None and _origin(previous.builder) != _origin(builder):
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered by {_origin(previous.builder)}; "
+                    f"cannot register {_origin(builder)} under the same name"
+                )
             self._entries[name] = Entry(name, builder, description, self.common)
             return builder
 

@@ -19,15 +19,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mtlscope.models.encoders import ENCODERS, Encoder
+from mtlscope.models.components import example_inputs, make_part, representation_size
+from mtlscope.models.encoders import ENCODERS
 from mtlscope.models.heads import HEADS
 from mtlscope.settings.setting import Setting
 
 
 class MultiTaskModel(nn.Module):
-    """Shared ``encoder`` and per-task ``heads`` (an ``nn.ModuleDict`` keyed by task name)."""
+    """Shared ``encoder`` (any ``nn.Module`` mapping inputs to ``[batch, features]``) and per-task ``heads`` (an
+    ``nn.ModuleDict`` keyed by task name)."""
 
-    def __init__(self, encoder: Encoder, heads: Mapping[str, nn.Module]) -> None:
+    def __init__(self, encoder: nn.Module, heads: Mapping[str, nn.Module]) -> None:
         super().__init__()
         if not heads:
             raise ValueError("a MultiTaskModel needs at least one head")
@@ -105,27 +107,40 @@ def _seeded(seed: int, build: Any) -> Any:
 
 def build_model(
     setting: Setting,
-    encoder: Mapping[str, Any],
-    head: Mapping[str, Any],
+    encoder: Any,
+    head: Any,
     seed: int,
     tasks: Sequence[str] | None = None,
 ) -> MultiTaskModel:
-    """Build the model for ``setting`` from encoder/head specs ``{"name": ..., **options}``.
+    """Build the model for ``setting``: a shared encoder and one head per task.
 
-    The global torch RNG is left as it was (initialization draws from forked, seeded generators).
+    ``encoder`` and ``head``: a spec ``{"name": ..., **options}`` of a registered part, ``{"factory":
+    "package.module:function", **options}``, an ``nn.Module`` instance (deep-copied) or a factory callable
+    (``mtlscope.models.components``). Each part is built from a forked RNG seeded by ``derived_seed(seed, ...)``,
+    so the same seed gives the same initial weights, and the global torch RNG is left as it was. The
+    representation size is the encoder's ``output_dim``, or inferred by a dry forward of two training examples.
     """
-    encoder_options = {k: v for k, v in encoder.items() if k != "name"}
-    head_options = {k: v for k, v in head.items() if k != "name"}
-    shared = _seeded(
+    shared: nn.Module = _seeded(
         derived_seed(seed, "encoder"),
-        lambda: ENCODERS.build(str(encoder["name"]), setting.input_shape, **encoder_options),
+        lambda: make_part(
+            "encoder",
+            encoder,
+            {"input_shape": tuple(setting.input_shape)},
+            lambda name, **options: ENCODERS.build(name, setting.input_shape, **options),
+        ),
     )
+    first = setting.tasks[0].train
+    examples = example_inputs(getattr(first, "inputs", None), setting.input_shape)
+    size = representation_size(shared, examples, "encoder")
     names = list(tasks) if tasks is not None else list(setting.task_names)
     heads = {
         name: _seeded(
             derived_seed(seed, "head", name),
-            lambda name=name: HEADS.build(
-                str(head["name"]), shared.output_dim, setting.task(name).output_size, **head_options
+            lambda name=name: make_part(
+                "head",
+                head,
+                {"input_dim": size, "output_size": setting.task(name).output_size},
+                lambda registered, **options: HEADS.build(registered, size, setting.task(name).output_size, **options),
             ),
         )
         for name in names

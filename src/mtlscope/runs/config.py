@@ -13,12 +13,15 @@ training sets. See docs/configuration.md for every key.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -32,10 +35,23 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from mtlscope.data.fingerprint import combine, tensor_digest
 from mtlscope.engine.loss_scale import parse_loss_scale
 from mtlscope.engine.lr_schedules import LR_SCHEDULES, build_learning_rate, canonical_schedule
+from mtlscope.imports import (
+    ImportPathError,
+    import_plugin,
+    importable_elsewhere,
+    is_import_path,
+    is_own_module,
+    module_fingerprint,
+    object_fingerprint,
+    resolve_path,
+    split_path,
+)
 from mtlscope.messages import clip, show
 from mtlscope.methods.registry import METHODS
+from mtlscope.models.components import check_factory_options
 from mtlscope.models.encoders import ENCODERS
 from mtlscope.models.heads import HEADS
 from mtlscope.models.multitask import MAX_SEED
@@ -43,6 +59,9 @@ from mtlscope.probes.base import PROBES
 from mtlscope.registry import OptionError, Registry
 from mtlscope.safe_yaml import YAMLInputError, YAMLRefusedError, parse_yaml
 from mtlscope.settings.registry import SETTINGS
+
+if TYPE_CHECKING:
+    from mtlscope.settings.setting import Setting
 
 
 class ConfigError(ValueError):
@@ -68,34 +87,101 @@ def _check_component(registry: Registry[Any], name: str, options: Mapping[str, A
         raise _option_error(error, prefix) from None
 
 
+#: Whether validation may import what a config names (plugins, factories); off for stored configs that are only
+#: read (``validate_config(..., imports=False)``), where unknown names are accepted when the config has plugins.
+_IMPORTS: ContextVar[bool] = ContextVar("mtlscope_config_imports", default=True)
+_LENIENT: ContextVar[bool] = ContextVar("mtlscope_config_lenient", default=False)
+
+
+def _factory(value: Any, part: str, options: Mapping[str, Any]) -> str:
+    """Check ``part``'s import path (imported only when validation may import) and its options."""
+    if not _IMPORTS.get():
+        split_path(value)
+        return str(value)
+    factory = resolve_path(value, what=f"{part}.factory")
+    check_factory_options(part, factory, options, str(value))
+    return str(value)
+
+
 def _component(registry: Registry[Any], value: Any, *, field: str) -> dict[str, Any]:
     """Validate ``{"name": ..., **options}`` against ``registry``."""
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, Mapping) or not isinstance(value.get("name"), str):
         raise ValueError(f"expected a mapping with a 'name' ({', '.join(registry.available())})")
+    if _LENIENT.get() and value["name"] not in registry.available():
+        return dict(value)  # a stored config read without importing its plugins, which may register the name
     _check_component(registry, value["name"], {k: v for k, v in value.items() if k != "name"})
     return dict(value)
 
 
+def _part(registry: Registry[Any], value: Any, *, field: str) -> dict[str, Any]:
+    """An encoder or head: a registered ``{"name": ..., **options}``, ``{"factory": "pkg.mod:fn", **options}``
+    (a bare ``"pkg.mod:fn"`` string too), or ``{"object": label}`` (a Python object given to ``execute``)."""
+    if is_import_path(value):
+        value = {"factory": value}
+    if isinstance(value, Mapping) and "factory" in value:
+        if "name" in value or "object" in value:
+            raise ValueError("give either name or factory, not both")
+        options = {k: v for k, v in value.items() if k != "factory"}
+        _factory(value["factory"], field, options)
+        return dict(value)
+    if isinstance(value, Mapping) and "object" in value:
+        if set(value) != {"object"} or not isinstance(value["object"], str):
+            raise ValueError("a part given as a Python object is recorded as {object: label} only")
+        return dict(value)
+    return _component(registry, value, field=field)
+
+
 class SettingConfig(_Strict):
-    name: str
+    """The setting: a registered ``name``, or a ``factory`` import path called with ``options`` (returning a
+    ``Setting``), or ``object``: the label of a ``Setting`` given to ``execute(..., setting=)`` in Python."""
+
+    name: str | None = None
+    factory: str | None = None
+    object: str | None = None
     tasks: list[str] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
-    def _known(cls, name: str) -> str:
-        if name not in SETTINGS.available():
-            raise ValueError(f"unknown setting {name!r}; available: {', '.join(SETTINGS.available())}")
-        return name
+    def _known(cls, name: str | None) -> str | None:
+        if name is None or name in SETTINGS.available() or _LENIENT.get():
+            return name
+        raise ValueError(f"unknown setting {name!r}; available: {', '.join(SETTINGS.available())}")
 
     @model_validator(mode="after")
     def _options(self) -> SettingConfig:
-        _check_component(SETTINGS, self.name, self.options, prefix="options.")
+        given = [key for key in ("name", "factory", "object") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "expected exactly one of name (a registered setting) or factory (an import path 'pkg.mod:fn')"
+                + (f", got {' and '.join(given)}" if given else "")
+            )
+        if self.name is not None and not (_LENIENT.get() and self.name not in SETTINGS.available()):
+            _check_component(SETTINGS, self.name, self.options, prefix="options.")
+        if self.factory is not None:
+            _factory(self.factory, "setting", self.options)
+        if self.object is not None and self.options:
+            raise ValueError("a setting given as a Python object takes no options")
         if self.tasks is not None and not self.tasks:
             raise ValueError("tasks must name at least one task (or be left out for all tasks)")
         return self
+
+    @property
+    def label(self) -> str:
+        """The setting's name, or the attribute an import path names, or the object's label."""
+        if self.factory is not None:
+            return split_path(self.factory)[1]
+        return self.name or self.object or "setting"
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in ("name", "factory", "object"):  # the one given is kept; registered settings dump as before
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class ModelConfig(_Strict):
@@ -105,12 +191,12 @@ class ModelConfig(_Strict):
     @field_validator("encoder", mode="before")
     @classmethod
     def _encoder(cls, value: Any) -> dict[str, Any] | None:
-        return None if value is None else _component(ENCODERS, value, field="encoder")
+        return None if value is None else _part(ENCODERS, value, field="encoder")
 
     @field_validator("head", mode="before")
     @classmethod
     def _head(cls, value: Any) -> dict[str, Any] | None:
-        return None if value is None else _component(HEADS, value, field="head")
+        return None if value is None else _part(HEADS, value, field="head")
 
 
 #: Adam's decay rates of the moment estimates.
@@ -209,6 +295,22 @@ class RunConfig(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     probes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: Modules imported before the config is validated, for the components they register (in every process
+    #: that runs the config: sweep and Ray workers too). ``resolve`` adds the modules of registered components
+    #: the config uses that are not mtlscope's own.
+    plugins: list[str] = Field(default_factory=list)
+    #: What defines the run besides its keys, filled in by ``resolve`` (so in the run id and ``config.yaml``):
+    #: ``{"mtlscope": version, "sources": {module: sha256}, "data": sha256}`` (``objects`` for Python objects).
+    identity: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not self.plugins:
+            data.pop("plugins", None)
+        if self.identity is None:
+            data.pop("identity", None)
+        return data
 
     @field_validator("method", mode="before")
     @classmethod
@@ -244,7 +346,7 @@ class RunConfig(_Strict):
         """The label of this run's variant: ``name`` if given, else tasks joined by '+' (+ method)."""
         if self.name:
             return self.name
-        label = "+".join(self.setting.tasks or [self.setting.name])
+        label = "+".join(self.setting.tasks or [self.setting.label])
         return label if self.method["name"] == "umtg" else f"{label}:{self.method['name']}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,7 +355,12 @@ class RunConfig(_Strict):
         return data
 
     def run_id(self) -> str:
-        """Stable id: a readable prefix and a hash of the canonical JSON of the config."""
+        """Stable id: a readable prefix and a hash of the canonical JSON of the config.
+
+        For a resolved config (``resolve``) the JSON includes ``identity``: the mtlscope version, the source
+        fingerprints of the user modules the config imports and the setting's data fingerprint, so a change to
+        any of them gives a new run id. Runs are stored under the run id of their resolved config.
+        """
         digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
         slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", self.variant)[:60]
         return f"{slug}-s{self.seed}-{digest}"
@@ -319,14 +426,45 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{key}: {clip(message, 400)}{shown}"
 
 
-def validate_config(data: Any, source: str = "config") -> RunConfig:
-    """Validate a config mapping; raises ``ConfigError`` with a one-line message."""
+def validate_config(data: Any, source: str = "config", *, imports: bool = True) -> RunConfig:
+    """Validate a config mapping; raises ``ConfigError`` with a one-line message.
+
+    The config's ``plugins`` are imported first (their components are then known) and import paths are
+    resolved. ``imports=False`` (reading a stored run's config) imports nothing: import paths are only checked
+    for their form, and names that no registry knows are accepted when the config lists plugins.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    plugins = data.get("plugins")
+    if plugins is not None and (not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins)):
+        raise ConfigError(f"{source}: plugins: expected a list of module names (got {show(plugins)})")
+    if imports:
+        for index, plugin in enumerate(plugins or []):
+            try:
+                import_plugin(plugin)
+            except ImportPathError as error:
+                raise ConfigError(f"{source}: plugins[{index}]: {error}") from None
+    imports_token = _IMPORTS.set(imports)
+    lenient_token = _LENIENT.set(not imports and bool(plugins))
     try:
         return RunConfig.model_validate(dict(data))
     except ValidationError as error:
         raise ConfigError(f"{source}: {_describe(error.errors()[0])}") from None
+    finally:
+        _LENIENT.reset(lenient_token)
+        _IMPORTS.reset(imports_token)
+
+
+def with_plugins(data: Mapping[str, Any], plugins: Sequence[str]) -> dict[str, Any]:
+    """``data`` with ``plugins`` (e.g. ``--plugin`` arguments) added to its ``plugins`` list (no repeats)."""
+    result = dict(data)
+    if not plugins:
+        return result
+    listed = result.get("plugins") or []
+    if not isinstance(listed, list):
+        return result  # validate_config names the bad value
+    result["plugins"] = [*listed, *(plugin for plugin in plugins if plugin not in listed)]
+    return result
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -387,33 +525,175 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: {error}") from None
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read, override and validate a YAML run config."""
+def load_config(path: str | Path, overrides: Sequence[str] = (), *, plugins: Sequence[str] = ()) -> RunConfig:
+    """Read, override and validate a YAML run config (``plugins`` added to its ``plugins`` list)."""
     path = Path(path)
     data = read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
-    return validate_config(apply_overrides(data, overrides), str(path))
+    return validate_config(with_plugins(apply_overrides(data, overrides), plugins), str(path))
 
 
-def resolve(config: RunConfig, source: str = "config") -> RunConfig:
-    """Fill in the defaults that depend on the setting: its task list and its default model.
+# -- resolution and identity --------------------------------------------------------------------------------
 
-    Raises ``ConfigError`` when the setting cannot be built from the config (bad task name or option
+_CACHE: ContextVar[dict[Any, Any] | None] = ContextVar("mtlscope_resolve_cache", default=None)
+
+
+@contextlib.contextmanager
+def cached_settings() -> Iterator[None]:
+    """Within this block ``resolve`` builds each setting (by its spec), computes each data and source fingerprint
+    once, and reuses them: what expanding and checking a sweep of many runs does. Outside it every ``resolve``
+    builds afresh, so a changed data file or module is seen by the next run."""
+    if _CACHE.get() is not None:
+        yield
+        return
+    token = _CACHE.set({})
+    try:
+        yield
+    finally:
+        _CACHE.reset(token)
+
+
+def _cached(key: Any, compute: Any) -> Any:
+    cache = _CACHE.get()
+    if cache is None:
+        return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+def _build_setting(spec: SettingConfig, source: str, objects: Mapping[str, Any]) -> Setting:
+    """The whole setting ``spec`` names (all its tasks)."""
+    from mtlscope.settings.registry import get as get_setting
+    from mtlscope.settings.setting import Setting
+
+    if spec.object is not None:
+        given = objects.get("setting")
+        if not isinstance(given, Setting):
+            raise ConfigError(
+                f"{source}: setting: given as a Python object ({clip(spec.object)}), which only reaches the process "
+                "it was given in; pass it with setting=, or give the setting by import path (setting.factory)"
+            )
+        return given
+    if spec.factory is not None:
+        factory = resolve_path(spec.factory, what="setting.factory")
+        built = factory(**spec.options)
+        if not isinstance(built, Setting):
+            raise ConfigError(
+                f"{source}: setting.factory {spec.factory!r} returned a {type(built).__name__}, expected a "
+                "mtlscope Setting"
+            )
+        return built
+    assert spec.name is not None
+    return get_setting(spec.name, **spec.options)
+
+
+def build_setting(spec: SettingConfig, source: str = "config") -> Setting:
+    """The whole setting (every task) of a validated setting spec: registered, or by import path; ``ConfigError``
+    (one line) when it cannot be built. Cached within ``cached_settings``."""
+    try:
+        built: Setting = _cached(("setting", _setting_key(spec, {})), lambda: _build_setting(spec, source, {}))
+        return built
+    except ConfigError:
+        raise
+    except (KeyError, ValueError, TypeError) as error:
+        message = error.args[0] if error.args else str(error)
+        raise ConfigError(f"{source}: setting: {clip(str(message), 400)}") from None
+
+
+def _setting_key(spec: SettingConfig, objects: Mapping[str, Any]) -> str:
+    data = spec.model_dump(exclude={"tasks"})
+    if spec.object is not None:
+        data["object"] = id(objects.get("setting"))
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def _module_sources(module: str) -> str | None:
+    fingerprint: str | None = _cached(("module", module), lambda: module_fingerprint(module))
+    return fingerprint
+
+
+def _sources(data: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """``({module or module:qualname: sha256}, modules to import as plugins)`` of the resolved config ``data``:
+    its plugins, the modules of its import paths, and those of the registered components it uses by name that
+    are not mtlscope's (a module a fresh process cannot import, ``__main__``, is keyed ``module:qualname`` and
+    fingerprinted by the builder's source)."""
+    sources: dict[str, str] = {}
+    plugins: list[str] = list(data.get("plugins") or [])
+    modules = list(plugins)
+    setting = data["setting"]
+    parts = [("setting", setting), ("encoder", data["model"]["encoder"]), ("head", data["model"]["head"])]
+    for _, spec in parts:
+        if isinstance(spec.get("factory"), str):
+            modules.append(split_path(spec["factory"])[0])
+    used: list[tuple[Registry[Any], str]] = [(METHODS, data["method"]["name"])]
+    used += [(PROBES, name) for name in data.get("probes") or {}]
+    registries: list[Registry[Any]] = [SETTINGS, ENCODERS, HEADS]
+    used += [(registry, spec["name"]) for (_, spec), registry in zip(parts, registries) if "name" in spec]
+    for registry, name in used:
+        builder = registry.entry(name).builder
+        module = getattr(builder, "__module__", "") or ""
+        if is_own_module(module):
+            continue
+        if importable_elsewhere(module):
+            modules.append(module)
+            if module not in plugins:
+                plugins.append(module)
+        else:
+            sources[f"{module}:{getattr(builder, '__qualname__', name)}"] = object_fingerprint(builder)
+    for module in modules:
+        if is_own_module(module):
+            continue
+        fingerprint = _module_sources(module)
+        if fingerprint is not None:
+            sources[module] = fingerprint
+    return sources, plugins
+
+
+def _object_fingerprint(value: Any) -> str:
+    """A Python encoder or head: its code, and for an instance its initial weights."""
+    import torch
+
+    parts: dict[str, Any] = {"code": object_fingerprint(value)}
+    if isinstance(value, torch.nn.Module):
+        parts["state"] = {name: tensor_digest(tensor) for name, tensor in value.state_dict().items()}
+    return combine(parts)
+
+
+def _version() -> str:
+    return str(importlib.import_module("mtlscope").__version__)
+
+
+def resolve(config: RunConfig, source: str = "config", *, objects: Mapping[str, Any] | None = None) -> RunConfig:
+    """Fill in the defaults that depend on the setting (its task list, its default model) and the run's
+    ``identity`` (the mtlscope version, source fingerprints of the user modules the config imports, the data
+    fingerprint of the setting): the *resolved* config the run id is derived from.
+
+    ``objects``: the Python objects of a config whose setting, encoder or head is ``{object: label}`` (given to
+    ``execute``). Raises ``ConfigError`` when the setting cannot be built from the config (bad task name or option
     value), or when ``training.batch_size`` is larger than the smallest training set of the run's tasks (a batch
     draws each example at most once).
     """
-    from mtlscope.settings.registry import get as get_setting
+    return resolve_with_setting(config, source, objects=objects)[0]
 
+
+def resolve_with_setting(
+    config: RunConfig, source: str = "config", *, objects: Mapping[str, Any] | None = None
+) -> tuple[RunConfig, Setting]:
+    """``resolve`` and the run's setting (its tasks only), built once."""
+    objects = dict(objects or {})
+    key = _setting_key(config.setting, objects)
     try:
-        setting = get_setting(config.setting.name, **config.setting.options)
-        if config.setting.tasks is not None:
-            setting = setting.subset(config.setting.tasks)
-    except (KeyError, ValueError) as error:
+        full = _cached(("setting", key), lambda: _build_setting(config.setting, source, objects))
+        setting = full.subset(config.setting.tasks) if config.setting.tasks is not None else full
+    except ConfigError:
+        raise
+    except (KeyError, ValueError, TypeError) as error:
         message = error.args[0] if error.args else str(error)
-        raise ConfigError(f"{source}: setting: {message}") from None
+        raise ConfigError(f"{source}: setting: {clip(str(message), 400)}") from None
     except (MemoryError, RuntimeError) as error:  # e.g. synthetic data too large to allocate
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"{source}: setting: cannot build the setting ({clip(reason, 200)})") from None
@@ -425,7 +705,43 @@ def resolve(config: RunConfig, source: str = "config") -> RunConfig:
         )
     data = config.to_dict()
     data["setting"]["tasks"] = list(setting.task_names)
-    data["setting"]["options"] = dict(setting.options)
+    if config.setting.name is not None:
+        data["setting"]["options"] = dict(setting.options)
     data["model"]["encoder"] = data["model"]["encoder"] or dict(setting.default_model["encoder"])
     data["model"]["head"] = data["model"]["head"] or dict(setting.default_model["head"])
-    return validate_config(data, source)
+    try:
+        sources, plugins = _sources(data)
+    except ImportPathError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    if plugins:
+        data["plugins"] = plugins
+    tasks = tuple(setting.task_names)
+    identity: dict[str, Any] = {
+        "mtlscope": _version(),
+        "sources": sources,
+        "data": _cached(
+            ("data", key, tasks),
+            lambda: combine({"tasks": setting.fingerprint(), "epoch_examples": setting.epoch_examples}),
+        ),
+    }
+    given = {part: objects[part] for part in ("encoder", "head") if data["model"][part].get("object") is not None}
+    if given:
+        identity["objects"] = {part: _object_fingerprint(value) for part, value in given.items()}
+    data["identity"] = identity
+    return validate_config(data, source), setting
+
+
+def in_process_only(config: RunConfig) -> str | None:
+    """What of the resolved ``config`` another process cannot rebuild (a Python object, a component defined in
+    ``__main__``), as a phrase; ``None`` when a sweep or Ray worker can run it."""
+    for part, spec in (
+        ("setting", config.setting.model_dump()),
+        ("encoder", config.model.encoder or {}),
+        ("head", config.model.head or {}),
+    ):
+        if spec.get("object") is not None:
+            return f"its {part} is a Python object ({clip(str(spec['object']))})"
+    for key in (config.identity or {}).get("sources", {}):
+        if ":" in key:
+            return f"{clip(key)} is defined in a module other processes cannot import"
+    return None

@@ -14,6 +14,7 @@ state starts over, with one logged line), and never lets a stored file decide an
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -29,12 +30,13 @@ from mtlscope.engine.loss_scale import resolve_loss_scale
 from mtlscope.engine.lr_schedules import LearningRate, build_learning_rate
 from mtlscope.engine.optimizers import build_optimizer
 from mtlscope.engine.trainer import Record, RecordSink, Schedule, StateSink, Trainer
+from mtlscope.imports import describe
 from mtlscope.messages import clip
 from mtlscope.methods.base import Method
 from mtlscope.methods.registry import METHODS
 from mtlscope.models.multitask import MultiTaskModel, build_model
 from mtlscope.probes.base import Probe, build_probe
-from mtlscope.runs.config import ConfigError, RunConfig, resolve
+from mtlscope.runs.config import ConfigError, RunConfig, resolve_with_setting, validate_config
 from mtlscope.runs.environment import describe_environment
 from mtlscope.runs.locking import hold_run
 from mtlscope.runs.store import (
@@ -51,7 +53,6 @@ from mtlscope.runs.store import (
 )
 from mtlscope.runs.tracking import TeeSink, Tracker, build_trackers
 from mtlscope.runs.weights import BestCheckpoint, cpu_copy, save_weights
-from mtlscope.settings.registry import get as get_setting
 from mtlscope.settings.setting import Setting
 
 logger = logging.getLogger(__name__)
@@ -83,20 +84,27 @@ class Prepared:
     best: BestCheckpoint | None = None  # keeps the best validation checkpoint (``training.keep_best``)
 
 
-def prepare(config: RunConfig, source: str = "config") -> Prepared:
-    """Resolve ``config`` and build its setting, model, method, optimizer and probes (writes nothing)."""
-    resolved = resolve(config, source)
+def prepare(config: RunConfig, source: str = "config", *, objects: Mapping[str, Any] | None = None) -> Prepared:
+    """Resolve ``config`` and build its setting, model, method, optimizer and probes (writes nothing).
+
+    ``objects``: the Python setting, encoder and head of a config made by ``with_objects`` (``execute``'s
+    ``setting=``, ``encoder=``, ``head=``)."""
+    objects = dict(objects or {})
+    resolved, setting = resolve_with_setting(config, source, objects=objects)
     device = resolve_device(resolved.training.device)
-    setting = get_setting(resolved.setting.name, tasks=resolved.setting.tasks, **resolved.setting.options)
     method_options = {k: v for k, v in resolved.method.items() if k != "name"}
+    encoder: Any = resolved.model.encoder or {}
+    head: Any = resolved.model.head or {}
+    encoder = objects["encoder"] if encoder.get("object") is not None and "encoder" in objects else encoder
+    head = objects["head"] if head.get("object") is not None and "head" in objects else head
     try:
         method = METHODS.build(resolved.method["name"], **method_options)
         method.setup(setting.task_names)
-        model = build_model(setting, resolved.model.encoder or {}, resolved.model.head or {}, resolved.seed).to(device)
+        model = build_model(setting, encoder, head, resolved.seed).to(device)
         probes = [build_probe(name, options) for name, options in resolved.probes.items()]
         resolve_mode(resolved.training.jacobian_mode, setting)
     except (KeyError, ValueError, TypeError) as error:  # a builder rejecting an option's value or type
-        raise ConfigError(f"{source}: {error.args[0] if error.args else error}") from None
+        raise ConfigError(f"{source}: {clip(str(error.args[0] if error.args else error), 400)}") from None
     except (RuntimeError, MemoryError) as error:  # e.g. an encoder too large to allocate
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"{source}: model: cannot build the model on {device} ({clip(reason, 200)})") from None
@@ -220,10 +228,40 @@ def _restart(path: Path, problem: str) -> None:
     logger.warning("%s: %s; restarting the run from step 0", path, problem)
 
 
+def with_objects(
+    config: RunConfig | Mapping[str, Any], *, setting: Any = None, encoder: Any = None, head: Any = None
+) -> RunConfig:
+    """``config`` (a ``RunConfig`` or a mapping) with the given Python objects in place of its setting, encoder or
+    head, recorded as ``{object: label}`` (see ``execute``); a mapping may leave ``setting`` out then."""
+    from mtlscope.settings.setting import Setting
+
+    data = config.to_dict() if isinstance(config, RunConfig) else json.loads(json.dumps(dict(config), default=str))
+    if setting is not None:
+        if not isinstance(setting, Setting):
+            raise ConfigError(f"setting=: expected a mtlscope Setting, got a {type(setting).__name__}")
+        previous = data.get("setting")
+        tasks = previous.get("tasks") if isinstance(previous, dict) else None
+        data["setting"] = {"object": f"Setting {setting.name!r}", **({"tasks": tasks} if tasks else {})}
+    for part, value in (("encoder", encoder), ("head", head)):
+        if value is None:
+            continue
+        if not (isinstance(value, torch.nn.Module) or callable(value)):
+            raise ConfigError(
+                f"{part}=: expected an nn.Module or a factory returning one, got a {type(value).__name__}"
+            )
+        kind = "instance" if isinstance(value, torch.nn.Module) else "factory"
+        model = data.get("model")
+        data["model"] = {**(model if isinstance(model, dict) else {}), part: {"object": f"{describe(value)} ({kind})"}}
+    return validate_config(data)
+
+
 def execute(
-    config: RunConfig,
+    config: RunConfig | Mapping[str, Any],
     out: str | Path,
     *,
+    setting: Any = None,
+    encoder: Any = None,
+    head: Any = None,
     force: bool = False,
     resume: bool = True,
     restart_failed: bool = False,
@@ -253,10 +291,21 @@ def execute(
     ``trackers``: specs of MLflow / TensorBoard views of the run (see ``mtlscope.runs.tracking``); they get the
     records after the run directory. A bad spec or a missing package raises ``TrackingError`` (nothing written); a
     tracker failing during the run is dropped with a warning. Tracking is no part of the config or the run id.
+
+    ``setting``, ``encoder``, ``head``: Python objects used instead of the config's (a ``Setting``; an
+    ``nn.Module`` instance, deep-copied so it is never trained, or a factory called with ``input_shape`` /
+    ``output_size`` like an import path's); ``config`` may then be a mapping without ``setting``. The run id covers
+    them (the setting's data fingerprint; a module's class source and initial weights; a factory's source). They
+    exist only in this process: sweep workers, Ray and ``mtlscope run`` need import paths or plugins.
     """
     if on_failure not in ("raise", "return"):
         raise ValueError(f"on_failure: expected 'raise' or 'return', got {str(on_failure)[:40]!r}")
-    prepared = prepare(config, source)
+    objects = {
+        key: value for key, value in (("setting", setting), ("encoder", encoder), ("head", head)) if value is not None
+    }
+    if objects or not isinstance(config, RunConfig):
+        config = with_objects(config, **objects)
+    prepared = prepare(config, source, objects=objects)
     tracking = build_trackers(trackers)
     path = Path(out) / prepared.config.run_id()
     with hold_run(path, wait=wait):
@@ -278,7 +327,9 @@ def execute(
                 _restart(path, str(error))
                 state = None
         if state is None:
-            prepared = prepare(config, source) if tried else prepared  # a state tried on it may have changed it
+            prepared = (
+                prepare(config, source, objects=objects) if tried else prepared
+            )  # a state tried on it may have changed it
             directory = RunDirectory.create(path, prepared.config.to_dict(), describe_environment(prepared.device))
         outcome, cause = _train(prepared, directory, tracking, state, on_step)
     if outcome.status == "failed" and on_failure == "raise":

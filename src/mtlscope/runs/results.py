@@ -230,7 +230,7 @@ def read_stored_config(path: Path) -> RunConfig:
     try:
         if not file.is_file():
             raise DamagedRun(file, "missing" if not file.exists() else "not a file")
-        return validate_config(read_yaml(file), str(file))
+        return validate_config(read_yaml(file), str(file), imports=False)
     except ConfigError as error:
         raise DamagedRun(file, str(error).removeprefix(f"{file}: ")) from None
     except UnicodeDecodeError as error:
@@ -340,7 +340,7 @@ def _run_row(path: Path, status: Mapping[str, Any], config: RunConfig, summary: 
         "path": str(path),
         "status": status["status"],
         "variant": config.variant,
-        "setting": config.setting.name,
+        "setting": config.setting.label,
         "tasks": "+".join(tasks),
         "num_tasks": len(tasks),
         "method": config.method["name"],

@@ -127,7 +127,7 @@ def run_tags(config: RunConfig, run_id: str) -> dict[str, str]:
     return {
         RUN_ID_TAG: run_id,
         "mtlscope.variant": config.variant,
-        "mtlscope.setting": config.setting.name,
+        "mtlscope.setting": config.setting.label,
         "mtlscope.method": str(config.method["name"]),
         "mtlscope.seed": str(config.seed),
     }
@@ -459,7 +459,7 @@ def sync(directory: str | Path, specs: Sequence[Mapping[str, Any]]) -> list[str]
     for path in sorted(status.parent for status in Path(directory).rglob(STATUS_FILE)):
         if not (path / CONFIG_FILE).exists():
             continue
-        config = validate_config(read_yaml(path / CONFIG_FILE), str(path / CONFIG_FILE))
+        config = validate_config(read_yaml(path / CONFIG_FILE), str(path / CONFIG_FILE), imports=False)
         status = str(read_status(path)["status"])
         steps = [record.step for record in stored_records(path)]
         summary = json.loads((path / SUMMARY_FILE).read_text()) if (path / SUMMARY_FILE).exists() else {}

@@ -42,14 +42,16 @@ before ``execute`` is called, so the exception escapes it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -58,8 +60,9 @@ from typing import Any
 
 import torch
 
+from mtlscope.imports import use_paths, worker_paths
 from mtlscope.progress import Progress
-from mtlscope.runs.config import RunConfig, resolve, validate_config
+from mtlscope.runs.config import ConfigError, RunConfig, cached_settings, in_process_only, resolve, validate_config
 from mtlscope.runs.launch import RunOutcome, execute
 from mtlscope.runs.locking import InUseError, hold_directory, hold_run
 from mtlscope.runs.store import FINISHED, STATUS_FILE, damage, now, read_status, stored_status, write_atomic
@@ -102,23 +105,38 @@ def unique_runs(configs: Sequence[RunConfig]) -> tuple[list[tuple[str, RunConfig
     """
     runs: dict[str, RunConfig] = {}
     duplicates = 0
-    for index, config in enumerate(configs):
-        resolved = resolve(config, f"sweep config {index + 1}")
-        run_id = resolved.run_id()
-        if run_id in runs:
-            duplicates += 1
-        else:
-            runs[run_id] = resolved
+    with cached_settings():
+        for index, config in enumerate(configs):
+            resolved = resolve(config, f"sweep config {index + 1}")
+            run_id = resolved.run_id()
+            if run_id in runs:
+                duplicates += 1
+            else:
+                runs[run_id] = resolved
     return list(runs.items()), duplicates
+
+
+def check_reachable(runs: Sequence[tuple[str, RunConfig]]) -> None:
+    """``ConfigError`` (one line) when a run uses something only this process has (a Python object, a component
+    defined in ``__main__``): worker processes could not rebuild it."""
+    for index, (_, config) in enumerate(runs):
+        problem = in_process_only(config)
+        if problem is not None:
+            raise ConfigError(
+                f"sweep config {index + 1}: {problem}, so worker processes cannot run it; give it by import path "
+                "or put it in a module listed under plugins (or run with workers=1)"
+            )
 
 
 # -- the worker side -----------------------------------------------------------------------------------------
 
 
-def _init_worker(threads: int, parent: int) -> None:
-    """Pool initializer: torch threads once, and a watchdog that ends this worker when the driver is gone."""
+def _init_worker(threads: int, parent: int, paths: Sequence[str] = ()) -> None:
+    """Pool initializer: the driver's import path (``mtlscope.imports.worker_paths``), torch threads once, and a
+    watchdog that ends this worker when the driver is gone."""
     global _in_worker
     _in_worker = True
+    use_paths(list(paths))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the driver, which stops the workers
     torch.set_num_threads(threads)
     threading.Thread(target=_watch_parent, args=(parent,), name="mtlscope-sweep-watchdog", daemon=True).start()
@@ -185,6 +203,24 @@ def _run_one(
 
 
 # -- the driver side -----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _main_without_missing_file() -> Iterator[None]:
+    """A ``spawn`` worker runs the driver's main script again from ``__main__.__file__``; a driver fed from stdin
+    has ``__file__ == "<stdin>"``, no file, and every worker would die trying. While the pool runs, such a
+    ``__file__`` is hidden (workers then skip the main script; components reach them by plugins and import
+    paths)."""
+    main = sys.modules.get("__main__")
+    file = getattr(main, "__file__", None)
+    hide = main is not None and isinstance(file, str) and not os.path.isfile(file)
+    if hide:
+        del main.__file__  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        if hide:
+            main.__file__ = file  # type: ignore[union-attr]
 
 
 def _already_done(path: Path, run_id: str) -> RunOutcome | None:
@@ -276,6 +312,10 @@ class _Sweep:
         A dead worker breaks the pool. Its runs in flight then are retried first, each alone on a fresh pool (so
         a second death is that run's own: it is recorded as failed); the other runs follow as before.
         """
+        with _main_without_missing_file():
+            self._run_pools(indices, workers, threads)
+
+    def _run_pools(self, indices: Sequence[int], workers: int, threads: int) -> None:
         pending: deque[tuple[int, bool]] = deque((index, False) for index in indices)  # (run index, alone)
         context = multiprocessing.get_context("spawn")
         while pending:
@@ -283,7 +323,7 @@ class _Sweep:
                 max_workers=min(workers, len(pending)),
                 mp_context=context,
                 initializer=_init_worker,
-                initargs=(threads, os.getpid()),
+                initargs=(threads, os.getpid(), worker_paths()),
             )
             try:
                 died = self._drain(pool, pending, workers)
@@ -390,6 +430,8 @@ def run_sweep(
     started = time.monotonic()
     out = Path(out)
     runs, duplicates = unique_runs(configs)
+    if executor == "ray" or workers > 1:
+        check_reachable(runs)
     specs = prepare_trackers(trackers) if trackers else []
     forced = set(force)
     with hold_directory(out, wait=wait), Progress(len(runs), "sweep", unit="run", enabled=progress) as bar:

@@ -53,7 +53,7 @@ import pandas as pd
 from mtlscope.analysis.trajectories import builtin_direction, checkpoint_table
 from mtlscope.models.multitask import MAX_SEED, is_seed
 from mtlscope.report.tables import to_markdown, write_table
-from mtlscope.runs.config import ConfigError, RunConfig, read_yaml
+from mtlscope.runs.config import ConfigError, RunConfig, SettingConfig, build_setting, read_yaml, with_plugins
 from mtlscope.runs.results import DamagedRun, RunResults, load, read_records
 from mtlscope.sweeps.execution import SweepResult, run_sweep
 from mtlscope.sweeps.manifest import write_manifest
@@ -286,14 +286,12 @@ def _value_at(config: RunConfig, key: str) -> Any:
 
 def _setting(config: RunConfig) -> Any:
     """The full setting of ``config`` (a few kept, by name and options)."""
-    return _built_setting(config.setting.name, json.dumps(config.setting.options, sort_keys=True))
+    return _built_setting(json.dumps(config.setting.model_dump(exclude={"tasks"}), sort_keys=True))
 
 
 @functools.lru_cache(maxsize=4)
-def _built_setting(name: str, options: str) -> Any:
-    from mtlscope.settings.registry import get as get_setting
-
-    return get_setting(name, **json.loads(options))
+def _built_setting(spec: str) -> Any:
+    return build_setting(SettingConfig.model_validate(json.loads(spec)))
 
 
 def planned_steps(config: RunConfig) -> int:
@@ -304,13 +302,16 @@ def planned_steps(config: RunConfig) -> int:
     return int((training.epochs or 1) * _setting(config).steps_per_epoch(training.batch_size))
 
 
-def load_protocol(path: str | Path, overrides: Sequence[str] = (), max_runs: int | None = None) -> ProtocolPlan:
-    """Read a sweep file with a ``protocol`` mapping and expand its selection stage (writes nothing)."""
+def load_protocol(
+    path: str | Path, overrides: Sequence[str] = (), max_runs: int | None = None, *, plugins: Sequence[str] = ()
+) -> ProtocolPlan:
+    """Read a sweep file with a ``protocol`` mapping and expand its selection stage (writes nothing); ``plugins``
+    are added to the file's ``plugins``."""
     path = Path(path)
     data = read_yaml(path)
     if not isinstance(data, Mapping) or "protocol" not in data:
         raise ConfigError(f"{path}: protocol: required key is missing (see docs/sweeps.md)")
-    return plan_protocol(data, str(path), path.parent, overrides, max_runs=max_runs)
+    return plan_protocol(with_plugins(data, plugins), str(path), path.parent, overrides, max_runs=max_runs)
 
 
 def plan_protocol(
@@ -370,7 +371,7 @@ def _check_equal_steps(candidates: Sequence[Candidate], protocol: Protocol, sour
     groups: dict[str, list[Candidate]] = {}
     for candidate in candidates:
         setting = candidate.config.setting
-        name = json.dumps([setting.name, setting.options, candidate.point], sort_keys=True, default=str)
+        name = json.dumps([setting.model_dump(exclude={"tasks"}), candidate.point], sort_keys=True, default=str)
         groups.setdefault(name, []).append(candidate)
     points = protocol.points()
     for group in groups.values():

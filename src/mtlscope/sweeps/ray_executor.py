@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from mtlscope.imports import worker_paths
 from mtlscope.runs.config import ConfigError
 from mtlscope.runs.launch import RunOutcome
 
@@ -52,12 +53,15 @@ def import_ray() -> Any:
     return ray
 
 
-def _task(threads: int, data: dict[str, Any], out: str, *options: Any) -> RunOutcome:
-    """One run inside a Ray worker (torch threads pinned to the task's CPUs); ``options``: ``_run_one``'s others."""
+def _task(threads: int, paths: list[str], data: dict[str, Any], out: str, *options: Any) -> RunOutcome:
+    """One run inside a Ray worker (torch threads pinned to the task's CPUs, the driver's import path in front of
+    the worker's, so the config's plugins and import paths import there); ``options``: ``_run_one``'s others."""
     import torch
 
+    from mtlscope.imports import use_paths
     from mtlscope.sweeps.execution import _run_one
 
+    use_paths(paths)
     torch.set_num_threads(threads)
     return _run_one(data, out, *options)
 
@@ -78,10 +82,11 @@ def run_on_ray(book: SweepBook, indices: Sequence[int], address: str | None, thr
     try:
         task = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES, retry_exceptions=False)(_task)
         out = str(book.out.resolve())
+        paths = worker_paths()
         pending = {}
         for index in indices:
             data, _, *options = book.arguments(index)
-            pending[task.remote(threads, data, out, *options)] = index
+            pending[task.remote(threads, paths, data, out, *options)] = index
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for reference in ready:

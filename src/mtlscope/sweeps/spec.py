@@ -4,6 +4,7 @@ A sweep file is YAML::
 
     name: lr-and-tasks            # optional label of the sweep
     base: ../presets/demo.yaml    # a run config file (relative to the sweep file) or an inline mapping
+    plugins: [mylab.components]   # optional modules to import (added to every run's plugins, see configuration.md)
     overrides: {training.epochs: 10}   # optional dotted keys applied to the base first
     zip:                          # lists advanced together (all of one length)
       setting.tasks: [[digits1], [digits1, digits2]]
@@ -50,9 +51,29 @@ import numpy as np
 
 from mtlscope.messages import clip, show
 from mtlscope.models.multitask import MAX_SEED, is_seed
-from mtlscope.runs.config import ConfigError, RunConfig, apply_overrides, read_yaml, resolve, validate_config
+from mtlscope.runs.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    build_setting,
+    cached_settings,
+    read_yaml,
+    resolve,
+    validate_config,
+    with_plugins,
+)
 
-SWEEP_KEYS: tuple[str, ...] = ("name", "base", "overrides", "zip", "grid", "auxiliary_sets", "seeds", "max_runs")
+SWEEP_KEYS: tuple[str, ...] = (
+    "name",
+    "base",
+    "plugins",
+    "overrides",
+    "zip",
+    "grid",
+    "auxiliary_sets",
+    "seeds",
+    "max_runs",
+)
 #: Most runs a sweep may expand to unless its ``max_runs`` key (or ``--max-runs``) says otherwise.
 DEFAULT_MAX_RUNS = 100_000
 AUXILIARY_KEYS: tuple[str, ...] = ("target", "pool", "size", "count", "seed")
@@ -71,16 +92,19 @@ class Sweep:
         return [config.run_id() for config in self.configs]
 
 
-def load_sweep(path: str | Path, overrides: Sequence[str] = (), max_runs: int | None = None) -> Sweep:
+def load_sweep(
+    path: str | Path, overrides: Sequence[str] = (), max_runs: int | None = None, *, plugins: Sequence[str] = ()
+) -> Sweep:
     """Read and expand a sweep file; ``overrides`` (``key=value``) apply to the base config of every run.
 
-    ``max_runs`` (e.g. from ``--max-runs``) replaces the file's ``max_runs``.
+    ``max_runs`` (e.g. from ``--max-runs``) replaces the file's ``max_runs``; ``plugins`` (``--plugin``) are added
+    to the file's ``plugins``.
     """
     path = Path(path)
     data = read_yaml(path)
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping with the keys {', '.join(SWEEP_KEYS)}")
-    return expand(data, str(path), path.parent, overrides, max_runs=max_runs)
+    return expand(with_plugins(data, plugins), str(path), path.parent, overrides, max_runs=max_runs)
 
 
 def expand(
@@ -101,30 +125,35 @@ def expand(
     for key, value in _mapping(data, "overrides", source).items():
         _set(base, key, value, source)
     base = apply_overrides(base, overrides)
+    plugins = data.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(plugin, str) for plugin in plugins):
+        raise ConfigError(f"{source}: plugins: expected a list of module names (got {show(plugins)})")
+    base = with_plugins(base, plugins)
     zipped = _zip(data, source)
     grid = _grid(data, source)
     seeds = _seeds(data.get("seeds"), source)
     auxiliary = _auxiliary_sets(data.get("auxiliary_sets"), base, source)
     configs: dict[str, RunConfig] = {}
     duplicates = 0
-    for zip_point, grid_point, tasks, seed in itertools.product(zipped, grid, auxiliary, seeds):
-        config = copy.deepcopy(base)
-        point = {**zip_point, **grid_point}
-        if tasks is not None:
-            point["setting.tasks"] = tasks
-        if seed is not None:
-            point["seed"] = seed
-        for key, value in point.items():
-            _set(config, key, value, source)
-        description = clip(", ".join(f"{k}={show(v)}" for k, v in point.items()), 300) or "the base config"
-        try:
-            run = resolve(validate_config(config, source), source)
-        except ConfigError as error:
-            raise ConfigError(f"{error} (in the run with {description})") from None
-        run_id = run.run_id()
-        if run_id in configs:
-            duplicates += 1
-        configs.setdefault(run_id, run)
+    with cached_settings():  # one build (and data fingerprint) per setting, not one per run
+        for zip_point, grid_point, tasks, seed in itertools.product(zipped, grid, auxiliary, seeds):
+            config = copy.deepcopy(base)
+            point = {**zip_point, **grid_point}
+            if tasks is not None:
+                point["setting.tasks"] = tasks
+            if seed is not None:
+                point["seed"] = seed
+            for key, value in point.items():
+                _set(config, key, value, source)
+            description = clip(", ".join(f"{k}={show(v)}" for k, v in point.items()), 300) or "the base config"
+            try:
+                run = resolve(validate_config(config, source), source)
+            except ConfigError as error:
+                raise ConfigError(f"{error} (in the run with {description})") from None
+            run_id = run.run_id()
+            if run_id in configs:
+                duplicates += 1
+            configs.setdefault(run_id, run)
     name = str(data.get("name") or Path(source).stem)
     return Sweep(name=name, source=source, configs=tuple(configs.values()), duplicates=duplicates)
 
@@ -313,12 +342,12 @@ def _auxiliary_sets(value: Any, base: Mapping[str, Any], source: str) -> list[li
 
 
 def _setting_tasks(base: Mapping[str, Any], source: str) -> list[str]:
-    from mtlscope.settings.registry import get as get_setting
-
-    setting = base.get("setting") or {}
+    setting = dict(base.get("setting") or {})
+    setting.pop("tasks", None)
     try:
-        built = get_setting(setting["name"], **(setting.get("options") or {}))
-    except (KeyError, TypeError, ValueError) as error:
+        spec = validate_config({"setting": setting, "plugins": base.get("plugins") or []}, source).setting
+        built = build_setting(spec, source)
+    except (ConfigError, KeyError, TypeError, ValueError) as error:
         raise ConfigError(f"{source}: auxiliary_sets.pool: cannot list the setting's tasks ({error})") from None
     return list(built.task_names)
 

@@ -1,0 +1,7 @@
+"""``python -m mtlscope``: the command line (``mtlscope.cli``)."""
+
+import sys
+
+from mtlscope.cli import main
+
+sys.exit(main())
