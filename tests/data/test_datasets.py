@@ -57,7 +57,10 @@ def _multi_arrays() -> dict[str, Any]:
     # task b trains on the second half of the images (its own inputs), both evaluate on all val/test images
     return {
         "a": {split: (IMAGES[split], LABELS[split]["a"]) for split in SIZES},
-        "b": {split: (IMAGES[split][len(IMAGES[split]) // 2 :], LABELS[split]["b"][len(IMAGES[split]) // 2 :]) for split in SIZES},
+        "b": {
+            split: (IMAGES[split][len(IMAGES[split]) // 2 :], LABELS[split]["b"][len(IMAGES[split]) // 2 :])
+            for split in SIZES
+        },
     }
 
 
@@ -170,7 +173,9 @@ def test_evaluation_and_probe_data_are_never_augmented() -> None:
     )
     for task in tensors.tasks:
         subset = probe_subset(augmented.task(task.name), 16)
-        assert torch.equal(subset.inputs, task.train.inputs[:16]) and torch.equal(subset.targets, task.train.targets[:16])
+        assert torch.equal(subset.inputs, task.train.inputs[:16]) and torch.equal(
+            subset.targets, task.train.targets[:16]
+        )
     for setting in (tensors, augmented):
         assert torch.equal(
             random_batch(setting, 5, torch.Generator().manual_seed(1)).inputs,
@@ -227,9 +232,14 @@ def test_bad_datasets_are_one_line_errors() -> None:
     out_of_range = {**good, "b": {**good["b"], "test": Pairs(IMAGES["test"], LABELS["test"]["a"] + 2)}}
     assert "task 'b', split 'test': example 0: class target" in _bad(out_of_range)
     not_pairs = {**good, "a": {**good["a"], "train": [IMAGES["train"][0]] * 3}}
-    assert _bad(not_pairs) == "setting 'toy': task 'a', split 'train': example 0 must be a pair (input, target), got ndarray"
+    assert (
+        _bad(not_pairs)
+        == "setting 'toy': task 'a', split 'train': example 0 must be a pair (input, target), got ndarray"
+    )
     assert "expected a map-style Dataset" in _bad({**good, "a": {**good["a"], "val": Stream()}})
-    assert "task 'a', split 'test': the split is empty" in _bad({**good, "a": {**good["a"], "test": Pairs(IMAGES["test"][:0], [])}})
+    assert "task 'a', split 'test': the split is empty" in _bad(
+        {**good, "a": {**good["a"], "test": Pairs(IMAGES["test"][:0], [])}}
+    )
     shared = {split: Pairs(IMAGES[split], {"a": LABELS[split]["a"]}) for split in SIZES}
     assert _bad(shared, "shared-input") == (
         "setting 'toy': task 'b', split 'train': example 0 must be (input, {task: target}) with a target for task 'b'"

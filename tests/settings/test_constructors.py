@@ -78,21 +78,45 @@ X, Y = _xy(20)
     [
         (_replace(_multi(), "kind", "train", (X, Y[:19])), "task 'kind', split 'train': 20 inputs but 19 targets"),
         (_replace(_multi(), "kind", "val", (X[:, 0], Y)), "task 'kind', split 'val': inputs must have an examples"),
-        (_replace(_multi(), "kind", "test", (X[:, :3], Y)), "task 'kind', split 'test': inputs have example shape (3,)"),
-        (_replace(_multi(), "kind", "train", (np.where(np.arange(20)[:, None] == 7, np.nan, X), Y)), "example 7 has NaN"),
-        (_replace(_multi(), "kind", "train", (X, Y + 1)), "task 'kind', split 'train': class target 3 is outside [0, 3)"),
+        (
+            _replace(_multi(), "kind", "test", (X[:, :3], Y)),
+            "task 'kind', split 'test': inputs have example shape (3,)",
+        ),
+        (
+            _replace(_multi(), "kind", "train", (np.where(np.arange(20)[:, None] == 7, np.nan, X), Y)),
+            "example 7 has NaN",
+        ),
+        (
+            _replace(_multi(), "kind", "train", (X, Y + 1)),
+            "task 'kind', split 'train': class target 3 is outside [0, 3)",
+        ),
         (_replace(_multi(), "kind", "train", (X, Y - 1)), "class target -1 is outside [0, 3)"),
         (_replace(_multi(), "kind", "train", (X, Y * 1.0)), "class targets of loss 'cross_entropy' must be integers"),
         (_replace(_multi(), "kind", "train", (X[:0], Y[:0])), "task 'kind', split 'train': the split is empty"),
-        (_replace(_multi(), "kind", "train", (X.tolist(), Y)), "inputs must be a numpy array or a torch tensor, got list"),
-        (_replace(_multi(), "kind", "train", (X.astype(str), Y)), "inputs must hold real numbers, got a numpy array of dtype <U"),
+        (
+            _replace(_multi(), "kind", "train", (X.tolist(), Y)),
+            "inputs must be a numpy array or a torch tensor, got list",
+        ),
+        (
+            _replace(_multi(), "kind", "train", (X.astype(str), Y)),
+            "inputs must hold real numbers, got a numpy array of dtype <U",
+        ),
         (_replace(_multi(), "kind", "train", X), "task 'kind', split 'train': expected (inputs, targets), got ndarray"),
-        (_replace(_multi(), "size", "train", (X, np.full(20, np.inf))), "task 'size', split 'train': targets must be finite"),
+        (
+            _replace(_multi(), "size", "train", (X, np.full(20, np.inf))),
+            "task 'size', split 'train': targets must be finite",
+        ),
         ({"kind": {"train": _xy(5), "test": _xy(5)}, "size": _multi()["size"]}, "task 'kind': missing split 'val'"),
-        ({"kind": {**_multi()["kind"], "valid": _xy(5)}, "size": _multi()["size"]}, "task 'kind': unknown split 'valid'"),
+        (
+            {"kind": {**_multi()["kind"], "valid": _xy(5)}, "size": _multi()["size"]},
+            "task 'kind': unknown split 'valid'",
+        ),
         ({"kind": _multi()["kind"]}, "data has no splits for task 'size'"),
         ({**_multi(), "other": {}}, "data has task 'other', which is not in tasks"),
-        (_shared(), "data has task 'train', which is not in tasks ['kind', 'size'] (a split name: is this shared-input"),
+        (
+            _shared(),
+            "data has task 'train', which is not in tasks ['kind', 'size'] (a split name: is this shared-input",
+        ),
     ],
 )
 def test_bad_multi_input_arrays_are_one_line_errors(data: dict[str, Any], message: str) -> None:
@@ -107,7 +131,10 @@ def test_bad_multi_input_arrays_are_one_line_errors(data: dict[str, Any], messag
     [
         (lambda d: d["val"][1].pop("size"), "split 'val': no targets for task 'size'"),
         (lambda d: d["val"][1].update(extra=np.zeros(8)), "split 'val': targets for task 'extra'"),
-        (lambda d: d["test"][1].update(kind=np.arange(8)), "task 'kind', split 'test': class target 7 is outside [0, 3)"),
+        (
+            lambda d: d["test"][1].update(kind=np.arange(8)),
+            "task 'kind', split 'test': class target 7 is outside [0, 3)",
+        ),
         (lambda d: d["test"][1].update(size=np.zeros(7)), "task 'size', split 'test': 8 inputs but 7 targets"),
         (lambda d: d.pop("test"), "missing split 'test'"),
     ],
@@ -140,9 +167,9 @@ def test_bad_task_specs() -> None:
 
 
 def test_a_numpy_array_in_a_split_is_refused_at_construction() -> None:
-    with pytest.raises(ValueError, match="Split inputs must be a torch.Tensor, got a numpy array; .*from_arrays"):
+    with pytest.raises(ValueError, match=r"Split inputs must be a torch\.Tensor, got a numpy array; .*from_arrays"):
         Split(np.zeros((3, 2)), torch.zeros(3))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="Split targets must be a torch.Tensor, got a list"):
+    with pytest.raises(ValueError, match=r"Split targets must be a torch\.Tensor, got a list"):
         Split(torch.zeros(3, 2), [0, 1, 2])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="task 't': train must be a Split or a DatasetSplit, got tuple"):
         split = Split(torch.zeros(3, 2), torch.zeros(3))

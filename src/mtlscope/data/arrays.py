@@ -21,6 +21,8 @@ from torch import Tensor
 
 from mtlscope.losses import Loss
 
+_DEFAULT_IGNORE = -100  # cross_entropy's default ignore_index
+
 
 def _tensor(value: object, where: str, what: str) -> Tensor:
     if isinstance(value, Tensor):
@@ -82,6 +84,7 @@ def _class_targets(tensor: Tensor, where: str, loss: Loss, output_size: int) -> 
     kept = tensor if ignore is None else tensor[tensor != int(ignore)]
     if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= output_size):
         outside = int(kept.min()) if int(kept.min()) < 0 else int(kept.max())
-        allowed = f"[0, {output_size})" + ("" if ignore is None else f" or the ignore_index {int(ignore)}")
+        shown = ignore is not None and int(ignore) != _DEFAULT_IGNORE  # the default -100 is no news
+        allowed = f"[0, {output_size})" + (f" or the ignore_index {int(ignore)}" if shown else "")
         raise ValueError(f"{where}: class target {outside} is outside {allowed} (the task has {output_size} outputs)")
     return tensor

@@ -27,6 +27,7 @@ otherwise; the setting constructors choose it from the task's loss).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import weakref
 from collections import deque
@@ -99,7 +100,7 @@ class _Examples:
         return len(self.dataset)  # type: ignore[arg-type]
 
 
-def _collated(batch: Group) -> Group:
+def _collated(batch: Any) -> Any:
     """``collate_fn`` of batches ``_Examples.__getitems__`` already stacked (module-level: workers pickle it)."""
     return batch
 
@@ -125,7 +126,9 @@ class DatasetSplit(SplitData):
         if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
             raise ValueError(f"DatasetSplit num_workers must be an integer >= 0, got {num_workers!r}")
         if train_transform is not None and not callable(train_transform):
-            raise ValueError(f"DatasetSplit train_transform must be callable (input, generator), got {train_transform!r}")
+            raise ValueError(
+                f"DatasetSplit train_transform must be callable (input, generator), got {train_transform!r}"
+            )
         if fingerprint is not None and (not isinstance(fingerprint, str) or not fingerprint):
             raise ValueError(f"DatasetSplit fingerprint must be a non-empty string, got {fingerprint!r}")
         self.dataset = dataset
@@ -152,7 +155,9 @@ class DatasetSplit(SplitData):
         first = self.dataset[0][1]
         value = first if self.target is None else first[self.target]
         kind = as_tensor(value, torch.float64) if not isinstance(value, Tensor) else value
-        if isinstance(value, int | np.integer) or (isinstance(value, Tensor | np.ndarray) and not kind.is_floating_point()):
+        if isinstance(value, int | np.integer) or (
+            isinstance(value, Tensor | np.ndarray) and not kind.is_floating_point()
+        ):
             return torch.int64
         return torch.float32
 
@@ -175,7 +180,11 @@ class DatasetSplit(SplitData):
         else:
             data = dataset_digest(self.dataset)
         transform = self.train_transform
-        named = None if transform is None else f"{getattr(transform, '__module__', '')}.{getattr(transform, '__qualname__', repr(transform))}"
+        named = (
+            None
+            if transform is None
+            else f"{getattr(transform, '__module__', '')}.{getattr(transform, '__qualname__', repr(transform))}"
+        )
         return combine({"dataset": data, "target": self.target, "train_transform": named})
 
     def head(self, limit: int | None) -> Split:
@@ -267,7 +276,9 @@ class DatasetReader(BatchReader):
     """Training batches of a ``DatasetSplit``: a DataLoader over the stream's batches, workers kept alive and the
     next batches read ahead (``prefetch_factor`` 2 per worker)."""
 
-    def __init__(self, split: DatasetSplit, examples: _Examples, stream: IndexSource, augment_seed: AugmentSeed) -> None:
+    def __init__(
+        self, split: DatasetSplit, examples: _Examples, stream: IndexSource, augment_seed: AugmentSeed
+    ) -> None:
         self.split, self.examples, self.stream, self.augment_seed = split, examples, stream, augment_seed
         self.keys = _Keys(stream, augment_seed, examples.transform is not None, 0)
         self._iterator: Iterator[Group] | None = None
@@ -286,7 +297,9 @@ class DatasetReader(BatchReader):
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.close()
         self.stream.load_state_dict({k: v for k, v in state.items() if k != "batches"})
-        self.keys = _Keys(self.stream, self.augment_seed, self.examples.transform is not None, int(state.get("batches", 0)))
+        self.keys = _Keys(
+            self.stream, self.augment_seed, self.examples.transform is not None, int(state.get("batches", 0))
+        )
 
     def close(self) -> None:
         iterator, self._iterator = self._iterator, None
@@ -308,10 +321,8 @@ def dataset_digest(dataset: Dataset[Any]) -> str:
         item = dataset[index]
         digest.update(_item_digest(item).encode())
     value = digest.hexdigest()
-    try:
+    with contextlib.suppress(TypeError):  # not weakly referenceable: computed again next time
         _DIGESTS[dataset] = value
-    except TypeError:  # not weakly referenceable: computed again next time
-        pass
     return value
 
 

@@ -57,7 +57,7 @@ class BatchReader(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Tensor]) -> None: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most readers hold no workers: nothing to release
         """Release worker processes, if any (also done when the reader is garbage-collected)."""
 
 

@@ -5,8 +5,8 @@ to a subset of its tasks; ``available()`` lists the names. ``from_arrays`` and `
 from your own data (``TaskSpec`` declares each task); the built-in settings are built with them.
 """
 
-from mtlscope.settings import digits_attributes, digits_mtl, synthetic  # noqa: F401  (registration)
 from mtlscope.data.datasets import DatasetSplit
+from mtlscope.settings import digits_attributes, digits_mtl, synthetic  # noqa: F401  (registration)
 from mtlscope.settings.constructors import TaskSpec, from_arrays, from_datasets
 from mtlscope.settings.registry import SETTINGS as SETTINGS_REGISTRY
 from mtlscope.settings.registry import available, check_options, entry, get, register
@@ -15,9 +15,9 @@ from mtlscope.settings.task import SPLITS, Split, SplitData, Task
 
 __all__ = [
     "LAYOUTS",
-    "DatasetSplit",
     "SETTINGS_REGISTRY",
     "SPLITS",
+    "DatasetSplit",
     "Layout",
     "Setting",
     "Split",

@@ -157,7 +157,9 @@ def from_datasets(
         if isinstance(value, torch.utils.data.IterableDataset) or not (
             isinstance(value, Dataset) or (hasattr(value, "__getitem__") and hasattr(value, "__len__"))
         ):
-            raise ValueError(f"{where}: expected a map-style Dataset (__getitem__ and __len__), got {type(value).__name__}")
+            raise ValueError(
+                f"{where}: expected a map-style Dataset (__getitem__ and __len__), got {type(value).__name__}"
+            )
         return DatasetSplit(
             value,  # type: ignore[arg-type]
             target=target,
@@ -179,7 +181,9 @@ def from_datasets(
                 splits[spec.name][split] = views[spec.name]
     for spec in specs:
         for split in SPLITS:
-            _check_first_example(splits[spec.name][split], f"setting {name!r}: task {spec.name!r}, split {split!r}", spec)
+            _check_first_example(
+                splits[spec.name][split], f"setting {name!r}: task {spec.name!r}, split {split!r}", spec
+            )
     return _setting(name, specs, splits, layout, default_model, description, reference, options)
 
 
@@ -189,7 +193,7 @@ def _check_first_example(split: SplitData, where: str, spec: TaskSpec) -> None:
         raise ValueError(f"{where}: the split is empty (0 examples)")
     try:
         item = split.dataset[0]
-    except Exception as error:  # noqa: BLE001 - a user's dataset may raise anything; report it in one line
+    except Exception as error:
         raise ValueError(f"{where}: reading example 0 failed: {type(error).__name__}: {error}") from None
     shape = "(input, {task: target})" if split.target is not None else "(input, target)"
     if not isinstance(item, tuple | list) or len(item) != 2:
@@ -200,7 +204,9 @@ def _check_first_example(split: SplitData, where: str, spec: TaskSpec) -> None:
             raise ValueError(f"{where}: example 0 must be {shape} with a target for task {split.target!r}")
         target = target[split.target]
     as_inputs(as_tensor(item[0], torch.float32).unsqueeze(0), f"{where}: example 0")
-    as_targets(_tensor_of(target).unsqueeze(0), f"{where}: example 0", loss=spec.resolved_loss, output_size=spec.output_size)
+    as_targets(
+        _tensor_of(target).unsqueeze(0), f"{where}: example 0", loss=spec.resolved_loss, output_size=spec.output_size
+    )
 
 
 def _tensor_of(value: object) -> Tensor:
@@ -268,7 +274,9 @@ def _pair(value: object, where: str, expected: str) -> tuple[Any, Any]:
 def _by_task(targets: object, specs: list[TaskSpec], where: str) -> Mapping[str, Any]:
     names = [spec.name for spec in specs]
     if not isinstance(targets, Mapping):
-        raise ValueError(f"{where}: shared-input targets must map each task to its targets, got {type(targets).__name__}")
+        raise ValueError(
+            f"{where}: shared-input targets must map each task to its targets, got {type(targets).__name__}"
+        )
     for key in targets:
         if key not in names:
             raise ValueError(f"{where}: targets for task {key!r}, which is not in tasks {names}")

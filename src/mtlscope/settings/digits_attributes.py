@@ -25,9 +25,9 @@ from torch import Tensor
 from mtlscope.losses import cross_entropy
 from mtlscope.metrics import accuracy, macro_f1
 from mtlscope.options import NonNegativeInt, PositiveInt
+from mtlscope.settings.constructors import TaskSpec, from_arrays
 from mtlscope.settings.digits_source import digit_images, split_indices
 from mtlscope.settings.registry import register
-from mtlscope.settings.constructors import TaskSpec, from_arrays
 from mtlscope.settings.setting import Setting
 
 #: name -> (number of classes, label function of the digit tensor, description)

@@ -24,9 +24,9 @@ import numpy as np
 from mtlscope.losses import cross_entropy
 from mtlscope.metrics import accuracy, macro_f1
 from mtlscope.options import NonNegativeInt, PositiveInt
+from mtlscope.settings.constructors import TaskSpec, from_arrays
 from mtlscope.settings.digits_source import digit_images, split_indices
 from mtlscope.settings.registry import register
-from mtlscope.settings.constructors import TaskSpec, from_arrays
 from mtlscope.settings.setting import Setting
 
 #: Every task: cross-entropy loss, accuracy (primary) and macro-F1.

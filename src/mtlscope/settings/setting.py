@@ -91,7 +91,8 @@ class Setting:
         """The setting with all data on ``device`` (inputs shared between tasks stay shared)."""
         memo: dict[int, Any] = {}
         tasks = tuple(
-            replace(task, **{split: task.split(split).to(device, memo) for split in SPLITS}) for task in self.tasks
+            replace(task, **{name: task.split(name).to(device, memo) for name in SPLITS})  # type: ignore[arg-type]
+            for task in self.tasks
         )
         return replace(self, tasks=tasks)
 
@@ -101,7 +102,7 @@ class Setting:
         first = self.tasks[0]
         tasks = [first]
         for task in self.tasks[1:]:
-            changes: dict[str, Split] = {}
+            changes: dict[str, Any] = {}
             for split in SPLITS:
                 mine, theirs = task.split(split), first.split(split)
                 if not theirs.shares_inputs(mine):

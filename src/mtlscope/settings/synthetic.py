@@ -24,8 +24,8 @@ from pydantic import Field
 from mtlscope.losses import cross_entropy, mse
 from mtlscope.metrics import accuracy, macro_f1, mae, r2
 from mtlscope.options import NonNegativeFloat, NonNegativeInt, PositiveInt
-from mtlscope.settings.registry import register
 from mtlscope.settings.constructors import TaskSpec, from_arrays
+from mtlscope.settings.registry import register
 from mtlscope.settings.setting import LAYOUTS, Setting
 
 

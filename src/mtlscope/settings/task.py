@@ -51,9 +51,8 @@ class Task:
     def __post_init__(self) -> None:
         for name in SPLITS:
             if not isinstance(getattr(self, name), SplitData):
-                raise ValueError(
-                    f"task {self.name!r}: {name} must be a Split or a DatasetSplit, got {type(getattr(self, name)).__name__}"
-                )
+                kind = type(getattr(self, name)).__name__
+                raise ValueError(f"task {self.name!r}: {name} must be a Split or a DatasetSplit, got {kind}")
         try:
             loss = resolve_loss(self.loss)
         except (KeyError, ValueError) as error:
