@@ -1,1 +1,15 @@
-"""Data plumbing for settings: fingerprints of what a run trains on (``mtlscope.data.fingerprint``)."""
+"""Data plumbing for settings.
+
+- ``mtlscope.data.splits``: ``SplitData``, what the engine reads, and ``Split``, tensors in memory (the fast path);
+- ``mtlscope.data.datasets``: ``DatasetSplit``, a map-style ``torch.utils.data.Dataset`` read through DataLoader
+  workers, with a seeded train-only ``Transform``;
+- ``mtlscope.data.arrays``: the conversion and checks of user arrays (``from_arrays``);
+- ``mtlscope.data.fingerprint``: fingerprints of what a run trains on.
+
+The setting constructors ``from_arrays``, ``from_datasets`` and ``TaskSpec`` are in ``mtlscope.settings``.
+"""
+
+from mtlscope.data.datasets import DatasetSplit, Transform
+from mtlscope.data.splits import Split, SplitData
+
+__all__ = ["DatasetSplit", "Split", "SplitData", "Transform"]

@@ -28,7 +28,7 @@ def tensor_digest(tensor: Tensor) -> str:
         flat = flat.cpu()
     if flat.dtype == torch.bool:
         flat = flat.to(torch.uint8)
-    digest.update(flat.contiguous().view(torch.uint8).numpy().tobytes())
+    digest.update(memoryview(flat.contiguous().view(torch.uint8).numpy()))  # type: ignore[arg-type]
     return digest.hexdigest()
 
 

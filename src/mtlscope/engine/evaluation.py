@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
+from mtlscope.data.datasets import DatasetSplit
+from mtlscope.data.splits import Split, SplitData
 from mtlscope.models.multitask import MultiTaskModel
 from mtlscope.settings.setting import Setting
 
@@ -39,21 +41,37 @@ def evaluate(
     try:
         for split in splits:
             limit = train_limit if split == "train" else None
-            groups: dict[int, list[str]] = {}
-            for task in setting.tasks:
-                groups.setdefault(id(task.split(split).inputs), []).append(task.name)
-            for names in groups.values():
-                inputs = setting.task(names[0]).split(split).head(limit).inputs
-                accumulators = {name: setting.task(name).accumulators() for name in names}
-                targets = {name: setting.task(name).split(split).head(limit).targets for name in names}
-                for start in range(0, len(inputs), batch_size):
-                    representation = model.encoder(inputs[start : start + batch_size])
-                    for name in names:
+            for members in input_groups(setting, split):
+                first = next(iter(members.values()))
+                accumulators = {name: setting.task(name).accumulators() for name in members}
+                for inputs, targets in first.group_batches(members, batch_size, limit):
+                    representation = model.encoder(inputs)
+                    for name in members:
                         outputs = model.heads[name](representation)
                         for accumulator in accumulators[name].values():
-                            accumulator.update(outputs, targets[name][start : start + batch_size])
-                for name in names:
+                            accumulator.update(outputs, targets[name])
+                for name in members:
                     scores[(name, split)] = {metric: acc.compute() for metric, acc in accumulators[name].items()}
     finally:
         model.train(was_training)
     return scores
+
+
+def input_groups(setting: Setting, split: str) -> list[dict[str, SplitData]]:
+    """The tasks whose ``split`` has the same inputs object (one encoder pass each), in task order."""
+    groups: list[dict[str, SplitData]] = []
+    for task in setting.tasks:
+        data = task.split(split)
+        for members in groups:
+            if _same_source(next(iter(members.values())), data):
+                members[task.name] = data
+                break
+        else:
+            groups.append({task.name: data})
+    return groups
+
+
+def _same_source(a: SplitData, b: SplitData) -> bool:
+    if isinstance(a, Split) and isinstance(b, Split):
+        return a.inputs is b.inputs
+    return isinstance(a, DatasetSplit) and isinstance(b, DatasetSplit) and a.dataset is b.dataset

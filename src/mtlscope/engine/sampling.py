@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mtlscope.data.splits import AugmentSeed, BatchReader, Group, SplitData
 from mtlscope.models.multitask import derived_seed
 from mtlscope.settings.setting import Setting
 
@@ -57,53 +58,76 @@ class Batch:
 
 
 class BatchSampler:
-    """Builds each step's ``Batch`` for a setting (either layout) on ``device``."""
+    """Builds each step's ``Batch`` for a setting (either layout, any split kind) on the setting's device.
+
+    One reader per index stream (``SplitData.open_reader``): in-memory splits index their tensors; Dataset splits
+    read through DataLoader workers, ahead of the step, with their train-only augmentation seeded from
+    (run seed, stream, step, position in the batch).
+    """
 
     def __init__(self, setting: Setting, batch_size: int, seed: int) -> None:
         self.setting = setting
         self.batch_size = batch_size
-        if setting.layout == "shared-input":
-            size = len(setting.tasks[0].train)
-            self.streams = {"shared-input": IndexStream(size, batch_size, derived_seed(seed, "data", "shared-input"))}
-        else:
-            self.streams = {
-                task.name: IndexStream(len(task.train), batch_size, derived_seed(seed, "data", task.name))
-                for task in setting.tasks
-            }
+        self.readers: dict[str, BatchReader] = {}
+        for name, members in stream_groups(setting).items():
+            first = next(iter(members.values()))
+            stream = IndexStream(len(first), batch_size, derived_seed(seed, "data", name))
+            self.readers[name] = first.open_reader(members, stream, _augment_seed(seed, name))
 
     def next(self) -> Batch:
-        if self.setting.layout == "shared-input":
-            return make_batch(self.setting, {"shared-input": self.streams["shared-input"].next()})
-        return make_batch(self.setting, {task.name: self.streams[task.name].next() for task in self.setting.tasks})
+        return _batch(self.setting, {name: reader.next() for name, reader in self.readers.items()})
 
     def state_dict(self) -> dict[str, dict[str, Tensor]]:
-        return {name: stream.state_dict() for name, stream in self.streams.items()}
+        return {name: reader.state_dict() for name, reader in self.readers.items()}
 
     def load_state_dict(self, state: dict[str, dict[str, Tensor]]) -> None:
-        for name, stream in self.streams.items():
-            stream.load_state_dict(state[name])
+        for name, reader in self.readers.items():
+            reader.load_state_dict(state[name])
+
+    def close(self) -> None:
+        """Stop the readers' worker processes (Dataset splits); also done when the sampler is garbage-collected."""
+        for reader in self.readers.values():
+            reader.close()
+
+
+def _augment_seed(seed: int, stream: str) -> AugmentSeed:
+    def augment_seed(step: int, position: int) -> int:
+        return derived_seed(seed, "augment", stream, str(step), str(position))
+
+    return augment_seed
+
+
+def stream_groups(setting: Setting) -> dict[str, dict[str, SplitData]]:
+    """The training splits read together: all tasks under ``"shared-input"`` (shared-input layout), or each task
+    under its own name (multi-input)."""
+    if setting.layout == "shared-input":
+        return {"shared-input": {task.name: task.train for task in setting.tasks}}
+    return {task.name: {task.name: task.train} for task in setting.tasks}
+
+
+def _batch(setting: Setting, groups: dict[str, Group]) -> Batch:
+    if setting.layout == "shared-input":
+        inputs, targets = groups["shared-input"]
+        every = slice(0, len(inputs))
+        return Batch(inputs=inputs, targets=targets, rows={task.name: every for task in setting.tasks})
+    parts, targets, rows, start = [], {}, {}, 0
+    for task in setting.tasks:
+        inputs, target = groups[task.name]
+        parts.append(inputs)
+        targets[task.name] = target[task.name]
+        rows[task.name] = slice(start, start + len(inputs))
+        start += len(inputs)
+    return Batch(inputs=torch.cat(parts), targets=targets, rows=rows)
 
 
 def make_batch(setting: Setting, indices: dict[str, Tensor]) -> Batch:
     """The ``Batch`` of the training examples at ``indices``: one index tensor per task (multi-input), or one
-    under the key ``"shared-input"`` for the shared-input layout."""
-    if setting.layout == "shared-input":
-        first = setting.tasks[0].train
-        index = indices["shared-input"].to(first.inputs.device)
-        every = slice(0, len(index))
-        return Batch(
-            inputs=first.inputs[index],
-            targets={task.name: task.train.targets[index] for task in setting.tasks},
-            rows={task.name: every for task in setting.tasks},
-        )
-    inputs, targets, rows, start = [], {}, {}, 0
-    for task in setting.tasks:
-        index = indices[task.name].to(task.train.inputs.device)
-        inputs.append(task.train.inputs[index])
-        targets[task.name] = task.train.targets[index]
-        rows[task.name] = slice(start, start + len(index))
-        start += len(index)
-    return Batch(inputs=torch.cat(inputs), targets=targets, rows=rows)
+    under the key ``"shared-input"`` for the shared-input layout. Never augmented."""
+    groups = {}
+    for name, members in stream_groups(setting).items():
+        first = next(iter(members.values()))
+        groups[name] = first.read_group(members, indices[name])
+    return _batch(setting, groups)
 
 
 def random_batch(setting: Setting, batch_size: int, generator: torch.Generator) -> Batch:

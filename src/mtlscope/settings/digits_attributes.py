@@ -25,10 +25,10 @@ from torch import Tensor
 from mtlscope.losses import cross_entropy
 from mtlscope.metrics import accuracy, macro_f1
 from mtlscope.options import NonNegativeInt, PositiveInt
+from mtlscope.settings.constructors import TaskSpec, from_arrays
 from mtlscope.settings.digits_source import digit_images, split_indices
 from mtlscope.settings.registry import register
 from mtlscope.settings.setting import Setting
-from mtlscope.settings.task import Split, Task
 
 #: name -> (number of classes, label function of the digit tensor, description)
 ATTRIBUTES: dict[str, tuple[int, Callable[[Tensor], Tensor], str]] = {
@@ -53,26 +53,19 @@ def digits_attributes(
             f"got test_size={test_size}, val_size={val_size}"
         )
     test_idx, val_idx, train_idx = split_indices(len(digits), [test_size, val_size, train_size], split_seed)
-    inputs = {"train": images[train_idx], "val": images[val_idx], "test": images[test_idx]}
-    digit = {"train": digits[train_idx], "val": digits[val_idx], "test": digits[test_idx]}
-    tasks = tuple(
-        Task(
-            name,
-            classes,
-            Split(inputs["train"], label(digit["train"])),
-            Split(inputs["val"], label(digit["val"])),
-            Split(inputs["test"], label(digit["test"])),
-            loss=cross_entropy(),
-            metrics=(accuracy(), macro_f1()),
-            description=description,
-        )
-        for name, (classes, label, description) in ATTRIBUTES.items()
-    )
-    return Setting(
-        name="digits-attributes",
-        tasks=tasks,
+    data = {
+        split: (images[index], {name: label(digits[index]) for name, (_, label, _) in ATTRIBUTES.items()})
+        for split, index in (("train", train_idx), ("val", val_idx), ("test", test_idx))
+    }
+    tasks = [
+        TaskSpec(name, classes, loss=cross_entropy(), metrics=(accuracy(), macro_f1()), description=description)
+        for name, (classes, _, description) in ATTRIBUTES.items()
+    ]
+    return from_arrays(
+        "digits-attributes",
+        tasks,
+        data,
         layout="shared-input",
-        input_shape=(1, 8, 8),
         default_model={"encoder": {"name": "lenet"}, "head": {"name": "linear"}},
         description="six attribute tasks of the same digit images (CelebA analogue)",
         reference="Fifty et al. Efficiently Identifying Task Groupings for Multi-Task Learning. NeurIPS 2021",

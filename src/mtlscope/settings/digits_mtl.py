@@ -24,10 +24,10 @@ import numpy as np
 from mtlscope.losses import cross_entropy
 from mtlscope.metrics import accuracy, macro_f1
 from mtlscope.options import NonNegativeInt, PositiveInt
+from mtlscope.settings.constructors import TaskSpec, from_arrays
 from mtlscope.settings.digits_source import digit_images, split_indices
 from mtlscope.settings.registry import register
 from mtlscope.settings.setting import Setting
-from mtlscope.settings.task import Split, Task
 
 #: Every task: cross-entropy loss, accuracy (primary) and macro-F1.
 CLASSIFICATION_METRICS = (accuracy(), macro_f1())
@@ -55,49 +55,31 @@ def digits_mtl(
     test_idx, val_idx, d1_idx, d2_idx = split_indices(
         len(labels), [test_size, val_size, digits1_size, pool_size - digits1_size], split_seed
     )
-    val = Split(images[val_idx], labels[val_idx])
-    test = Split(images[test_idx], labels[test_idx])
+    val = (images[val_idx], labels[val_idx])
+    test = (images[test_idx], labels[test_idx])
     noise = np.random.default_rng(split_seed + 1)
     noisy_train = labels[d2_idx][noise.permutation(len(d2_idx))]
-    noisy_val = Split(val.inputs, val.targets[noise.permutation(len(val_idx))])
-    noisy_test = Split(test.inputs, test.targets[noise.permutation(len(test_idx))])
-    tasks = (
-        Task(
-            "digits1",
-            10,
-            Split(images[d1_idx], labels[d1_idx]),
-            val,
-            test,
-            loss=cross_entropy(),
-            metrics=CLASSIFICATION_METRICS,
-            description="digit classification on the target split",
-        ),
-        Task(
-            "digits2",
-            10,
-            Split(images[d2_idx], labels[d2_idx]),
-            val,
-            test,
-            loss=cross_entropy(),
-            metrics=CLASSIFICATION_METRICS,
-            description="digit classification on the disjoint second split (more in-distribution data)",
-        ),
-        Task(
-            "noisy-digits",
-            10,
-            Split(images[d2_idx], noisy_train),
-            noisy_val,
-            noisy_test,
-            loss=cross_entropy(),
-            metrics=CLASSIFICATION_METRICS,
-            description="digits2's images with randomly permuted labels (pure noise to memorize)",
-        ),
-    )
-    return Setting(
-        name="digits-mtl",
-        tasks=tasks,
+    noisy_val = (val[0], val[1][noise.permutation(len(val_idx))])
+    noisy_test = (test[0], test[1][noise.permutation(len(test_idx))])
+    train2 = images[d2_idx]
+    data = {
+        "digits1": {"train": (images[d1_idx], labels[d1_idx]), "val": val, "test": test},
+        "digits2": {"train": (train2, labels[d2_idx]), "val": val, "test": test},
+        "noisy-digits": {"train": (train2, noisy_train), "val": noisy_val, "test": noisy_test},
+    }
+    tasks = [
+        TaskSpec(name, 10, loss=cross_entropy(), metrics=CLASSIFICATION_METRICS, description=description)
+        for name, description in (
+            ("digits1", "digit classification on the target split"),
+            ("digits2", "digit classification on the disjoint second split (more in-distribution data)"),
+            ("noisy-digits", "digits2's images with randomly permuted labels (pure noise to memorize)"),
+        )
+    ]
+    return from_arrays(
+        "digits-mtl",
+        tasks,
+        data,
         layout="multi-input",
-        input_shape=(1, 8, 8),
         default_model={"encoder": {"name": "lenet"}, "head": {"name": "linear"}},
         description=__doc__.strip().splitlines()[0] if __doc__ else "",
         reference=REFERENCE,

@@ -61,13 +61,7 @@ class Setting:
         if len(set(names)) != len(names):
             raise ValueError(f"setting {self.name!r}: task names must be unique, got {names}")
         if self.layout == "shared-input":
-            first = self.tasks[0]
-            for task in self.tasks[1:]:
-                for split in SPLITS:
-                    if task.split(split).inputs is not first.split(split).inputs:
-                        raise ValueError(
-                            f"setting {self.name!r} is shared-input but task {task.name!r} has its own {split} inputs"
-                        )
+            object.__setattr__(self, "tasks", self._unified_inputs())
         if self.epoch_examples <= 0:
             object.__setattr__(self, "epoch_examples", max(len(task.train) for task in self.tasks))
 
@@ -95,22 +89,32 @@ class Setting:
 
     def to(self, device: torch.device | str) -> Setting:
         """The setting with all data on ``device`` (inputs shared between tasks stay shared)."""
-        copies: dict[int, torch.Tensor] = {}
-
-        def move(tensor: torch.Tensor) -> torch.Tensor:
-            if id(tensor) not in copies:
-                copies[id(tensor)] = tensor.to(device)
-            return copies[id(tensor)]
-
-        def moved(task: Task, split: str) -> Split:
-            data = task.split(split)
-            return Split(move(data.inputs), move(data.targets))
-
+        memo: dict[int, Any] = {}
         tasks = tuple(
-            replace(task, train=moved(task, "train"), val=moved(task, "val"), test=moved(task, "test"))
+            replace(task, **{name: task.split(name).to(device, memo) for name in SPLITS})  # type: ignore[arg-type]
             for task in self.tasks
         )
         return replace(self, tasks=tasks)
+
+    def _unified_inputs(self) -> tuple[Task, ...]:
+        """Shared-input tasks with one inputs object per split: a task whose inputs are the first task's (the same
+        tensor, a view of the same memory, an equal tensor, or the same Dataset) gets the first task's object."""
+        first = self.tasks[0]
+        tasks = [first]
+        for task in self.tasks[1:]:
+            changes: dict[str, Any] = {}
+            for split in SPLITS:
+                mine, theirs = task.split(split), first.split(split)
+                if not theirs.shares_inputs(mine):
+                    raise ValueError(
+                        f"setting {self.name!r} is shared-input but task {task.name!r} has other {split} inputs than "
+                        f"task {first.name!r}; build shared-input settings with "
+                        f"mtlscope.settings.from_arrays(..., layout='shared-input') (one input array per split)"
+                    )
+                if isinstance(mine, Split) and isinstance(theirs, Split) and mine.inputs is not theirs.inputs:
+                    changes[split] = Split(theirs.inputs, mine.targets)
+            tasks.append(replace(task, **changes) if changes else task)
+        return tuple(tasks)
 
     def fingerprint(self) -> str:
         """sha256 of what the setting trains and scores on: layout, input shape, and every task's declaration,

@@ -19,15 +19,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from mtlscope.losses import cross_entropy, mse
 from mtlscope.metrics import accuracy, macro_f1, mae, r2
 from mtlscope.options import NonNegativeFloat, NonNegativeInt, PositiveInt
+from mtlscope.settings.constructors import TaskSpec, from_arrays
 from mtlscope.settings.registry import register
 from mtlscope.settings.setting import LAYOUTS, Setting
-from mtlscope.settings.task import Split, Task
 
 
 def teacher_vectors(num_tasks: int, dim: int, relatedness: float, rng: np.random.Generator) -> np.ndarray:
@@ -83,11 +82,11 @@ def synthetic(
     def draw_inputs() -> dict[str, np.ndarray]:
         return {split: rng.standard_normal((n, dim)).astype(np.float32) for split, n in sizes.items()}
 
-    def label(inputs: np.ndarray, teacher: np.ndarray) -> torch.Tensor:
+    def label(inputs: np.ndarray, teacher: np.ndarray) -> np.ndarray:
         signal = inputs @ teacher + noise * rng.standard_normal(len(inputs))
         if task_type == "regression":
-            return torch.from_numpy(signal.astype(np.float32))
-        return torch.from_numpy((signal > 0).astype(np.int64))
+            return signal.astype(np.float32)
+        return (signal > 0).astype(np.int64)
 
     components: dict[str, Any] = (
         # the empirical Fisher, as for every regression task before losses declared their labels
@@ -95,30 +94,26 @@ def synthetic(
         if task_type == "regression"
         else {"loss": cross_entropy(), "metrics": (accuracy(), macro_f1())}
     )
-    shared = {split: torch.from_numpy(x) for split, x in draw_inputs().items()}
-    tasks = []
-    for k in range(num_tasks):
-        raw = draw_inputs() if layout == "multi-input" else None
-        splits = {}
-        for split in sizes:
-            inputs = torch.from_numpy(raw[split]) if raw is not None else shared[split]
-            splits[split] = Split(inputs, label(inputs.numpy(), teachers[k]))
-        tasks.append(
-            Task(
-                f"task{k}",
-                1 if task_type == "regression" else 2,
-                splits["train"],
-                splits["val"],
-                splits["test"],
-                **components,
-                description=f"teacher {k} ({task_type})",
-            )
-        )
-    return Setting(
-        name="synthetic",
-        tasks=tuple(tasks),
+    shared = draw_inputs()  # drawn in both layouts: the draws that follow stay those of every earlier version
+    names = [f"task{k}" for k in range(num_tasks)]
+    per_task: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for k, name in enumerate(names):
+        inputs = draw_inputs() if layout == "multi-input" else shared
+        per_task[name] = {split: (inputs[split], label(inputs[split], teachers[k])) for split in sizes}
+    data: dict[str, Any] = (
+        per_task
+        if layout == "multi-input"
+        else {split: (shared[split], {name: per_task[name][split][1] for name in names}) for split in sizes}
+    )
+    tasks = [
+        TaskSpec(name, 1 if task_type == "regression" else 2, **components, description=f"teacher {k} ({task_type})")
+        for k, name in enumerate(names)
+    ]
+    return from_arrays(
+        "synthetic",
+        tasks,
+        data,
         layout="multi-input" if layout == "multi-input" else "shared-input",
-        input_shape=(dim,),
         default_model={"encoder": {"name": "mlp", "hidden": [64, 64]}, "head": {"name": "linear"}},
         description="teacher-student tasks with controlled relatedness and noise",
         reference="Mueller, Dredze, Andrews. TMLR 2025 (conflict studies, §5)",

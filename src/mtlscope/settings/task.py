@@ -21,36 +21,13 @@ from typing import Any
 
 from torch import Tensor
 
-from mtlscope.data.fingerprint import combine, tensor_digest
+from mtlscope.data.splits import Split, SplitData
 from mtlscope.losses import Loss, resolve_loss
 from mtlscope.metrics import Accumulator, LossMetric, Metric, MetricLike, resolve_metric
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
-
-@dataclass(frozen=True)
-class Split:
-    """The examples of one split of one task, held as tensors (inputs first dimension = examples)."""
-
-    inputs: Tensor
-    targets: Tensor
-
-    def __post_init__(self) -> None:
-        if self.inputs.shape[0] != self.targets.shape[0]:
-            raise ValueError(f"split has {self.inputs.shape[0]} inputs but {self.targets.shape[0]} targets")
-
-    def __len__(self) -> int:
-        return int(self.inputs.shape[0])
-
-    def fingerprint(self) -> str:
-        """sha256 of the inputs and targets (``mtlscope.data.fingerprint``)."""
-        return combine({"inputs": tensor_digest(self.inputs), "targets": tensor_digest(self.targets)})
-
-    def head(self, limit: int | None) -> Split:
-        """The first ``limit`` examples (all when ``limit`` is None): a fixed, seed-free subset."""
-        if limit is None or limit >= len(self):
-            return self
-        return Split(self.inputs[:limit], self.targets[:limit])
+__all__ = ["SPLITS", "Split", "SplitData", "Task"]
 
 
 @dataclass(frozen=True)
@@ -63,15 +40,19 @@ class Task:
 
     name: str
     output_size: int
-    train: Split
-    val: Split
-    test: Split
+    train: SplitData
+    val: SplitData
+    test: SplitData
     loss: Loss = field(kw_only=True)
     metrics: Mapping[str, Metric] | Sequence[MetricLike] = field(kw_only=True, default=())
     primary_metric: str = field(kw_only=True, default="")
     description: str = field(kw_only=True, default="")
 
     def __post_init__(self) -> None:
+        for name in SPLITS:
+            if not isinstance(getattr(self, name), SplitData):
+                kind = type(getattr(self, name)).__name__
+                raise ValueError(f"task {self.name!r}: {name} must be a Split or a DatasetSplit, got {kind}")
         try:
             loss = resolve_loss(self.loss)
         except (KeyError, ValueError) as error:
@@ -129,10 +110,10 @@ class Task:
             "higher_is_better": self.directions(),
         }
 
-    def split(self, name: str) -> Split:
+    def split(self, name: str) -> SplitData:
         if name not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {name!r}")
-        split: Split = getattr(self, name)
+        split: SplitData = getattr(self, name)
         return split
 
     def accumulators(self) -> dict[str, Accumulator]:
