@@ -4,9 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from mtlscope.options import PositiveInt
 from mtlscope.runs.config import ConfigError, load_config, resolve, validate_config
+from mtlscope.runs.launch import prepare
+from mtlscope.settings import Setting, TaskSpec, from_arrays, register
 
 BASE = "setting:\n  name: digits-mtl\n  tasks: [digits1]\n"
 
@@ -190,3 +194,23 @@ def test_lr_schedule_overrides(tmp_path: Path) -> None:
     config = load_config(path, ["optimizer.schedule.gamma=0.9", "optimizer.schedule.warmup_steps=10"])
     assert config.optimizer.schedule == {"name": "exponential", "gamma": 0.9, "warmup_steps": 10}
     assert load_config(path, ["optimizer.schedule=null"]).optimizer.schedule is None
+
+
+def test_a_builder_that_does_not_record_its_options_keeps_the_configs() -> None:
+    """The resolved config holds the setting's options from the registry's defaults and the config, not from what the
+    builder put in ``Setting.options`` (a builder that leaves it empty used to make the run build the defaults)."""
+
+    @register("test-forgetful", "a builder that does not pass options= to its setting")
+    def forgetful(*, size: PositiveInt = 50) -> Setting:
+        rng = np.random.default_rng(0)
+        splits = {
+            split: (rng.standard_normal((size, 3)), rng.integers(0, 2, size)) for split in ("train", "val", "test")
+        }
+        return from_arrays("test-forgetful", [TaskSpec("t", 2, loss="cross_entropy")], {"t": splits})
+
+    config = validate_config({"setting": {"name": "test-forgetful", "options": {"size": 60}}, "training": {"steps": 1}})
+    resolved = resolve(config)
+    assert resolved.setting.options == {"size": 60}
+    assert len(prepare(resolved).setting.task("t").train) == 60
+    default = resolve(validate_config({"setting": {"name": "test-forgetful"}, "training": {"steps": 1}}))
+    assert default.setting.options == {"size": 50} and default.run_id() != resolved.run_id()

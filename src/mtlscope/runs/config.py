@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import inspect
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -705,8 +706,10 @@ def resolve_with_setting(
         )
     data = config.to_dict()
     data["setting"]["tasks"] = list(setting.task_names)
-    if config.setting.name is not None:
-        data["setting"]["options"] = dict(setting.options)
+    if config.setting.name is not None:  # every option with its value: the defaults, then the config's
+        defaults = SETTINGS.entry(config.setting.name).options()
+        declared = {key: value for key, value in defaults.items() if value is not inspect.Parameter.empty}
+        data["setting"]["options"] = json.loads(json.dumps({**declared, **config.setting.options}, default=list))
     data["model"]["encoder"] = data["model"]["encoder"] or dict(setting.default_model["encoder"])
     data["model"]["head"] = data["model"]["head"] or dict(setting.default_model["head"])
     try:
