@@ -48,7 +48,9 @@ def test_reads_images_and_labels(tmp_path: Path, compress: bool) -> None:
         (0x0E, "d", [1e-300, -0.1, 7.0], np.float64),
     ],
 )
-def test_reads_every_dtype_big_endian_into_native_order(tmp_path: Path, code: int, fmt: str, values: list, dtype: type) -> None:
+def test_reads_every_dtype_big_endian_into_native_order(
+    tmp_path: Path, code: int, fmt: str, values: list, dtype: type
+) -> None:
     array = read_idx(write(tmp_path / "a.idx", idx_bytes(values, (3,), code=code, fmt=fmt)))
     assert array.dtype == np.dtype(dtype) and array.dtype.isnative
     np.testing.assert_array_equal(array, np.array(values, dtype=dtype))
@@ -82,7 +84,9 @@ BAD = [
 
 @pytest.mark.parametrize("compress", [False, True])
 @pytest.mark.parametrize(("case", "data", "fragments"), BAD, ids=[case for case, _, _ in BAD])
-def test_malformed_files_raise_one_line(tmp_path: Path, case: str, data: bytes, fragments: list[str], compress: bool) -> None:
+def test_malformed_files_raise_one_line(
+    tmp_path: Path, case: str, data: bytes, fragments: list[str], compress: bool
+) -> None:
     path = write(tmp_path / case, data, compress=compress)
     with pytest.raises(IDXFormatError) as error:
         read_idx(path)

@@ -15,11 +15,11 @@ bytes of data than the sizes declare (a truncated file) or more (trailing bytes)
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -47,11 +47,11 @@ def _codes() -> str:
     return ", ".join(f"0x{code:02X} {dtype.name}" for code, dtype in IDX_DTYPES.items())
 
 
-def _read_exactly(handle: BinaryIO, buffer: memoryview) -> int:
+def _read_exactly(handle: io.BufferedIOBase, buffer: memoryview) -> int:
     """Fill ``buffer`` from ``handle``; the number of bytes read (less only at the end of the stream)."""
     filled = 0
     while filled < len(buffer):
-        count = handle.readinto(buffer[filled : filled + _CHUNK])  # type: ignore[attr-defined]
+        count = handle.readinto(buffer[filled : filled + _CHUNK])
         if not count:
             break
         filled += count
@@ -82,12 +82,14 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     except IDXFormatError:
         raise
     except (EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise IDXFormatError(f"{path}: damaged gzip stream ({error}); expected a complete gzip-compressed IDX file") from None
+        raise IDXFormatError(
+            f"{path}: damaged gzip stream ({error}); expected a complete gzip-compressed IDX file"
+        ) from None
     except OSError as error:
         raise IDXFormatError(f"{path}: cannot read the file ({error.strerror or error})") from None
 
 
-def _read(handle: BinaryIO, path: Path, size: int, *, compressed: bool) -> np.ndarray:
+def _read(handle: io.BufferedIOBase, path: Path, size: int, *, compressed: bool) -> np.ndarray:
     what = "gzip-compressed IDX file" if compressed else "IDX file"
     magic = handle.read(4)
     if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
@@ -118,7 +120,7 @@ def _read(handle: BinaryIO, path: Path, size: int, *, compressed: bool) -> np.nd
     elif header + expected != size:
         raise _size_error(path, what, shape, dtype, expected, size - header)
     array = np.empty(shape, dtype=dtype)
-    buffer = memoryview(array.reshape(-1).view(np.uint8))
+    buffer = array.reshape(-1).view(np.uint8).data
     got = _read_exactly(handle, buffer)
     if got < expected:
         raise _size_error(path, what, shape, dtype, expected, got)
@@ -131,7 +133,9 @@ def _read(handle: BinaryIO, path: Path, size: int, *, compressed: bool) -> np.nd
     return array if dtype.isnative else array.astype(dtype.newbyteorder("="))
 
 
-def _size_error(path: Path, what: str, shape: tuple[int, ...], dtype: np.dtype, expected: int, got: int) -> IDXFormatError:
+def _size_error(
+    path: Path, what: str, shape: tuple[int, ...], dtype: np.dtype, expected: int, got: int
+) -> IDXFormatError:
     if got < expected:
         return IDXFormatError(
             f"{path}: truncated {what}: the header declares {_describe(shape, dtype)} ({expected} bytes of data), "
