@@ -147,7 +147,13 @@ def _damage_wrong_shape(npy: Path, header: Path) -> None:
     header.write_text(json.dumps(record | {"shape": [6, 6, 4, 5]}))
 
 
+def _damage_offset_type(npy: Path, header: Path) -> None:
+    record = json.loads(header.read_text())
+    header.write_text(json.dumps(record | {"offset": "128"}))
+
+
 DAMAGES = [
+    (_damage_offset_type, "no data offset and size"),
     (_damage_truncate, "unreadable"),
     (_damage_missing_header, "header file is missing"),
     (_damage_other_key, "does not carry this entry's key"),
@@ -241,6 +247,46 @@ def test_bad_arguments_raise_one_line(tmp_path: Path, source: tuple[Path, np.nda
             cached_images(**arguments)
         assert "\n" not in str(error.value) and expected in str(error.value), str(error.value)
     assert decode.calls == 0
+
+
+def test_a_failed_write_leaves_nothing_and_raises_one_line(
+    tmp_path: Path, source: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, images = source
+
+    def disk_full(handle, array, allow_pickle) -> None:
+        handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "write_array", disk_full)
+    with pytest.raises(ValueError) as error:
+        cached_images([path], CountingDecoder((3, 4, 5)), tmp_path, decoder="raw/1")
+    assert "\n" not in str(error.value) and "cannot write it (No space left on device)" in str(error.value)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith((".lock", ".bin"))] == []
+    monkeypatch.undo()
+    np.testing.assert_array_equal(cached_images([path], CountingDecoder((3, 4, 5)), tmp_path, decoder="raw/1"), images)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in read-only directories")
+def test_read_only_cache_directory_raises_one_line(tmp_path: Path, source: tuple[Path, np.ndarray]) -> None:
+    path, _ = source
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o500)
+    try:
+        with pytest.raises(ValueError) as error:
+            cached_images([path], CountingDecoder((3, 4, 5)), cache, decoder="raw/1")
+    finally:
+        cache.chmod(0o700)
+    assert "\n" not in str(error.value) and "cannot write in it" in str(error.value)
+
+
+def test_unwritable_lock_file_raises_one_line(tmp_path: Path, source: tuple[Path, np.ndarray]) -> None:
+    path, _ = source
+    (tmp_path / f"images-{cache_key([path], 'raw/1')[:16]}.lock").mkdir()  # what even root cannot open for writing
+    with pytest.raises(ValueError) as error:
+        cached_images([path], CountingDecoder((3, 4, 5)), tmp_path, decoder="raw/1")
+    assert "\n" not in str(error.value) and f"{tmp_path}: cannot write in it (Is a directory)" in str(error.value)
 
 
 def _fill_in_a_process(source: str, cache: str, calls: str, barrier, results) -> None:

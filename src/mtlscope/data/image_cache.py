@@ -102,13 +102,16 @@ def _open_entry(array_path: Path, header_path: Path, key: str, check: str) -> np
     if not isinstance(array, np.memmap):
         raise CacheDamaged("its array file is not a memory-mappable array")
     size = array_path.stat().st_size
-    expected_size = int(header.get("offset", -1)) + int(header.get("nbytes", -1))
+    offset, nbytes = header.get("offset"), header.get("nbytes")
+    if not isinstance(offset, int) or not isinstance(nbytes, int):
+        raise CacheDamaged("its header has no data offset and size")
+    expected_size = offset + nbytes
     if list(array.shape) != header.get("shape") or str(array.dtype) != header.get("dtype") or array.dtype != np.uint8:
         raise CacheDamaged(
             f"its array is {array.dtype} {list(array.shape)}, "
             f"its header says {header.get('dtype')} {header.get('shape')}"
         )
-    if size != expected_size or array.offset != header.get("offset"):
+    if size != expected_size or array.offset != offset:
         raise CacheDamaged(f"its array file has {size} bytes, its header says {expected_size}")
     data = array.reshape(-1).data
     if _sample_digest(data) != header.get("sample_sha256"):
@@ -188,7 +191,12 @@ def _fill(array_path: Path, header_path: Path, key: str, array: np.ndarray, deco
 @contextlib.contextmanager
 def _hold(lock: Path, what: Path) -> Iterator[None]:
     """Hold ``flock`` on ``lock`` for the block, waiting for another holder (one log line says who)."""
-    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise ValueError(
+            f"image cache directory {lock.parent}: cannot write in it ({error.strerror or error})"
+        ) from None
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -267,7 +275,11 @@ def cached_images(
                 logger.warning("image cache %s is damaged (%s); rebuilding it", array_path, damage)
         _remove_stale_temporaries(directory, stem)
         array = _checked_output(decode(paths), decoder)
-        _fill(array_path, header_path, key, array, decoder)
+        try:
+            _fill(array_path, header_path, key, array, decoder)
+        except OSError as error:  # a full disk, a quota, a read-only filesystem: nothing half-written stays
+            header_path.unlink(missing_ok=True)
+            raise ValueError(f"image cache {array_path}: cannot write it ({error.strerror or error})") from None
         del array
         return _open_entry(array_path, header_path, key, check)
 
