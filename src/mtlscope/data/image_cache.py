@@ -88,7 +88,7 @@ def _open_entry(array_path: Path, header_path: Path, key: str, check: str) -> np
     except FileNotFoundError:
         raise CacheDamaged("its header file is missing (an interrupted write)") from None
     except (OSError, ValueError) as error:
-        raise CacheDamaged(f"its header file is unreadable ({error})") from None
+        raise CacheDamaged(f"its header file is unreadable: {error}") from None
     if not isinstance(header, dict) or header.get("key") != key or header.get("format") != FORMAT:
         raise CacheDamaged("its header does not carry this entry's key")
     try:
@@ -97,7 +97,7 @@ def _open_entry(array_path: Path, header_path: Path, key: str, check: str) -> np
         raise CacheDamaged("its array file is missing") from None
     except (OSError, ValueError, EOFError) as error:  # a bad .npy header or a file shorter than its shape
         raise CacheDamaged(
-            f"its array file is unreadable ({str(error).splitlines()[0] if str(error) else error})"
+            f"its array file is unreadable: {(str(error).splitlines() or [type(error).__name__])[0][:200]}"
         ) from None
     if not isinstance(array, np.memmap):
         raise CacheDamaged("its array file is not a memory-mappable array")
