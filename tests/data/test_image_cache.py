@@ -237,6 +237,8 @@ def test_bad_arguments_raise_one_line(tmp_path: Path, source: tuple[Path, np.nda
     cases = [
         ({"sources": [tmp_path / "missing"]}, "missing: cannot read the file"),
         ({"sources": []}, "no source files"),
+        ({"sources": str(path)}, "sources must be a list of file paths, got the single path"),
+        ({"decoder": " "}, "decoder must name the decoder and its version"),
         ({"name": "../escape"}, "cache name '../escape'"),
         ({"check": "sometimes"}, "cache check 'sometimes'"),
         ({"cache_dir": path}, "exists and is not a directory"),

@@ -254,8 +254,12 @@ def cached_images(
         raise ValueError(f"cache name {name!r}: expected letters, digits, '.', '_' or '-' (at most 100 characters)")
     if check not in ("quick", "full"):
         raise ValueError(f"cache check {check!r}: expected 'quick' or 'full'")
+    if isinstance(sources, (str, bytes, os.PathLike)):
+        raise ValueError(f"image cache {name!r}: sources must be a list of file paths, got the single path {sources!r}")
     if not sources:
         raise ValueError(f"image cache {name!r}: no source files given")
+    if not isinstance(decoder, str) or not decoder.strip():
+        raise ValueError(f"image cache {name!r}: decoder must name the decoder and its version, e.g. 'idx-images/1'")
     paths = [Path(source) for source in sources]
     key = cache_key(paths, decoder)
     directory = Path(cache_dir)
