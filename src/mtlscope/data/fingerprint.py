@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 _CHUNK = 1 << 20
-_FILES: dict[tuple[str, int, int], str] = {}
+_FILES: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def tensor_digest(tensor: Tensor) -> str:
@@ -33,10 +33,11 @@ def tensor_digest(tensor: Tensor) -> str:
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 (hex) of the file's bytes; recomputed only when its size or modification time changes."""
+    """sha256 (hex) of the file's bytes; recomputed when its size, modification or change time or inode changes
+    (a file replaced by another one, by a rename, has another inode even when size and times are restored)."""
     resolved = Path(path).resolve()
     stat = resolved.stat()
-    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
+    key = (str(resolved), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
     if key not in _FILES:
         digest = hashlib.sha256()
         with open(resolved, "rb") as handle:
