@@ -7,7 +7,8 @@ of a dataset, or raises ``MissingDataError``: one line naming the expected path 
 Nothing is ever downloaded implicitly.
 
 The data directory is, in this order: the ``data_dir`` given to the call, the environment variable
-``MTLSCOPE_DATA`` (what ``--data-dir`` sets, so sweep workers see it too), ``~/.mtlscope/data``.
+``MTLSCOPE_DATA`` (what ``--data-dir`` sets, so sweep workers see it too), ``~/.mtlscope/data``. Decoded images
+are cached in ``cache_directory()``: ``$MTLSCOPE_CACHE``, else ``~/.cache/mtlscope``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from pathlib import Path
 #: The environment variable naming the data directory.
 DATA_ENV = "MTLSCOPE_DATA"
 DEFAULT_DATA_DIR = Path("~/.mtlscope/data")
+#: The environment variable naming the cache directory (decoded uint8 image arrays, ``mtlscope.data.image_cache``).
+CACHE_ENV = "MTLSCOPE_CACHE"
+DEFAULT_CACHE_DIR = Path("~/.cache/mtlscope")
 
 
 class MissingDataError(FileNotFoundError):
@@ -80,6 +84,13 @@ def dataset_info(name: str) -> DatasetInfo:
 def data_directory(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """The data directory: ``data_dir`` if given, else ``$MTLSCOPE_DATA``, else ``~/.mtlscope/data``."""
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser()
+
+
+def cache_directory(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where decoded datasets are cached: ``cache_dir`` if given, else ``$MTLSCOPE_CACHE``, else
+    ``~/.cache/mtlscope`` (never the data directory, which may be read-only)."""
+    chosen = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR
     return Path(chosen).expanduser()
 
 
