@@ -161,3 +161,105 @@ def resnet(
     widths: PositiveInts = (64, 128, 256, 512),
 ) -> Encoder:
     return ResNetEncoder(input_shape, blocks, widths)
+
+
+class LeNet5Encoder(Encoder):
+    """LeNet-5 (LeCun et al. 1998) up to its penultimate layer: ``Conv5x5(6, padding 2) -> ReLU -> MaxPool(2) ->
+    Conv5x5(16) -> ReLU -> MaxPool(2) -> flatten -> Linear(120) -> ReLU -> Linear(84) -> ReLU``; on 1x28x28
+    inputs the flattened map is 16x5x5 (60,856 parameters)."""
+
+    def __init__(self, input_shape: Sequence[int], channels: Sequence[int], hidden: Sequence[int]) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"encoder 'lenet5' needs image inputs [channels, height, width], got {list(input_shape)}")
+        sizes = _check_sizes("encoder.channels", channels, allow_empty=False)
+        if len(sizes) != 2:
+            raise ValueError(f"encoder.channels must be two positive integers (two convolutions), got {sizes}")
+        first, second = sizes
+        widths = _check_sizes("encoder.hidden", hidden)
+        in_channels, height, width = (int(v) for v in input_shape)
+        # padding 2 keeps the size through the first 5x5 convolution; the second shrinks it by 4
+        if min(height, width) // 2 - 4 < 2:
+            raise ValueError(f"encoder 'lenet5' needs inputs of at least 12x12 pixels, got {height}x{width}")
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, first, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(first, second, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        ]
+        previous = second * ((height // 2 - 4) // 2) * ((width // 2 - 4) // 2)
+        for size in widths:
+            layers += [nn.Linear(previous, size), nn.ReLU()]
+            previous = size
+        self.layers = nn.Sequential(*layers)
+        self.output_dim = previous
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        out: Tensor = self.layers(inputs)
+        return out
+
+
+class MultiLeNetEncoder(Encoder):
+    """The shared part of the multi-task LeNet (Mueller et al. 2022, App. A.3; the layer sizes of Sener & Koltun
+    2018's MultiLeNet): ``Conv5x5(10) -> MaxPool(2) -> ReLU -> Conv5x5(20) -> Dropout2d(p) -> MaxPool(2) -> ReLU ->
+    flatten -> Linear(50) -> ReLU -> Dropout(p)``; on 1x28x28 inputs the flattened map is 20x4x4."""
+
+    def __init__(self, input_shape: Sequence[int], channels: Sequence[int], hidden: int, dropout: float) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"encoder 'multilenet' needs image inputs [channels, height, width], got {list(input_shape)}"
+            )
+        sizes = _check_sizes("encoder.channels", channels, allow_empty=False)
+        if len(sizes) != 2:
+            raise ValueError(f"encoder.channels must be two positive integers (two convolutions), got {sizes}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"encoder.dropout must be in [0, 1), got {dropout}")
+        in_channels, height, width = (int(v) for v in input_shape)
+        out_height, out_width = ((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2
+        if min(out_height, out_width) < 1:
+            raise ValueError(f"encoder 'multilenet' needs inputs of at least 16x16 pixels, got {height}x{width}")
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, sizes[0], 5),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Conv2d(sizes[0], sizes[1], 5),
+            nn.Dropout2d(dropout),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(sizes[1] * out_height * out_width, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+        )
+        self.output_dim = hidden
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        out: Tensor = self.layers(inputs)
+        return out
+
+
+@ENCODERS.register("lenet5", "LeNet-5 (LeCun et al. 1998) to its 84-unit penultimate layer; FashionMTL's default")
+def lenet5(
+    input_shape: Sequence[int],
+    *,
+    channels: PositiveInts = (6, 16),
+    hidden: Sequence[PositiveInt] = (120, 84),
+) -> Encoder:
+    return LeNet5Encoder(input_shape, channels, hidden)
+
+
+@ENCODERS.register(
+    "multilenet", "multi-task LeNet with dropout (temperature paper App. A.3, Sener & Koltun 2018); MNISTS' default"
+)
+def multilenet(
+    input_shape: Sequence[int],
+    *,
+    channels: PositiveInts = (10, 20),
+    hidden: PositiveInt = 50,
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5,
+) -> Encoder:
+    return MultiLeNetEncoder(input_shape, channels, hidden, dropout)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
+
+from pydantic import Field
 
 from torch import nn
 
@@ -29,3 +32,16 @@ def mlp(input_dim: int, output_size: int, *, hidden: Sequence[PositiveInt] = (64
         previous = int(width)
     layers.append(nn.Linear(previous, output_size))
     return nn.Sequential(*layers)
+
+
+@HEADS.register("multilenet", "Linear(hidden) -> ReLU -> Dropout(p) -> Linear: the multi-task LeNet's task head")
+def multilenet(
+    input_dim: int,
+    output_size: int,
+    *,
+    hidden: PositiveInt = 50,
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5,
+) -> nn.Module:
+    """The two-layer task head of the multi-task LeNet (Mueller et al. 2022, App. A.3; Sener & Koltun 2018's
+    MultiLeNet: ``Linear(50) -> ReLU -> Dropout -> Linear``); the softmax is in the loss."""
+    return nn.Sequential(nn.Linear(input_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, output_size))
