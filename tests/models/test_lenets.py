@@ -33,7 +33,9 @@ def test_multilenet_layers_and_dropout_only_in_training() -> None:
     assert shapes == [(10, 1, 5, 5), (10,), (20, 10, 5, 5), (20,), (50, 320), (50,)]
     head = HEADS.build("multilenet", 50, 10)
     assert [tuple(p.shape) for p in head.parameters()] == [(50, 50), (50,), (10, 50), (10,)]
-    assert [m.p for m in [*encoder.modules(), *head.modules()] if isinstance(m, torch.nn.modules.dropout._DropoutNd)] == [
+    assert [
+        m.p for m in [*encoder.modules(), *head.modules()] if isinstance(m, torch.nn.modules.dropout._DropoutNd)
+    ] == [
         0.5,
         0.5,
         0.5,

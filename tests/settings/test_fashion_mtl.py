@@ -108,8 +108,10 @@ def test_notmnist_task_from_a_folder_and_too_few_letters(data: Path) -> None:
     task = setting.task("notmnist")
     sizes = [len(task.split(split)) for split in ("train", "val", "test")]
     assert sizes == [12, 5, 5]
-    ids = [set(image_ids(task.split(s).dataset.batch(np.arange(n))[0].numpy(), 0, 1)[0]) for s, n in
-           zip(("train", "val", "test"), sizes, strict=True)]
+    ids = [
+        set(image_ids(task.split(s).dataset.batch(np.arange(n))[0].numpy(), 0, 1)[0])
+        for s, n in zip(("train", "val", "test"), sizes, strict=True)
+    ]
     assert not ids[0] & ids[1] and not ids[0] & ids[2] and not ids[1] & ids[2]
     inputs, labels = task.train.dataset.batch(np.arange(12))
     assert inputs.shape == (12, 1, 28, 28) and labels.dtype.is_floating_point is False

@@ -36,9 +36,11 @@ def test_three_tasks_sizes_sources_and_disjoint_splits(data: Path) -> None:
             part = task.split(split)
             assert len(part) == TINY[f"{split}_size"]
             inputs, labels = part.dataset.batch(np.arange(len(part)))
-            mean, std = NORMALIZATION.get(task.name, (part.dataset.built.mean[0], part.dataset.built.std[0])) if (
-                task.name == "notmnist"
-            ) else NORMALIZATION[task.name]
+            mean, std = (
+                NORMALIZATION.get(task.name, (part.dataset.built.mean[0], part.dataset.built.std[0]))
+                if (task.name == "notmnist")
+                else NORMALIZATION[task.name]
+            )
             found, tags = image_ids(inputs.numpy(), mean, std)
             assert (tags == tag).all(), (task.name, split)
             label_pixels = np.rint((inputs.numpy()[:, 0, 27, 27] * std + mean) * 255) / 25

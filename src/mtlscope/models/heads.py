@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Annotated
 
 from pydantic import Field
-
 from torch import nn
 
 from mtlscope.options import PositiveInt

@@ -63,7 +63,12 @@ def fashion_mtl(
     rng = np.random.default_rng(split_seed)
     train1, train2, val1, val2 = draw(
         len(train_pool),
-        [("fashion1 train", train_size), ("fashion2 train", train_size), ("fashion1 val", val_size), ("fashion2 val", val_size)],
+        [
+            ("fashion1 train", train_size),
+            ("fashion2 train", train_size),
+            ("fashion1 val", val_size),
+            ("fashion2 val", val_size),
+        ],
         rng,
         f"setting 'fashion-mtl': {train_pool.origin}",
     )
@@ -78,13 +83,21 @@ def fashion_mtl(
         return image_dataset(pool, index, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
 
     noise = np.random.default_rng(split_seed + 1)
-    fashion2 = {"train": dataset(train_pool, train2), "val": dataset(train_pool, val2), "test": dataset(test_pool, test2)}
+    fashion2 = {
+        "train": dataset(train_pool, train2),
+        "val": dataset(train_pool, val2),
+        "test": dataset(test_pool, test2),
+    }
     noisy = {
-        split: relabelled(fashion2[split], permuted(fashion2[split].targets.numpy(), noise))
+        split: relabelled(fashion2[split], permuted(np.asarray(fashion2[split].targets), noise))
         for split in ("train", "val", "test")
     }
     data = {
-        "fashion1": {"train": dataset(train_pool, train1), "val": dataset(train_pool, val1), "test": dataset(test_pool, test1)},
+        "fashion1": {
+            "train": dataset(train_pool, train1),
+            "val": dataset(train_pool, val1),
+            "test": dataset(test_pool, test1),
+        },
         "fashion2": fashion2,
         "noisy-fashion": noisy,
     }

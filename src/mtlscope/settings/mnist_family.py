@@ -141,7 +141,8 @@ def notmnist_task(
     task: str = "notmnist",
 ) -> Task:
     """The deferred notMNIST task of ``setting`` (module docstring): ``sizes`` per split, drawn with
-    ``seed`` (``numpy.random.default_rng(seed)``). From a folder, test, validation and training images are drawn from its one pool; from the
+    ``seed`` (``numpy.random.default_rng(seed)``). From a folder, test, validation and training images are drawn
+    from its one pool; from the
     IDX conversion, training and validation from its train files and test from its t10k files. Normalized by
     the training images' pixel mean and standard deviation."""
     where = f"setting {setting!r}, task {task!r}"
@@ -179,10 +180,13 @@ def notmnist_task(
             return built
 
     spec = classification(task, "notMNIST letters A-J (auxiliary task with another input distribution)")
+
+    def builder(split: str) -> Callable[[], CachedImageDataset]:
+        return lambda: build_all()[split]
+
     splits = {
         split: DatasetSplit(
-            DeferredImageDataset(lambda split=split: build_all()[split], sizes[split], f"{where}, split {split!r}"),
-            target_dtype=torch.int64,
+            DeferredImageDataset(builder(split), sizes[split], f"{where}, split {split!r}"), target_dtype=torch.int64
         )
         for split in SPLITS
     }

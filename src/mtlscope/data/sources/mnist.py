@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtlscope.data.fingerprint import combine, tensor_digest
 from mtlscope.data.catalog import DataFile, DatasetInfo, cache_directory, locate, register_dataset
+from mtlscope.data.fingerprint import combine, tensor_digest
 from mtlscope.data.formats import read_idx
 from mtlscope.data.image_cache import cached_images, entry_key
 from mtlscope.progress import Progress
@@ -184,7 +184,8 @@ def idx_split(
     data_dir: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> ImagePool:
-    """The images (uint8 ``[N, 28, 28]``, memory-mapped) and labels (int64 ``[N]``) of the ``"train"`` or ``"test"`` files of the
+    """The images (uint8 ``[N, 28, 28]``, memory-mapped) and labels (int64 ``[N]``) of the ``"train"`` or
+    ``"test"`` files of the
     MNIST-format catalog dataset ``dataset`` (``mnist``, ``fashion-mnist``, ``notmnist-idx``).
 
     Raises ``MissingDataError`` (one line) for a missing file, ``ValueError`` (one line naming the file) for a
