@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mtlscope import settings
+from mtlscope.data.catalog import MissingDataError
 from mtlscope.models import build_model
 
 
@@ -39,7 +40,10 @@ def test_single_task_model_matches_multi_task_initialization_and_global_rng_unto
 
 def test_shapes_on_every_setting() -> None:
     for name in settings.available():
-        setting = settings.get(name)
+        try:
+            setting = settings.get(name)
+        except MissingDataError:  # a real-data setting: its files are not on this machine (their own tests cover it)
+            continue
         model = build_model(setting, dict(setting.default_model["encoder"]), dict(setting.default_model["head"]), 0)
         x = setting.tasks[0].train.inputs[:5]
         for task in setting.tasks:
