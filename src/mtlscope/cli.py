@@ -116,8 +116,13 @@ def _cmd_settings(args: argparse.Namespace) -> int:
 
     for name in SETTINGS_REGISTRY.available():
         entry = SETTINGS_REGISTRY.entry(name)
-        setting = entry.builder()
         options = ", ".join(f"{k}={v!r}" for k, v in entry.options().items())
+        if "data_dir" in entry.options():  # a real-data setting: its files are read when it is used, not listed
+            print(f"{name}: {entry.description}")
+            print(f"  options: {options}")
+            print("  - reads its data files when used (`mtlscope data` shows where they are looked for)")
+            continue
+        setting = entry.builder()
         print(f"{name} ({setting.layout}): {entry.description}")
         print(f"  options: {options}")
         for line in setting.summary().splitlines():
