@@ -206,7 +206,7 @@ def _decode_one(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             if image.format != "JPEG":
                 raise ValueError(f"{path}: not a JPEG image ({image.format or 'unknown format'})")
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+            return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy
     except FileNotFoundError:
         raise ValueError(f"{path}: missing image file (listed in the annotations)") from None
     except ValueError:
