@@ -33,7 +33,9 @@ def test_annotations_follow_the_partition_and_map_minus_one_to_zero(tiny: tuple[
         labels = annotations.labels[split]
         assert labels.dtype == np.uint8 and labels.shape == (len(rows), 40)
         np.testing.assert_array_equal(labels, (written["labels"][rows] == 1).astype(np.uint8))
-    assert sorted(sum(annotations.files.values(), [])) == [file_name(i) for i in range(len(PARTITION))]
+    assert sorted(name for files in annotations.files.values() for name in files) == [
+        file_name(i) for i in range(len(PARTITION))
+    ]
     assert len(source.ATTRIBUTES) == len(set(source.ATTRIBUTES)) == 40
 
 
@@ -115,19 +117,49 @@ VALUES = " ".join(["1"] * 40)
         (
             ATTR,
             2,
-            " ".join(("Blurry",) + source.ATTRIBUTES[1:]),
+            " ".join(("Blurry", *source.ATTRIBUTES[1:])),
             r"list_attr_celeba.txt line 2: attribute 1 is 'Blurry'; expected '5_o_Clock_Shadow'",
         ),
-        (ATTR, 5, "000003.jpg " + " ".join(["1"] * 39), r"list_attr_celeba.txt line 5: expected a file name and 40 values, got 39 values"),
+        (
+            ATTR,
+            5,
+            "000003.jpg " + " ".join(["1"] * 39),
+            r"list_attr_celeba.txt line 5: expected a file name and 40 values, got 39 values",
+        ),
         (ATTR, 5, "000003.jpg " + VALUES + " 1", r"line 5: expected a file name and 40 values, got 41 values"),
-        (ATTR, 5, "000003.jpg 0 " + " ".join(["1"] * 39), r"list_attr_celeba.txt line 5: value '0' of 5_o_Clock_Shadow; expected 1 or -1"),
-        (ATTR, 6, "000004.jpg " + " ".join(["1"] * 10) + " yes " + " ".join(["1"] * 29), r"line 6: value 'yes' of Blurry; expected 1 or -1"),
-        (ATTR, 4, "000001.jpg " + VALUES, r"list_attr_celeba.txt line 4: 000001.jpg is listed again \(first on line 3\)"),
+        (
+            ATTR,
+            5,
+            "000003.jpg 0 " + " ".join(["1"] * 39),
+            r"list_attr_celeba.txt line 5: value '0' of 5_o_Clock_Shadow; expected 1 or -1",
+        ),
+        (
+            ATTR,
+            6,
+            "000004.jpg " + " ".join(["1"] * 10) + " yes " + " ".join(["1"] * 29),
+            r"line 6: value 'yes' of Blurry; expected 1 or -1",
+        ),
+        (
+            ATTR,
+            4,
+            "000001.jpg " + VALUES,
+            r"list_attr_celeba.txt line 4: 000001.jpg is listed again \(first on line 3\)",
+        ),
         (PART, 2, "000002.jpg", r"list_eval_partition.txt line 2: expected 'filename split', got 1 fields"),
-        (PART, 2, "000002.jpg 3", r"list_eval_partition.txt line 2: split '3' of 000002.jpg; expected 0 \(train\), 1 \(val\) or 2 \(test\)"),
+        (
+            PART,
+            2,
+            "000002.jpg 3",
+            r"list_eval_partition.txt line 2: split '3' of 000002.jpg; expected 0 \(train\), 1 \(val\) or 2 \(test\)",
+        ),
         (PART, 2, "000001.jpg 0", r"list_eval_partition.txt line 2: 000001.jpg is listed again \(first on line 1\)"),
         (PART, 3, "999999.jpg 1", r"list_eval_partition.txt line 3: 999999.jpg is not in list_attr_celeba.txt"),
-        (PART, 12, None, r"list_attr_celeba.txt line 14: 000012.jpg is not in list_eval_partition.txt .*every image needs a split"),
+        (
+            PART,
+            12,
+            None,
+            r"list_attr_celeba.txt line 14: 000012.jpg is not in list_eval_partition.txt .*every image needs a split",
+        ),
     ],
 )
 def test_malformed_annotations_give_one_line(

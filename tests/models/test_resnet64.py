@@ -56,6 +56,9 @@ def test_resnet18_64x64_parameter_count_equals_the_cifar_one() -> None:
     pooled = _resnet((3, 64, 64), stem="maxpool")  # the defaults: ResNet-18
     assert sum(p.numel() for p in pooled.parameters()) == 11_168_832
     assert pooled.output_dim == 512
+    pooled.eval()
+    with torch.no_grad():
+        assert pooled(torch.rand(2, 3, 64, 64)).shape == (2, 512)
 
 
 def test_default_stem_is_unchanged() -> None:
@@ -78,5 +81,7 @@ def test_unknown_stem_is_refused() -> None:
 
 
 def test_maxpool_stem_needs_3x3_images() -> None:
-    with pytest.raises(ValueError, match=r"encoder.stem 'maxpool' needs images of at least 3x3 pixels \(a 3x3 max-pool\), got 2x8"):
+    with pytest.raises(
+        ValueError, match=r"encoder.stem 'maxpool' needs images of at least 3x3 pixels \(a 3x3 max-pool\), got 2x8"
+    ):
         ResNetEncoder((1, 2, 8), [1], [4], stem="maxpool")

@@ -46,7 +46,7 @@ def test_shapes_dtypes_labels_and_the_official_partition(tiny: dict) -> None:
         assert len(dataset) == len(rows)
         inputs, targets = dataset.batch(list(range(len(rows))))
         assert inputs.dtype == torch.float32 and inputs.shape == (len(rows), 3, 64, 64)
-        assert 0.0 <= float(inputs.min()) and float(inputs.max()) <= 1.0  # x / 255
+        assert float(inputs.min()) >= 0.0 and float(inputs.max()) <= 1.0  # x / 255
         for column, name in enumerate(TASKS):
             assert targets[name].dtype == torch.int64
             np.testing.assert_array_equal(targets[name].numpy(), labels[rows, column])
@@ -115,14 +115,18 @@ def test_same_build_twice_is_a_cache_hit_with_the_same_fingerprint(tiny: dict, m
     second = settings.get("celeba", attributes="grouping")
     assert sorted(path.name for path in tiny["cache"].glob("*.npy")) == entries
     assert first.fingerprint() == second.fingerprint()
-    torch.testing.assert_close(first.tasks[0].train.dataset.batch([0, 5])[0], second.tasks[0].train.dataset.batch([0, 5])[0])
+    torch.testing.assert_close(
+        first.tasks[0].train.dataset.batch([0, 5])[0], second.tasks[0].train.dataset.batch([0, 5])[0]
+    )
 
 
 def test_a_changed_image_gives_a_new_cache_entry(tiny: dict) -> None:
     from PIL import Image
 
     before = settings.get("celeba", attributes=["young"]).fingerprint()
-    Image.new("RGB", (178, 218), color=(255, 0, 0)).save(tiny["root"] / "img_align_celeba" / file_name(0), format="JPEG")
+    Image.new("RGB", (178, 218), color=(255, 0, 0)).save(
+        tiny["root"] / "img_align_celeba" / file_name(0), format="JPEG"
+    )
     after = settings.get("celeba", attributes=["young"])
     assert after.fingerprint() != before
     assert float(after.task("young").train.dataset[0][0][0].mean()) > 0.95  # the red image was decoded
@@ -130,14 +134,19 @@ def test_a_changed_image_gives_a_new_cache_entry(tiny: dict) -> None:
 
 def test_missing_data_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MTLSCOPE_DATA", str(tmp_path / "nothing"))
-    with pytest.raises(MissingDataError, match=r"^celeba: missing .*img_align_celeba \(or celeba/img_align_celeba\); get it from the CelebA site"):
+    with pytest.raises(
+        MissingDataError,
+        match=r"^celeba: missing .*img_align_celeba \(or celeba/img_align_celeba\); get it from the CelebA site",
+    ):
         settings.get("celeba")
 
 
 def test_missing_and_unreadable_images_are_one_line(tiny: dict) -> None:
     folder = tiny["root"] / "img_align_celeba"
     (folder / file_name(4)).unlink()
-    with pytest.raises(ValueError, match=r"celeba: missing image .*000005.jpg \(listed in list_eval_partition.txt, split test\)"):
+    with pytest.raises(
+        ValueError, match=r"celeba: missing image .*000005.jpg \(listed in list_eval_partition.txt, split test\)"
+    ):
         settings.get("celeba")
     (folder / file_name(4)).write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(ValueError, match=r"000005.jpg: unreadable JPEG") as error:

@@ -194,9 +194,7 @@ def _fill(array_path: Path, header_path: Path, key: str, array: np.ndarray, deco
 
 def _checked_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
     values = tuple(shape) if isinstance(shape, (tuple, list)) else ()
-    if not values or not all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in values
-    ):
+    if not values or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in values):
         raise ValueError(f"image cache {name!r}: shape {shape!r}: expected positive integers (N, ...), N > 0")
     return tuple(int(v) for v in values)
 
@@ -221,7 +219,7 @@ def _fill_in_place(
             out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
         except OSError as error:
             raise ValueError(f"image cache {array_path}: cannot write it ({error.strerror or error})") from None
-        result = decode(paths, out)
+        result: object = decode(paths, out)  # type: ignore[func-returns-value]
         if result is not None:
             raise ValueError(
                 f"image decoder {decoder!r} returned {type(result).__name__}; with shape= it must write into the "
