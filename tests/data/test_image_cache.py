@@ -591,3 +591,66 @@ def test_idx_files_through_the_cache(tmp_path: Path) -> None:
     torch.testing.assert_close(
         dataset.batch([2])[0][0, 0], torch.from_numpy(images[2]).float() / 255, atol=1e-7, rtol=0
     )
+
+
+# -- decoding in place (shape=): a set larger than memory is written chunk by chunk --------------------------------
+
+
+class ChunkedDecoder:
+    """Writes the source's images into the given array a few rows at a time (what a streaming decoder does)."""
+
+    def __init__(self, shape: tuple[int, ...], chunk: int = 5) -> None:
+        self.shape, self.chunk, self.calls = shape, chunk, 0
+
+    def __call__(self, sources: Sequence[Path], out: np.ndarray) -> None:
+        self.calls += 1
+        assert isinstance(out, np.memmap) and out.flags.writeable and out.dtype == np.uint8
+        images = np.fromfile(sources[0], dtype=np.uint8).reshape(-1, *self.shape)
+        for start in range(0, len(images), self.chunk):
+            out[start : start + self.chunk] = images[start : start + self.chunk]
+
+
+def test_in_place_decode_gives_the_same_entry_as_a_returned_array(
+    tmp_path: Path, source: tuple[Path, np.ndarray]
+) -> None:
+    path, images = source
+    decode = ChunkedDecoder(images.shape[1:])
+    first = cached_images([path], decode, tmp_path / "a", decoder="chunked/1", shape=images.shape)
+    assert decode.calls == 1 and first.shape == images.shape and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, images)
+    again = cached_images([path], decode, tmp_path / "a", decoder="chunked/1", shape=images.shape, check="full")
+    assert decode.calls == 1  # a hit: not decoded again, and the full checksum of the header holds
+    np.testing.assert_array_equal(again, images)
+    returned = cached_images([path], CountingDecoder(images.shape[1:]), tmp_path / "b", decoder="chunked/1")
+    header_a = json.loads(next((tmp_path / "a").glob("*.json")).read_text())
+    header_b = json.loads(next((tmp_path / "b").glob("*.json")).read_text())
+    assert header_a == header_b  # same key, offset, size and checksums as the in-memory path
+    np.testing.assert_array_equal(returned, first)
+    assert entry_key(first) == header_a["key"]
+    assert not [name for name in entry_files(tmp_path / "a") if name.endswith(".tmp")]
+
+
+def test_in_place_decode_that_fails_leaves_nothing(tmp_path: Path, source: tuple[Path, np.ndarray]) -> None:
+    path, images = source
+
+    def broken(sources: Sequence[Path], out: np.ndarray) -> None:
+        out[:3] = 7
+        raise ValueError("image 4 is unreadable")
+
+    with pytest.raises(ValueError, match="image 4 is unreadable"):
+        cached_images([path], broken, tmp_path / "cache", decoder="broken/1", shape=images.shape)
+    assert entry_files(tmp_path / "cache") == [next((tmp_path / "cache").glob("*.lock")).name]
+
+    def returns(sources: Sequence[Path], out: np.ndarray) -> np.ndarray:
+        return images
+
+    with pytest.raises(ValueError, match="must write into the array it is given and return None"):
+        cached_images([path], returns, tmp_path / "cache", decoder="returns/1", shape=images.shape)
+    assert all(name.endswith(".lock") for name in entry_files(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("shape", [(), (0, 3), (2, -1), (2.0, 3), (True, 3), "12"])
+def test_in_place_decode_refuses_a_bad_shape(tmp_path: Path, source: tuple[Path, np.ndarray], shape: object) -> None:
+    path, images = source
+    with pytest.raises(ValueError, match=r"image cache 'images': shape .*: expected positive integers"):
+        cached_images([path], ChunkedDecoder(images.shape[1:]), tmp_path, decoder="x/1", shape=shape)  # type: ignore[arg-type]

@@ -174,7 +174,11 @@ def test_bad_options(input_shape: tuple[int, ...], options: dict, match: str) ->
 
 def test_registered_with_options_and_defaults() -> None:
     assert "resnet" in ENCODERS.available()
-    assert ENCODERS.entry("resnet").options() == {"blocks": (2, 2, 2, 2), "widths": (64, 128, 256, 512)}
+    assert ENCODERS.entry("resnet").options() == {
+        "blocks": (2, 2, 2, 2),
+        "widths": (64, 128, 256, 512),
+        "stem": "cifar",
+    }
     with pytest.raises(ValueError, match="no option 'depth'"):
         ENCODERS.build("resnet", (1, 8, 8), depth=18)
     with pytest.raises(ValueError, match="image inputs"):

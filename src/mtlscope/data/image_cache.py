@@ -3,6 +3,8 @@
 - ``cached_images(sources, decode, cache_dir, *, decoder, name)``: the uint8 array ``decode(sources)``
   returns, stored once in ``cache_dir`` and opened read-only memory-mapped (``np.load(..., mmap_mode="r")``);
   ``decode`` runs only when the cache has no valid entry for the sources' bytes and the decoder's identity.
+  With ``shape=(N, ...)``, ``decode(sources, out)`` instead writes into ``out``, a writable memory map of the
+  entry's file: a set larger than memory is decoded in chunks, never held whole.
 - ``CachedImageDataset(images, targets, *, mean, std, layout)``: a map-style ``torch.utils.data.Dataset``
   over a uint8 image array (a cache's memory map or any array) whose items are float32 ``[C, H, W]`` images
   normalized as ``(x / 255 - mean) / std`` per channel when they are read, one item or one batch at a time.
@@ -46,6 +48,8 @@ Layout = Literal["NCHW", "NHWC", "NHW"]
 LAYOUTS: tuple[str, ...] = ("NCHW", "NHWC", "NHW")
 Targets = Union[Tensor, np.ndarray, Mapping[str, Union[Tensor, np.ndarray]]]  # noqa: UP007 (a runtime alias on 3.10)
 Decode = Callable[[Sequence[Path]], np.ndarray]
+#: A decoder that writes into a preallocated uint8 array of the entry's shape (``cached_images(..., shape=...)``).
+DecodeInto = Callable[[Sequence[Path], np.ndarray], None]
 
 
 class CacheDamaged(Exception):
@@ -188,6 +192,73 @@ def _fill(array_path: Path, header_path: Path, key: str, array: np.ndarray, deco
     _fsync_directory(array_path.parent)
 
 
+def _checked_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
+    values = tuple(shape) if isinstance(shape, (tuple, list)) else ()
+    if not values or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ValueError(f"image cache {name!r}: shape {shape!r}: expected positive integers (N, ...), N > 0")
+    return tuple(int(v) for v in values)
+
+
+def _fill_in_place(
+    array_path: Path,
+    header_path: Path,
+    key: str,
+    shape: tuple[int, ...],
+    decode: DecodeInto,
+    paths: Sequence[Path],
+    decoder: str,
+) -> None:
+    """Fill an entry by ``decode(paths, out)`` into a memory map of a temporary ``.npy``, then rename it into place
+    and write the header (as ``_fill``); nothing half-written stays when ``decode`` or a write fails."""
+    header_path.unlink(missing_ok=True)
+    descriptor, name = tempfile.mkstemp(dir=array_path.parent, prefix=f".{array_path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    temporary = Path(name)
+    try:
+        try:
+            out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
+        except OSError as error:
+            raise ValueError(f"image cache {array_path}: cannot write it ({error.strerror or error})") from None
+        result: object = decode(paths, out)  # type: ignore[func-returns-value]
+        if result is not None:
+            raise ValueError(
+                f"image decoder {decoder!r} returned {type(result).__name__}; with shape= it must write into the "
+                "array it is given and return None"
+            )
+        out.flush()
+        offset = int(out.offset)
+        data = out.reshape(-1).data
+        sample, full = _sample_digest(data), _full_digest(data)
+        del data, out
+        try:
+            with open(temporary, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, array_path)
+        except OSError as error:
+            raise ValueError(f"image cache {array_path}: cannot write it ({error.strerror or error})") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    header = {
+        "format": FORMAT,
+        "key": key,
+        "decoder": decoder,
+        "shape": list(shape),
+        "dtype": "uint8",
+        "offset": offset,
+        "nbytes": int(np.prod(shape)),
+        "sample_sha256": sample,
+        "sha256": full,
+    }
+    try:
+        _write_atomically(header_path, lambda handle: handle.write((json.dumps(header, indent=1) + "\n").encode()))
+    except OSError as error:
+        header_path.unlink(missing_ok=True)
+        raise ValueError(f"image cache {header_path}: cannot write it ({error.strerror or error})") from None
+    _fsync_directory(array_path.parent)
+
+
 @contextlib.contextmanager
 def _hold(lock: Path, what: Path) -> Iterator[None]:
     """Hold ``flock`` on ``lock`` for the block, waiting for another holder (one log line says who)."""
@@ -223,12 +294,13 @@ def _remove_stale_temporaries(directory: Path, stem: str) -> None:
 
 def cached_images(
     sources: Sequence[str | os.PathLike[str]],
-    decode: Decode,
+    decode: Decode | DecodeInto,
     cache_dir: str | os.PathLike[str],
     *,
     decoder: str,
     name: str = "images",
     check: Literal["quick", "full"] = "quick",
+    shape: Sequence[int] | None = None,
 ) -> np.memmap:
     """The uint8 image array decoded from ``sources``, cached in ``cache_dir`` and memory-mapped read-only.
 
@@ -241,14 +313,17 @@ def cached_images(
         name: file-name prefix of the entry (letters, digits, ``._-``).
         check: ``"quick"`` (default) checks on every open the header, the file size and the sha256 of the data's
             first and last MiB; ``"full"`` also the sha256 of all the data (reads the whole array once).
+        shape: when given, the entry's shape ``(N, ...)``, known before decoding: ``decode(sources, out)`` then
+            fills ``out``, a writable uint8 memory map of that shape in the entry's temporary file (zeros where
+            it writes nothing), and returns None; memory holds only what it decodes at a time.
 
     The key is ``sha256`` over the sources' bytes and ``decoder``; the entry is ``<name>-<key[:16]>.npy`` with
     its header ``.json``. Two processes asking at once: one decodes and writes while holding the entry's
     ``flock`` lock, the other waits (one log line) and then reads. A damaged entry (truncated, header
     mismatch, wrong key, failed checksum) is reported in one warning line and rebuilt.
 
-    Raises ``ValueError`` with one line for a source that cannot be read, a bad ``name`` or ``check``, or a
-    ``decode`` output that is not a non-empty uint8 array.
+    Raises ``ValueError`` with one line for a source that cannot be read, a bad ``name``, ``check`` or
+    ``shape``, or a ``decode`` output that is not a non-empty uint8 array.
     """
     if not NAME.fullmatch(name):
         raise ValueError(f"cache name {name!r}: expected letters, digits, '.', '_' or '-' (at most 100 characters)")
@@ -260,6 +335,8 @@ def cached_images(
         raise ValueError(f"image cache {name!r}: no source files given")
     if not isinstance(decoder, str) or not decoder.strip():
         raise ValueError(f"image cache {name!r}: decoder must name the decoder and its version, e.g. 'idx-images/1'")
+    if shape is not None:
+        shape = _checked_shape(name, shape)
     paths = [Path(source) for source in sources]
     key = cache_key(paths, decoder)
     directory = Path(cache_dir)
@@ -278,7 +355,10 @@ def cached_images(
             except CacheDamaged as damage:
                 logger.warning("image cache %s is damaged (%s); rebuilding it", array_path, damage)
         _remove_stale_temporaries(directory, stem)
-        array = _checked_output(decode(paths), decoder)
+        if shape is not None:
+            _fill_in_place(array_path, header_path, key, shape, decode, paths, decoder)  # type: ignore[arg-type]
+            return _open_entry(array_path, header_path, key, check)
+        array = _checked_output(decode(paths), decoder)  # type: ignore[call-arg]
         try:
             _fill(array_path, header_path, key, array, decoder)
         except OSError as error:  # a full disk, a quota, a read-only filesystem: nothing half-written stays

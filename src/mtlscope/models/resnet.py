@@ -9,6 +9,13 @@ flatten give a ``[batch, widths[-1]]`` representation (no classifier: that is th
 With the defaults (``blocks=(2, 2, 2, 2)``, ``widths=(64, 128, 256, 512)``: ResNet-18) the encoder has
 11,168,832 parameters on 3-channel inputs (11,167,680 on 1-channel inputs), about 11.2M.
 
+``stem="maxpool"`` is the variant for 64x64 images (CelebA): the same ``Conv3x3(stride 1) -> BN -> ReLU`` followed
+by ``MaxPool(3x3, stride 2, no padding)``, so 64x64 inputs enter the first stage at 31x31 and cost about what a
+32x32 CIFAR image costs with the plain stem (the plain stem on 64x64 costs 4x). This is the stem of the
+CelebA encoder in the authors' code of Fifty et al.'s task-grouping experiments (google-research/tag,
+``celeba/CelebA.ipynb``: ``conv 3x3 stride 1, BN, ReLU, max-pool 3x3 stride 2 'valid'``); the max-pool adds no
+parameters, so the counts above hold for both stems.
+
 Initialization follows torchvision: convolutions ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``,
 BatchNorm weight 1 and bias 0.
 """
@@ -16,12 +23,16 @@ BatchNorm weight 1 and bias 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from torch import Tensor, nn
 
 from mtlscope.models.encoders import Encoder, _check_sizes
 
-__all__ = ["BasicBlock", "ResNetEncoder"]
+__all__ = ["STEMS", "BasicBlock", "ResNetEncoder", "Stem"]
+
+Stem = Literal["cifar", "maxpool"]
+STEMS: tuple[str, ...] = ("cifar", "maxpool")
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -65,10 +76,14 @@ class BasicBlock(nn.Module):
 class ResNetEncoder(Encoder):
     """CIFAR-style ResNet body: stem, ``BasicBlock`` stages, global average pooling (see the module docstring)."""
 
-    def __init__(self, input_shape: Sequence[int], blocks: Sequence[int], widths: Sequence[int]) -> None:
+    def __init__(
+        self, input_shape: Sequence[int], blocks: Sequence[int], widths: Sequence[int], stem: Stem = "cifar"
+    ) -> None:
         super().__init__()
         if len(input_shape) != 3:
             raise ValueError(f"encoder 'resnet' needs image inputs [channels, height, width], got {list(input_shape)}")
+        if stem not in STEMS:
+            raise ValueError(f"encoder.stem must be one of {', '.join(STEMS)}, got {stem!r}")
         depths = _check_sizes("encoder.blocks", blocks, allow_empty=False)
         channels = _check_sizes("encoder.widths", widths, allow_empty=False)
         if len(depths) != len(channels):
@@ -77,7 +92,15 @@ class ResNetEncoder(Encoder):
                 f"got {len(depths)} blocks {depths} and {len(channels)} widths {channels}"
             )
         in_channels, height, width = (int(v) for v in input_shape)
-        self.stem = nn.Sequential(_conv3x3(in_channels, channels[0]), nn.BatchNorm2d(channels[0]), nn.ReLU())
+        stem_layers: list[nn.Module] = [_conv3x3(in_channels, channels[0]), nn.BatchNorm2d(channels[0]), nn.ReLU()]
+        if stem == "maxpool":
+            if min(height, width) < 3:
+                raise ValueError(
+                    f"encoder.stem 'maxpool' needs images of at least 3x3 pixels (a 3x3 max-pool), got {height}x{width}"
+                )
+            stem_layers.append(nn.MaxPool2d(kernel_size=3, stride=2, padding=0))
+            height, width = (height - 3) // 2 + 1, (width - 3) // 2 + 1
+        self.stem = nn.Sequential(*stem_layers)
         stages: list[nn.Module] = []
         previous = channels[0]
         for index, (depth, size) in enumerate(zip(depths, channels)):

@@ -1,4 +1,6 @@
-"""Catalog entries and file readers of the real datasets, one module per dataset family; importing this package
-registers them all (``mtlscope.data.catalog``)."""
+"""Catalog entries and file readers of the real datasets, one module per dataset family.
 
-from mtlscope.data.sources import mnist, notmnist  # noqa: F401  (registration)
+Importing this package registers every family's ``DatasetInfo`` in ``mtlscope.data.catalog``.
+"""
+
+from mtlscope.data.sources import celeba, mnist, notmnist  # noqa: F401  (registration)
