@@ -26,6 +26,7 @@ them ``str``; Python 3 pickles are unaffected. Never call ``pickle.load`` on a d
 
 from __future__ import annotations
 
+import copyreg
 import io
 import os
 import pickle
@@ -87,13 +88,44 @@ ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
 _PLAIN = (dict, list, tuple, str, bytes, bytearray, int, float, bool, type(None), set, frozenset)
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` whose ``find_class`` returns only the allowlisted globals (``ALLOWED``) and refuses
-    everything else without importing it; persistent ids are refused too. ``where`` names the file in errors."""
+class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+    """The pure-Python ``pickle`` unpickler whose ``find_class`` returns only the allowlisted globals
+    (``ALLOWED``) and refuses everything else without importing it. Persistent ids and copyreg extension codes
+    (EXT1/EXT2/EXT4, which the unpicklers serve from a process-wide cache without asking ``find_class`` once a
+    code has been loaded) are refused too. ``where`` names the file in errors."""
+
+    dispatch = pickle._Unpickler.dispatch.copy()  # type: ignore[attr-defined]
 
     def __init__(self, file: io.BytesIO, *, where: str, encoding: str = "bytes") -> None:
         super().__init__(file, encoding=encoding, fix_imports=False)
         self.where = where
+
+    def _refuse_extension(self, size: int) -> None:
+        code = int.from_bytes(self.read(size), "little")
+        named = copyreg._inverted_registry.get(code)  # type: ignore[attr-defined]
+        shown = f"{named[0]}.{named[1]}" if named else f"extension code {code}"
+        raise UnsafePickleError(f"{self.where}: refuses to load {shown!r} ({WHAT_IS_ALLOWED})")
+
+    def _name_line(self) -> str:
+        line = self.readline()
+        if not line.endswith(b"\n"):
+            raise pickle.UnpicklingError("pickle data was truncated (in the name of a global)")
+        return str(line[:-1].decode("utf-8"))
+
+    def _load_global(self) -> None:  # GLOBAL: "module\nname\n"
+        module = self._name_line()
+        self.append(self.find_class(module, self._name_line()))
+
+    def _load_inst(self) -> None:  # INST: "module\nname\n", then the class is called with the marked arguments
+        module = self._name_line()
+        klass = self.find_class(module, self._name_line())
+        self._instantiate(klass, self.pop_mark())
+
+    dispatch[pickle.GLOBAL[0]] = _load_global
+    dispatch[pickle.INST[0]] = _load_inst
+    dispatch[pickle.EXT1[0]] = lambda self: self._refuse_extension(1)
+    dispatch[pickle.EXT2[0]] = lambda self: self._refuse_extension(2)
+    dispatch[pickle.EXT4[0]] = lambda self: self._refuse_extension(4)
 
     def find_class(self, module: str, name: str) -> Any:
         found = ALLOWED.get((module, name))
