@@ -112,12 +112,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_settings(args: argparse.Namespace) -> int:
+    from mtlscope.data.catalog import MissingDataError
     from mtlscope.settings import SETTINGS_REGISTRY
 
     for name in SETTINGS_REGISTRY.available():
         entry = SETTINGS_REGISTRY.entry(name)
-        setting = entry.builder()
         options = ", ".join(f"{k}={v!r}" for k, v in entry.options().items())
+        try:
+            setting = entry.builder()
+        except MissingDataError as error:  # a real-data setting whose files are not in the data directory
+            print(f"{name}: {entry.description}")
+            print(f"  options: {options}")
+            print(f"  - data not installed: {error}")
+            continue
         print(f"{name} ({setting.layout}): {entry.description}")
         print(f"  options: {options}")
         for line in setting.summary().splitlines():

@@ -29,7 +29,11 @@ def folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path
 
 def test_the_catalog_entry_names_the_official_files() -> None:
     info = dataset_info("cifar-100")
-    assert [f.paths[0] for f in info.files] == ["cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"]
+    assert [f.paths[0] for f in info.files] == [
+        "cifar-100-python/train",
+        "cifar-100-python/test",
+        "cifar-100-python/meta",
+    ]
     assert {f.key: f.md5 for f in info.files} == {
         "train": "16019d7e3df5f24257cddd939b257f8d",
         "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
@@ -114,7 +118,9 @@ def test_a_fine_class_under_two_coarse_classes_is_an_error(folders: tuple[Path, 
     content = cifar_split(1, 10)
     content[b"coarse_labels"][0] = (content[b"coarse_labels"][0] + 1) % 20
     dump_python2(content, folder / "test")
-    with pytest.raises(ValueError, match=r"fine class \d+ appears under coarse classes \[\d+, \d+\]; expected exactly one"):
+    with pytest.raises(
+        ValueError, match=r"fine class \d+ appears under coarse classes \[\d+, \d+\]; expected exactly one"
+    ):
         cifar100_arrays()
 
 

@@ -109,7 +109,7 @@ def test_a_refused_module_is_never_imported(tmp_path: Path, monkeypatch: pytest.
     marker = tmp_path / "imported"
     (tmp_path / "evil_pickle_module_xyz.py").write_text(f"open({str(marker)!r}, 'w').close()\nrun = print\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    for data in (_opcode_pickles("evil_pickle_module_xyz", "run", "x").values()):
+    for data in _opcode_pickles("evil_pickle_module_xyz", "run", "x").values():
         with pytest.raises(UnsafePickleError):
             loads_pickle(data, where="f")
     assert not marker.exists()

@@ -33,7 +33,7 @@ def test_tasks_labels_and_splits(cifar: Path) -> None:
     assert setting.layout == "multi-input" and setting.input_shape == (3, 32, 32)
     assert setting.default_model["encoder"]["name"] == "resnet"
     for coarse, task in enumerate(setting.tasks):
-        fine_of_task = np.flatnonzero(COARSE_OF_FINE == coarse)  # increasing fine labels -> 0..4
+        fine_of_task = np.flatnonzero(coarse == COARSE_OF_FINE)  # increasing fine labels -> 0..4
         assert task.output_size == 5
         train, val, test = (_indices(getattr(task, split)) for split in ("train", "val", "test"))
         assert (len(train), len(val), len(test)) == (25, 5, 10)
@@ -52,7 +52,7 @@ def test_tasks_labels_and_splits(cifar: Path) -> None:
 def test_normalization_is_cifar100s_mean_and_std(cifar: Path) -> None:
     task = get("cifar100-mtl", val_size=5).task("fish")
     x, _ = task.train.dataset[1]
-    raw = torch.from_numpy(task.train.dataset.dataset.images[_indices(task.train)[1]]).float() / 255
+    raw = torch.from_numpy(np.array(task.train.dataset.dataset.images[_indices(task.train)[1]])).float() / 255
     expected = (raw - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
     torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
 

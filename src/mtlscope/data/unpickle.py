@@ -75,8 +75,8 @@ ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
     ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
     ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
     ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,
+    ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,  # type: ignore[attr-defined]
+    ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,  # type: ignore[attr-defined]
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1_encode,
@@ -88,13 +88,17 @@ ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
 _PLAIN = (dict, list, tuple, str, bytes, bytearray, int, float, bool, type(None), set, frozenset)
 
 
-class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+#: the pure-Python unpickler of the ``pickle`` module (its opcodes can be replaced one by one)
+_PythonUnpickler: Any = pickle._Unpickler
+
+
+class RestrictedUnpickler(_PythonUnpickler):
     """The pure-Python ``pickle`` unpickler whose ``find_class`` returns only the allowlisted globals
     (``ALLOWED``) and refuses everything else without importing it. Persistent ids and copyreg extension codes
     (EXT1/EXT2/EXT4, which the unpicklers serve from a process-wide cache without asking ``find_class`` once a
     code has been loaded) are refused too. ``where`` names the file in errors."""
 
-    dispatch = pickle._Unpickler.dispatch.copy()  # type: ignore[attr-defined]
+    dispatch: dict[int, Any] = _PythonUnpickler.dispatch.copy()
 
     def __init__(self, file: io.BytesIO, *, where: str, encoding: str = "bytes") -> None:
         super().__init__(file, encoding=encoding, fix_imports=False)

@@ -6,8 +6,7 @@ from your own data (``TaskSpec`` declares each task); the built-in settings are 
 """
 
 from mtlscope.data.datasets import DatasetSplit
-from mtlscope.settings import digits_attributes, digits_mtl, synthetic  # noqa: F401  (registration)
-from mtlscope.settings import cifar100, multi_mnist  # noqa: F401  (registration)
+from mtlscope.settings import cifar100, digits_attributes, digits_mtl, multi_mnist, synthetic  # noqa: F401  (registration)  # noqa: F401  (registration)
 from mtlscope.settings.constructors import TaskSpec, from_arrays, from_datasets
 from mtlscope.settings.registry import SETTINGS as SETTINGS_REGISTRY
 from mtlscope.settings.registry import available, check_options, entry, get, register

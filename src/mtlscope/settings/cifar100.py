@@ -17,6 +17,7 @@ ResNet-18 (3x3 stem, no max-pool) with a linear head per task.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ REFERENCE = (
     "Mueller, Dredze, Andrews. The Importance of Temperature in Multi-Task Optimization. OPT 2022 (App. A.2); "
     "Krizhevsky. Learning Multiple Layers of Features from Tiny Images. 2009"
 )
-DEFAULT_MODEL = {"encoder": {"name": "resnet"}, "head": {"name": "linear"}}
+DEFAULT_MODEL: dict[str, dict[str, Any]] = {"encoder": {"name": "resnet"}, "head": {"name": "linear"}}
 
 
 def task_name(coarse_name: str) -> str:
@@ -94,7 +95,8 @@ def cifar100_mtl(
                 len(fine_labels),
                 loss=cross_entropy(),
                 metrics=(accuracy(), macro_f1()),
-                description=f"coarse class {coarse_label} ({data.coarse_names[coarse_label]}): {shown} as 0..{len(fine_labels) - 1}",
+                description=f"coarse class {coarse_label} ({data.coarse_names[coarse_label]}): "
+                f"{shown} as 0..{len(fine_labels) - 1}",
             )
         )
         splits[name] = {

@@ -11,6 +11,8 @@ kernels, a shared layer of 50 units) with a linear head per task.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -28,7 +30,7 @@ REFERENCE = (
     "Lin, Zhen, Li, Zhang, Kwong. Pareto Multi-Task Learning. NeurIPS 2019 (the data); Fifty, Amid, Zhao, Yu, "
     "Anil, Finn. Measuring and Harnessing Transference in Multi-Task Learning (App. D.4: the splits)"
 )
-DEFAULT_MODEL = {
+DEFAULT_MODEL: dict[str, dict[str, Any]] = {
     "encoder": {"name": "lenet", "channels": [10, 20], "kernel_size": 5, "hidden": [50]},
     "head": {"name": "linear"},
 }

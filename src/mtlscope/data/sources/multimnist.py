@@ -79,9 +79,9 @@ def pixels_as_uint8(images: np.ndarray, where: str) -> np.ndarray:
     if images.size == 0:
         raise ValueError(f"{where}: no pixels")
     if np.issubdtype(images.dtype, np.integer) or images.dtype == np.bool_:
-        low, high = int(images.min()), int(images.max())
-        if low < 0 or high > 255:
-            raise ValueError(f"{where}: integer pixels must be in 0..255, found {low}..{high}")
+        smallest, largest_value = int(images.min()), int(images.max())
+        if smallest < 0 or largest_value > 255:
+            raise ValueError(f"{where}: integer pixels must be in 0..255, found {smallest}..{largest_value}")
         return images.astype(np.uint8)
     if not np.issubdtype(images.dtype, np.floating):
         raise ValueError(f"{where}: pixels must be numbers, got dtype {images.dtype}")
@@ -92,7 +92,7 @@ def pixels_as_uint8(images: np.ndarray, where: str) -> np.ndarray:
     if low < 0 or high > 255:
         raise ValueError(f"{where}: pixels must be in [0, 1] or 0..255, found {low:g}..{high:g}")
     out = np.empty(images.shape, dtype=np.uint8)
-    scale = 255.0 if high <= 1 else 1.0
+    scale: float = 255.0 if high <= 1 else 1.0
     flat_in, flat_out = images.reshape(-1), out.reshape(-1)
     largest = 0.0
     for start in range(0, flat_in.size, 1 << 22):  # chunks: never a float64 copy of the whole set
