@@ -112,6 +112,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_settings(args: argparse.Namespace) -> int:
+    from mtlscope.data.catalog import MissingDataError
     from mtlscope.settings import SETTINGS_REGISTRY
 
     for name in SETTINGS_REGISTRY.available():
@@ -122,7 +123,13 @@ def _cmd_settings(args: argparse.Namespace) -> int:
             print(f"  options: {options}")
             print("  - reads its data files when used (`mtlscope data` shows where they are looked for)")
             continue
-        setting = entry.builder()
+        try:
+            setting = entry.builder()
+        except MissingDataError as error:  # a setting reading files that are not in the data directory
+            print(f"{name}: {entry.description}")
+            print(f"  options: {options}")
+            print(f"  - data not installed: {error}")
+            continue
         print(f"{name} ({setting.layout}): {entry.description}")
         print(f"  options: {options}")
         for line in setting.summary().splitlines():

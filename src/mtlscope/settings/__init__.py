@@ -8,10 +8,12 @@ from your own data (``TaskSpec`` declares each task); the built-in settings are 
 from mtlscope.data.datasets import DatasetSplit
 from mtlscope.settings import (  # noqa: F401  (registration)
     celeba,
+    cifar100,
     digits_attributes,
     digits_mtl,
     fashion_mtl,
     mnists,
+    multi_mnist,
     synthetic,
 )
 from mtlscope.settings.constructors import TaskSpec, from_arrays, from_datasets
