@@ -39,9 +39,20 @@ class FileCheck:
     def ok(self) -> bool:
         return self.status == "ok"
 
-    def line(self) -> str:
-        """``ok             train_images  /data/train-images-idx3-ubyte.gz (26421880 bytes, md5 ok)``."""
-        return f"{self.status:<{STATUS_WIDTH}} {self.key}  {self.path}" + (f" ({self.detail})" if self.detail else "")
+    def line(self, key_width: int = 0) -> str:
+        """``ok             train_images  /data/train-images-idx3-ubyte.gz (26421880 bytes, md5 ok)`` (the key
+        padded to ``key_width``)."""
+        return format_line(self.status, self.key, self.path, self.detail, key_width)
+
+
+def format_line(status: str, key: str, path: Path, detail: str = "", key_width: int = 0) -> str:
+    """One line about one file: status, key, path, (details)."""
+    return f"{status:<{STATUS_WIDTH}} {key:<{key_width}}  {path}" + (f" ({detail})" if detail else "")
+
+
+def key_width(info: DatasetInfo) -> int:
+    """The width of the key column for ``info``'s files."""
+    return max(len(entry.key) for entry in info.files)
 
 
 def file_md5(path: Path, *, progress: bool = False) -> str:

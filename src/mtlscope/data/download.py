@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from mtlscope.data.catalog import Archive, DataFile, DatasetInfo, data_directory, dataset_info
-from mtlscope.data.check import STATUS_WIDTH, MiB, check_file, verify
+from mtlscope.data.check import MiB, check_file, format_line, key_width, verify
 
 PARTIAL_SUFFIX = ".part"
 CHUNK_BYTES = MiB
@@ -302,10 +302,6 @@ def extract_archive(
 # -- a whole dataset ---------------------------------------------------------------------------------------
 
 
-def _line(status: str, key: str, path: Path, detail: str = "") -> str:
-    return f"{status:<{STATUS_WIDTH}} {key}  {path}" + (f" ({detail})" if detail else "")
-
-
 def _remove_partials(folder: Path) -> None:
     """Temporary files of earlier downloads that were killed (called while holding the dataset's lock)."""
     if folder.is_dir():
@@ -341,6 +337,11 @@ def download_dataset(
 
 
 def _download(info: DatasetInfo, root: Path, progress: bool, report: Callable[[str], None]) -> bool:
+    width = key_width(info)
+
+    def _line(status: str, key: str, path: Path, detail: str = "") -> str:
+        return format_line(status, key, path, detail, width)
+
     good = True
     pending: dict[str, list[DataFile]] = {}
     for entry in info.files:
