@@ -455,3 +455,11 @@ def test_locate_never_downloads(server: _Server) -> None:
     assert server.requests == []
     assert os.environ[catalog.DATA_ENV]  # the test's data directory, which stays empty
     assert not Path(os.environ[catalog.DATA_ENV]).exists()
+
+
+def test_fetch_onto_a_folder_is_one_line_and_leaves_nothing(server: _Server, tmp_path: Path) -> None:
+    server.files["/a.bin"] = PAYLOAD
+    (tmp_path / "a.bin").mkdir()
+    with pytest.raises(DownloadError, match=r"a.bin: cannot write it \(Is a directory\); nothing kept"):
+        fetch(server.url("/a.bin"), tmp_path / "a.bin", progress=False)
+    assert listing(tmp_path) == ["a.bin"]

@@ -125,19 +125,13 @@ def fetch(
             total = size if size is not None else declared
             shown = progress and total is not None
             with Progress(-(-(total or 0) // MiB), target.name, unit="MiB", enabled=shown) as bar:
-                try:
-                    while chunk := response.read(CHUNK_BYTES):
-                        written += len(chunk)
-                        if written > limit:
-                            raise DownloadError(f"{url}: more than the expected {limit} bytes; nothing kept")
-                        digest.update(chunk)
-                        handle.write(chunk)
-                        bar.advance_to(written // MiB)
-                except (OSError, http.client.HTTPException) as error:
-                    reason = str(error) or type(error).__name__
-                    raise DownloadError(
-                        f"{url}: the transfer broke off after {written} bytes ({reason}); nothing kept"
-                    ) from None
+                while chunk := _read(response, url, written):
+                    written += len(chunk)
+                    if written > limit:
+                        raise DownloadError(f"{url}: more than the expected {limit} bytes; nothing kept")
+                    digest.update(chunk)
+                    _write(handle, chunk, target)
+                    bar.advance_to(written // MiB)
                 bar.advance_to(bar.total)
         expected = size if size is not None else declared
         if expected is not None and written != expected:
@@ -145,11 +139,29 @@ def fetch(
         got = digest.hexdigest()
         if md5 is not None and got != md5:
             raise DownloadError(f"{url}: wrong checksum (md5 {got}, expected {md5}); nothing kept")
-        handle.flush()
-        os.fsync(handle.fileno())
-        os.replace(temporary, target)
+        try:
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        except OSError as error:
+            raise DownloadError(f"{target}: cannot write it ({error.strerror or error}); nothing kept") from None
     _fsync_directory(target.parent)
     return target
+
+
+def _read(response: http.client.HTTPResponse, url: str, written: int) -> bytes:
+    try:
+        return response.read(CHUNK_BYTES)
+    except (OSError, http.client.HTTPException) as error:
+        reason = str(error) or type(error).__name__
+        raise DownloadError(f"{url}: the transfer broke off after {written} bytes ({reason}); nothing kept") from None
+
+
+def _write(handle: IO[bytes], chunk: bytes, target: Path) -> None:
+    try:
+        handle.write(chunk)
+    except OSError as error:
+        raise DownloadError(f"{target}: cannot write it ({error.strerror or error}); nothing kept") from None
 
 
 # -- safe extraction ---------------------------------------------------------------------------------------
