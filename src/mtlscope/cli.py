@@ -15,10 +15,18 @@
     mtlscope reproduce NAME [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
                        [--wait] [--dry-run] [--quiet] [--mlflow URI] [--tensorboard DIR]
     mtlscope reproduce --list
+    mtlscope data [-v] [--data-dir DIR]
+    mtlscope data check NAME [--data-dir DIR] [--quiet]
+    mtlscope data download NAME [--data-dir DIR] [--wait] [--quiet]
 
-Exit codes: 0 success (a diverged run is a result, not an error), 1 a run failed, 2 bad input (config,
-arguments or paths) or an output directory (or run) in use by another mtlscope process (without ``--wait``) —
-in which case nothing is written, 130 interrupted (Ctrl-C; running the same command again resumes).
+``run``, ``sweep`` and ``reproduce`` take ``--data-dir DIR``: the folder real datasets are read from, for every
+run (the runs' ``data_dir`` key, not part of their run ids) and every worker (``MTLSCOPE_DATA``); see
+docs/data.md.
+
+Exit codes: 0 success (a diverged run is a result, not an error), 1 a run failed (``data check``: a file is
+not ok; ``data download``: a file could not be fetched), 2 bad input (config, arguments, paths, a missing data
+file) or an output directory (or run) in use by another mtlscope process (without ``--wait``) — in which case
+nothing is written, 130 interrupted (Ctrl-C; running the same command again resumes).
 
 The current directory is put in front of the import path (as ``python -m`` does), so the modules a config names
 by import path or under ``plugins`` (``--plugin``) can live next to it.
@@ -30,6 +38,7 @@ shows none. A damaged stored run is skipped by ``runs``, ``analyze`` and ``repor
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -72,7 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from mtlscope.runs.launch import execute, prepare
 
     _output_directory(args.out)
-    config = load_config(args.config, args.overrides, plugins=args.plugin)
+    config = load_config(args.config, _with_data_dir(args), plugins=args.plugin)
     steps = prepare(config, args.config).schedule.steps
     trackers = _tracker_specs(args)
     from mtlscope.progress import Progress
@@ -270,9 +279,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-runs: expected a positive integer, got {args.max_runs}")
     execution = _execution(args, _sweep_name(args.file))
     execution.update(force=set(args.force), restart_failed=args.restart_failed)
+    overrides = _with_data_dir(args)
 
     if protocol.has_protocol(args.file):  # a file with a protocol mapping runs the papers' protocol
-        plan = protocol.load_protocol(args.file, args.overrides, max_runs=args.max_runs, plugins=args.plugin)
+        plan = protocol.load_protocol(args.file, overrides, max_runs=args.max_runs, plugins=args.plugin)
         if args.dry_run:
             seeds = len(plan.protocol.seeds)
             print(f"protocol {plan.name}: {len(plan.candidates)} selection runs of {len(plan.labels)} variants, then")
@@ -286,7 +296,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         ran_ids = {outcome.run_id for outcome in [*ran.selection_result.outcomes, *ran.final.outcomes]}
         _check_forced(args.force, ran_ids, "of either stage of this protocol")
         return 1 if ran.selection_result.counts.get("failed", 0) + ran.final.counts.get("failed", 0) else 0
-    sweep = load_sweep(args.file, args.overrides, max_runs=args.max_runs, plugins=args.plugin)
+    sweep = load_sweep(args.file, overrides, max_runs=args.max_runs, plugins=args.plugin)
     out = Path(args.out)
     extra = f" ({sweep.duplicates} duplicate configs run once)" if sweep.duplicates else ""
     print(f"sweep {sweep.name}: {len(sweep.configs)} runs{extra} -> {out}")
@@ -344,22 +354,25 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     preset = load_preset(args.name)
     check_settings(preset)
     out = _output_directory(args.out or f"{preset.name}-out")
+    overrides = _with_data_dir(args)
     if args.dry_run:
-        return _dry_run_preset(preset, out, args.overrides)
+        return _dry_run_preset(preset, out, overrides)
     from mtlscope.runs.locking import hold_directory
 
-    _expand_preset(preset, args.overrides)  # a bad override is one line before anything (the lock file) is written
+    _expand_preset(preset, overrides)  # a bad override is one line before anything (the lock file) is written
     execution = _execution(args, preset.name)
     command = " ".join(["mtlscope reproduce", args.name, *args.overrides, "--out", str(out)])
     if args.workers > 1:
         command += f" --workers {args.workers}"
+    if args.data_dir is not None:
+        command += f" --data-dir {os.environ[_DATA_ENV]}"
     print(f"{preset.name}: {preset.title}")
     with hold_directory(out, wait=args.wait):
         result = reproduce(
             preset,
             out,
             workers=args.workers,
-            overrides=args.overrides,
+            overrides=overrides,
             progress=not args.quiet,
             command=command,
             **execution,
@@ -441,6 +454,117 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+_DATA_ENV = "MTLSCOPE_DATA"  # mtlscope.data.catalog.DATA_ENV (not imported here: the CLI starts fast)
+
+
+def _with_data_dir(args: argparse.Namespace) -> list[str]:
+    """The command's overrides, with ``data_dir=DIR`` when ``--data-dir DIR`` is given (every run reads its data
+    there; the key is not part of run ids), which also becomes ``MTLSCOPE_DATA`` for this process and its workers."""
+    overrides = list(args.overrides)
+    if getattr(args, "data_dir", None) is not None:
+        overrides.append(f"data_dir={json.dumps(_data_dir_argument(args.data_dir))}")
+    return overrides
+
+
+def _data_dir_argument(value: str) -> str:
+    """``--data-dir`` as an absolute path, set as ``MTLSCOPE_DATA``; ``UsageError`` when it is a file."""
+    path = Path(value).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path}: --data-dir is not a directory")
+    os.environ[_DATA_ENV] = str(path)
+    return str(path)
+
+
+def _add_data_dir_argument(parser: argparse.ArgumentParser, *, default: Any = None) -> None:
+    parser.add_argument(
+        "--data-dir",
+        default=default,
+        metavar="DIR",
+        help="the folder real datasets are read from (default: $MTLSCOPE_DATA, else ~/.mtlscope/data)",
+    )
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    import mtlscope.data.sources  # noqa: F401 (its modules register the dataset families)
+    from mtlscope.data.catalog import DATASETS, data_directory_origin, dataset_info
+
+    data_dir = _data_dir_argument(args.data_dir) if args.data_dir is not None else None
+    root, origin = data_directory_origin(data_dir)
+    origin = "--data-dir" if origin == "given" else origin
+    if args.action is None:
+        return _list_data(sorted(DATASETS), root, origin, args.verbose)
+    try:
+        info = dataset_info(args.name)
+    except KeyError as error:
+        raise UsageError(str(error.args[0])) from None
+    if args.action == "check":
+        return _check_data(info.name, root, origin, quiet=args.quiet)
+    return _download_data(info.name, root, origin, quiet=args.quiet, wait=args.wait)
+
+
+def _list_data(names: Sequence[str], root: Path, origin: str, verbose: bool) -> int:
+    from mtlscope.data.catalog import dataset_info
+    from mtlscope.data.check import check_dataset, key_width
+
+    print(f"data directory: {root} ({origin})")
+    if not names:
+        print("no datasets in the catalog")
+        return 0
+    rows = []
+    for name in names:
+        checks = check_dataset(name, root, checksum=False)
+        bad = [check for check in checks if not check.ok]
+        kinds = sorted({check.status for check in bad})
+        status = "; ".join(f"{kind}: {', '.join(c.key for c in bad if c.status == kind)}" for kind in kinds)
+        found = f"{len(checks) - len(bad)}/{len(checks)}"
+        rows.append((name, found, status or "complete", dataset_info(name).description))
+    widths = [max(len(row[column]) for row in [("dataset", "files", "status", ""), *rows]) for column in range(3)]
+    print(f"{'dataset':<{widths[0]}}  {'files':<{widths[1]}}  {'status':<{widths[2]}}  description")
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
+    if verbose:
+        for name in names:
+            info = dataset_info(name)
+            print(f"\n{name}: {info.description}")
+            print(f"  from: {info.source}" + (f" ({info.reference})" if info.reference else ""))
+            for check, entry in zip(check_dataset(name, root, checksum=False), info.files, strict=True):
+                print(f"  {check.line(key_width(info))}")
+                if check.status != "missing" and len(entry.paths) > 1:
+                    print(f"    looks for: {', '.join(str(root / path) for path in entry.paths)}")
+            if info.downloadable:
+                print(f"  download: mtlscope data download {name}")
+    print("verify the files with `mtlscope data check NAME`" + ("" if verbose else "; -v shows every file"))
+    return 0
+
+
+def _check_data(name: str, root: Path, origin: str, *, quiet: bool) -> int:
+    from mtlscope.data.catalog import dataset_info
+    from mtlscope.data.check import check_dataset, key_width
+
+    print(f"{name} in {root} ({origin}):")
+    checks = check_dataset(name, root, progress=not quiet)
+    for check in checks:
+        print(check.line(key_width(dataset_info(name))))
+    bad = [check for check in checks if not check.ok]
+    if not bad:
+        print(f"{name}: all {len(checks)} files ok")
+        return 0
+    hint = f"; `mtlscope data download {name}` fetches them" if dataset_info(name).downloadable else ""
+    print(f"{name}: {len(bad)} of {len(checks)} files not ok{hint}")
+    return 1
+
+
+def _download_data(name: str, root: Path, origin: str, *, quiet: bool, wait: bool) -> int:
+    from mtlscope.data.download import download_dataset
+
+    print(f"{name} -> {root} ({origin}):")
+    if download_dataset(name, root, progress=not quiet, wait=wait):
+        print(f"{name}: every file present and verified")
+        return 0
+    print(f"{name}: not complete (the lines above say why); running the command again resumes")
+    return 1
+
+
 def _add_plugin_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plugin",
@@ -461,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optimizer.lr=0.01")
     run.add_argument("--out", default="runs-out", help="results directory (default: runs-out)")
     run.add_argument("--force", action="store_true", help="run again even when already completed")
+    _add_data_dir_argument(run)
     _add_plugin_argument(run)
     _add_wait_argument(run)
     _add_quiet_argument(run)
@@ -513,6 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart-failed", action="store_true", help="run failed runs again from scratch instead of resuming them"
     )
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded run ids and stop")
+    _add_data_dir_argument(sweep)
     _add_plugin_argument(sweep)
     _add_quiet_argument(sweep)
     sweep.add_argument(
@@ -534,8 +660,24 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--out", default=None, help="output directory (default: <name>-out)")
     _add_execution_arguments(reproduce)
     reproduce.add_argument("--dry-run", action="store_true", help="print the runs and outputs, run nothing")
+    _add_data_dir_argument(reproduce)
     _add_quiet_argument(reproduce)
     reproduce.set_defaults(handler=_cmd_reproduce)
+
+    data = commands.add_parser("data", help="the real datasets: what is found where, check or download them")
+    data.add_argument("-v", "--verbose", action="store_true", help="show every file of every dataset")
+    _add_data_dir_argument(data)
+    data.set_defaults(handler=_cmd_data, action=None)
+    actions = data.add_subparsers(dest="action")
+    check = actions.add_parser("check", help="verify every file of a dataset (sizes and known checksums)")
+    download = actions.add_parser(
+        "download", help="fetch a dataset's official files (checksums verified; re-running resumes)"
+    )
+    for action in (check, download):
+        action.add_argument("name", help="a dataset (mtlscope data lists them)")
+        _add_data_dir_argument(action, default=argparse.SUPPRESS)  # given before or after the action
+        _add_quiet_argument(action)
+    _add_wait_argument(download)
     return parser
 
 
@@ -562,6 +704,8 @@ def _show_warning(
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    from mtlscope.data.catalog import MissingDataError
+    from mtlscope.data.download import DownloadError
     from mtlscope.runs.config import ConfigError
     from mtlscope.runs.locking import InUseError
     from mtlscope.runs.tracking import TrackingError
@@ -578,12 +722,18 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "demo" and args.epochs is not None and args.epochs < 1:
         print("error: --epochs: expected a positive integer", file=sys.stderr)
         return 2
+    data_env = os.environ.get(_DATA_ENV)
     try:
         code: int = args.handler(args)
         return code
-    except (ConfigError, UsageError, TrackingError, InUseError) as error:
+    except (ConfigError, UsageError, TrackingError, InUseError, MissingDataError, DownloadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:  # --data-dir set it for this command (and its workers) only
+        if data_env is None:
+            os.environ.pop(_DATA_ENV, None)
+        else:
+            os.environ[_DATA_ENV] = data_env
 
 
 if __name__ == "__main__":

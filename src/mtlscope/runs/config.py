@@ -36,6 +36,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from mtlscope.data.catalog import use_data_directory
 from mtlscope.data.fingerprint import combine, tensor_digest
 from mtlscope.engine.loss_scale import parse_loss_scale
 from mtlscope.engine.lr_schedules import LR_SCHEDULES, build_learning_rate, canonical_schedule
@@ -303,6 +304,17 @@ class RunConfig(_Strict):
     #: What defines the run besides its keys, filled in by ``resolve`` (so in the run id and ``config.yaml``):
     #: ``{"mtlscope": version, "sources": {module: sha256}, "data": sha256}`` (``objects`` for Python objects).
     identity: dict[str, Any] | None = None
+    #: The folder the setting's data files are read from (``mtlscope.data.catalog``; ``--data-dir`` sets it for
+    #: every run of a command). Where the data are is not what they are: the key is left out of the run id (the
+    #: data fingerprint in ``identity`` covers the data), and out of the dumped config when not given.
+    data_dir: str | None = None
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("expected a folder path (or leave the key out)")
+        return value
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -311,6 +323,8 @@ class RunConfig(_Strict):
             data.pop("plugins", None)
         if self.identity is None:
             data.pop("identity", None)
+        if self.data_dir is None:
+            data.pop("data_dir", None)
         return data
 
     @field_validator("method", mode="before")
@@ -362,7 +376,9 @@ class RunConfig(_Strict):
         fingerprints of the user modules the config imports and the setting's data fingerprint, so a change to
         any of them gives a new run id. Runs are stored under the run id of their resolved config.
         """
-        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        data = self.to_dict()
+        data.pop("data_dir", None)  # where the data are, not what they are (identity's data fingerprint)
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
         slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", self.variant)[:60]
         return f"{slug}-s{self.seed}-{digest}"
 
@@ -592,17 +608,38 @@ def _build_setting(spec: SettingConfig, source: str, objects: Mapping[str, Any])
     return get_setting(spec.name, **spec.options)
 
 
-def build_setting(spec: SettingConfig, source: str = "config") -> Setting:
-    """The whole setting (every task) of a validated setting spec: registered, or by import path; ``ConfigError``
-    (one line) when it cannot be built. Cached within ``cached_settings``."""
+def _build_in(spec: SettingConfig, source: str, objects: Mapping[str, Any], data_dir: str | None) -> Setting:
+    """``_build_setting`` with the data directory ``data_dir`` (a run config's key; None: the usual one)."""
+    with use_data_directory(data_dir):
+        return _build_setting(spec, source, objects)
+
+
+def _data_error(error: OSError, source: str) -> ConfigError:
+    """A data file the setting needs is missing (``MissingDataError``: its one line) or unreadable."""
+    if isinstance(error, FileNotFoundError) and error.filename is None and error.args:
+        message = str(error.args[0])
+    else:
+        where = f"{error.filename}: " if error.filename else ""
+        message = f"cannot read the data ({where}{error.strerror or error})"
+    return ConfigError(f"{source}: setting: {clip(message, 600)}")
+
+
+def build_setting(spec: SettingConfig, source: str = "config", *, data_dir: str | None = None) -> Setting:
+    """The whole setting (every task) of a validated setting spec: registered, or by import path, its data read
+    from ``data_dir`` (a run config's ``data_dir``; None: ``mtlscope.data.catalog.data_directory()``);
+    ``ConfigError`` (one line) when it cannot be built, a missing data file included. Cached within
+    ``cached_settings``."""
     try:
-        built: Setting = _cached(("setting", _setting_key(spec, {})), lambda: _build_setting(spec, source, {}))
+        key = ("setting", _setting_key(spec, {}), data_dir)
+        built: Setting = _cached(key, lambda: _build_in(spec, source, {}, data_dir))
         return built
     except ConfigError:
         raise
     except (KeyError, ValueError, TypeError) as error:
         message = error.args[0] if error.args else str(error)
         raise ConfigError(f"{source}: setting: {clip(str(message), 400)}") from None
+    except OSError as error:
+        raise _data_error(error, source) from None
 
 
 def _setting_key(spec: SettingConfig, objects: Mapping[str, Any]) -> str:
@@ -681,20 +718,27 @@ def resolve(config: RunConfig, source: str = "config", *, objects: Mapping[str, 
     return resolve_with_setting(config, source, objects=objects)[0]
 
 
+def _absolute(data_dir: str | None) -> str | None:
+    return None if data_dir is None else str(Path(data_dir).expanduser().absolute())
+
+
 def resolve_with_setting(
     config: RunConfig, source: str = "config", *, objects: Mapping[str, Any] | None = None
 ) -> tuple[RunConfig, Setting]:
     """``resolve`` and the run's setting (its tasks only), built once."""
     objects = dict(objects or {})
     key = _setting_key(config.setting, objects)
+    data_dir = _absolute(config.data_dir)
     try:
-        full = _cached(("setting", key), lambda: _build_setting(config.setting, source, objects))
+        full = _cached(("setting", key, data_dir), lambda: _build_in(config.setting, source, objects, data_dir))
         setting = full.subset(config.setting.tasks) if config.setting.tasks is not None else full
     except ConfigError:
         raise
     except (KeyError, ValueError, TypeError) as error:
         message = error.args[0] if error.args else str(error)
         raise ConfigError(f"{source}: setting: {clip(str(message), 400)}") from None
+    except OSError as error:  # a missing data file (MissingDataError: one line naming it), an unreadable one
+        raise _data_error(error, source) from None
     except (MemoryError, RuntimeError) as error:  # e.g. synthetic data too large to allocate
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"{source}: setting: cannot build the setting ({clip(reason, 200)})") from None
@@ -705,6 +749,8 @@ def resolve_with_setting(
             f"tasks (got {config.training.batch_size})"
         )
     data = config.to_dict()
+    if data_dir is not None:  # absolute, so a worker with another working directory finds the same folder
+        data["data_dir"] = data_dir
     data["setting"]["tasks"] = list(setting.task_names)
     if config.setting.name is not None:  # every option with its value: the defaults, then the config's
         defaults = SETTINGS.entry(config.setting.name).options()
@@ -723,7 +769,7 @@ def resolve_with_setting(
         "mtlscope": _version(),
         "sources": sources,
         "data": _cached(
-            ("data", key, tasks),
+            ("data", key, data_dir, tasks),
             lambda: combine({"tasks": setting.fingerprint(), "epoch_examples": setting.epoch_examples}),
         ),
     }

@@ -267,6 +267,7 @@ def variant_key(config: RunConfig, keys: Sequence[str]) -> str:
     """The canonical JSON of ``config`` (resolved) without ``seed`` and the selected ``keys``: its variant."""
     data = config.to_dict()
     data.pop("seed", None)
+    data.pop("data_dir", None)  # where the data are, not what they are
     for key in keys:
         *parents, last = key.split(".")
         node: Any = data
@@ -286,12 +287,12 @@ def _value_at(config: RunConfig, key: str) -> Any:
 
 def _setting(config: RunConfig) -> Any:
     """The full setting of ``config`` (a few kept, by name and options)."""
-    return _built_setting(json.dumps(config.setting.model_dump(exclude={"tasks"}), sort_keys=True))
+    return _built_setting(json.dumps(config.setting.model_dump(exclude={"tasks"}), sort_keys=True), config.data_dir)
 
 
 @functools.lru_cache(maxsize=4)
-def _built_setting(spec: str) -> Any:
-    return build_setting(SettingConfig.model_validate(json.loads(spec)))
+def _built_setting(spec: str, data_dir: str | None) -> Any:
+    return build_setting(SettingConfig.model_validate(json.loads(spec)), data_dir=data_dir)
 
 
 def planned_steps(config: RunConfig) -> int:

@@ -14,6 +14,10 @@ in ``out`` when the sweep ends. Without shared storage, copy the run directories
 node:OUT/ OUT/``): each run's directory is self-contained and runs never share files, so copies from several
 machines merge without conflicts, and ``mtlscope sweep`` again on the driver skips what is complete.
 
+Where data are read: a task sets the driver's ``MTLSCOPE_DATA`` and ``MTLSCOPE_CACHE`` (``mtlscope.data.catalog``;
+``--data-dir`` sets the first) in its worker, as a local worker process inherits them, and a config's own
+``data_dir`` travels with the config; on a cluster these folders must exist on every node (a shared filesystem).
+
 Ray is an optional extra: ``pip install 'mtlscope[ray]'``.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from mtlscope.data.catalog import CACHE_ENV, DATA_ENV
 from mtlscope.imports import worker_paths
 from mtlscope.runs.config import ConfigError
 from mtlscope.runs.launch import RunOutcome
@@ -53,15 +58,28 @@ def import_ray() -> Any:
     return ray
 
 
-def _task(threads: int, paths: list[str], data: dict[str, Any], out: str, *options: Any) -> RunOutcome:
+def worker_environment() -> dict[str, str]:
+    """The driver's data and cache directories (``MTLSCOPE_DATA``, ``MTLSCOPE_CACHE``), where set, for its tasks."""
+    import os
+
+    return {name: os.environ[name] for name in (DATA_ENV, CACHE_ENV) if os.environ.get(name)}
+
+
+def _task(
+    threads: int, paths: list[str], environment: dict[str, str], data: dict[str, Any], out: str, *options: Any
+) -> RunOutcome:
     """One run inside a Ray worker (torch threads pinned to the task's CPUs, the driver's import path in front of
-    the worker's, so the config's plugins and import paths import there); ``options``: ``_run_one``'s others."""
+    the worker's, so the config's plugins and import paths import there, the driver's data directories in its
+    environment); ``options``: ``_run_one``'s others."""
+    import os
+
     import torch
 
     from mtlscope.imports import use_paths
     from mtlscope.sweeps.execution import _run_one
 
     use_paths(paths)
+    os.environ.update(environment)
     torch.set_num_threads(threads)
     return _run_one(data, out, *options)
 
@@ -83,10 +101,11 @@ def run_on_ray(book: SweepBook, indices: Sequence[int], address: str | None, thr
         task = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES, retry_exceptions=False)(_task)
         out = str(book.out.resolve())
         paths = worker_paths()
+        environment = worker_environment()
         pending = {}
         for index in indices:
             data, _, *options = book.arguments(index)
-            pending[task.remote(threads, paths, data, out, *options)] = index
+            pending[task.remote(threads, paths, environment, data, out, *options)] = index
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for reference in ready:

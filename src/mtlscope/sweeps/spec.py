@@ -345,8 +345,10 @@ def _setting_tasks(base: Mapping[str, Any], source: str) -> list[str]:
     setting = dict(base.get("setting") or {})
     setting.pop("tasks", None)
     try:
-        spec = validate_config({"setting": setting, "plugins": base.get("plugins") or []}, source).setting
-        built = build_setting(spec, source)
+        checked = validate_config(
+            {"setting": setting, "plugins": base.get("plugins") or [], "data_dir": base.get("data_dir")}, source
+        )
+        built = build_setting(checked.setting, source, data_dir=checked.data_dir)
     except (ConfigError, KeyError, TypeError, ValueError) as error:
         raise ConfigError(f"{source}: auxiliary_sets.pool: cannot list the setting's tasks ({error})") from None
     return list(built.task_names)
