@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mtlscope.data.catalog import MissingDataError
+from mtlscope.data.catalog import MissingDataError, data_directory
 from mtlscope.data.datasets import DatasetSplit
 from mtlscope.data.fingerprint import combine, tensor_digest
 from mtlscope.data.image_cache import CachedImageDataset
@@ -146,6 +146,8 @@ def notmnist_task(
     IDX conversion, training and validation from its train files and test from its t10k files. Normalized by
     the training images' pixel mean and standard deviation."""
     where = f"setting {setting!r}, task {task!r}"
+    # the data directory as it is now, while the setting is built (a run config's data_dir applies only then)
+    data_dir = data_directory(data_dir)
     lock = threading.Lock()
     built: dict[str, CachedImageDataset] = {}
 
