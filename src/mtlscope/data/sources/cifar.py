@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtlscope.data.catalog import DataFile, DatasetInfo, cache_directory, locate, register_dataset
+from mtlscope.data.catalog import Archive, DataFile, DatasetInfo, cache_directory, locate, register_dataset
 from mtlscope.data.image_cache import cached_images
 from mtlscope.data.unpickle import load_pickle
 from mtlscope.progress import Progress
@@ -43,10 +43,11 @@ CIFAR100 = register_dataset(
         source=f"https://www.cs.toronto.edu/~kriz/cifar.html ({ARCHIVE_URL}, md5 {ARCHIVE_MD5}, extracted)",
         reference="Krizhevsky. Learning Multiple Layers of Features from Tiny Images. Technical report, 2009",
         files=(
-            DataFile("train", (f"{FOLDER}/train",), md5="16019d7e3df5f24257cddd939b257f8d"),
-            DataFile("test", (f"{FOLDER}/test",), md5="f0ef6b0ae62326f3e7ffdfab6717acfc"),
-            DataFile("meta", (f"{FOLDER}/meta",), md5="7973b15100ade9c7d40fb424638fde48"),
+            DataFile("train", (f"{FOLDER}/train",), md5="16019d7e3df5f24257cddd939b257f8d", archive="release"),
+            DataFile("test", (f"{FOLDER}/test",), md5="f0ef6b0ae62326f3e7ffdfab6717acfc", archive="release"),
+            DataFile("meta", (f"{FOLDER}/meta",), md5="7973b15100ade9c7d40fb424638fde48", archive="release"),
         ),
+        archives=(Archive("release", ARCHIVE_NAME, ARCHIVE_URL, md5=ARCHIVE_MD5),),
     )
 )
 
