@@ -107,7 +107,7 @@ def test_config_eval_every_log_defaults_and_run_ids() -> None:
     assert validate_config(five.to_dict()).training.checkpoints_per_decade == 5
     with pytest.raises(ConfigError, match="checkpoints_per_decade applies to eval_every: log only"):
         validate_config({"setting": {"name": "digits-mtl"}, "training": {"checkpoints_per_decade": 5}})
-    with pytest.raises(ConfigError, match="training.eval_every"):
+    with pytest.raises(ConfigError, match=r"training\.eval_every"):
         validate_config({"setting": {"name": "digits-mtl"}, "training": {"eval_every": "logarithmic"}})
 
 

@@ -282,14 +282,15 @@ def phase_notes(
     rests on fewer than ``MIN_CHECKPOINTS`` checkpoints of a trajectory, e.g. ``"early phase: 0 checkpoints in
     loss bins 2–5 in 3 of 3 comparisons with the reference run (fewer than 3 to compare); train with
     training.eval_every: log (...)"``; empty when every phase has enough, or when the results hold no
-    comparison for ``task`` (no reference run, ``column`` not recorded). For figures and reports."""
+    comparison for ``task`` (no reference run, ``column`` not recorded). For figures and reports: never raises
+    for missing inputs."""
     notes = []
     for phase in phases:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SparsePhaseWarning)
                 table = phase_table(results, task, column, phase, reference_variant, bins)
-        except ValueError:
+        except (ValueError, KeyError):  # nothing to compare (no reference run, no such column, runs without seeds)
             return []
         sparse = table[table["note"] != ""]
         if sparse.empty:
