@@ -1,15 +1,15 @@
 """The training loop (Mueller et al. 2025, App. A): steps, checkpoints, probes and divergence, for any method and probe.
 
-At step 0, every ``eval_every`` steps (or at log-spaced steps, ``Schedule.checkpoints_per_decade``) and at the
-last step, the trainer records for every task the metrics on train (the full training set, or its first
-``train_eval_limit`` examples), val and test, the optimizer's learning rate (that of the next update), the batch size and the temperature lr/B (split
-``optim``), and the values of the run's probes (split ``probe``; each probe at every ``probe.every``-th
-checkpoint and at the last). Probes that observe steps (``probe.observes_steps``) also see every step's batch
-before its update. Probes run with the model in eval mode. Per-step diagnostics (split ``step``; see
-``mtlscope.engine.step``) are kept in memory and written with the next checkpoint. Records go to a
-``RecordSink`` as soon as a checkpoint is complete; then the caller's ``CheckpointHook``s see the checkpoint
-(e.g. to keep the best weights); after them, the whole training state goes to the ``StateSink`` (if any), so a
-run can resume from its last checkpoint and continue exactly as if it had not stopped.
+At step 0, every ``eval_every`` steps (or at log-spaced steps, ``Schedule.checkpoints_per_decade``) and at the last
+step, the trainer records for every task the metrics on train (the full training set, or its first
+``train_eval_limit`` examples), val and test, the optimizer's learning rate (that of the next update), the batch
+size and the temperature lr/B (split ``optim``), and the values of the run's probes (split ``probe``; each probe at
+every ``probe.every``-th checkpoint and at the last). Probes that observe steps (``probe.observes_steps``) also see
+every step's batch before its update. Probes run with the model in eval mode. Per-step diagnostics (split ``step``;
+see ``mtlscope.engine.step``) are kept in memory and written with the next checkpoint. Records go to a
+``RecordSink`` as soon as a checkpoint is complete; then the caller's ``CheckpointHook``s see the checkpoint (e.g.
+to keep the best weights); after them, the whole training state goes to the ``StateSink`` (if any), so a run can
+resume from its last checkpoint and continue exactly as if it had not stopped.
 
 Learning rate: with a schedule ``lr_at`` (a function of the 0-based step index; ``mtlscope.engine.lr_schedules``),
 the trainer sets every parameter group's learning rate to ``lr_at(s)`` before step ``s`` (before step-observing

@@ -9,11 +9,11 @@ written by ``mtlscope.report.tables.format_number`` (4 significant digits; scien
 1. Overview — what the directory holds;
 2. Key tables — every table ``mtlscope.report.summary.key_tables`` finds support for, each with its
    plain-language reading;
-3. Figures — generalization vs training loss (main paper Fig. 1) and factors vs loss (Fig. 3) for each
-   task with single-task and multi-task runs, with a note under Fig. 1 for each phase of the comparable-loss
-   analysis that holds too few checkpoints to compare (``mtlscope.analysis.phases.phase_notes``); SMTO
-   quadrants (Fig. 4); similarity scatter (Figs. 5–6); temperature curves (temperature paper); the affinity heatmap and the task grouping (Fifty et al.) —
-   each only where the results support it;
+3. Figures — generalization vs training loss (main paper Fig. 1) and factors vs loss (Fig. 3) for each task with
+   single-task and multi-task runs, with a note under Fig. 1 for each phase of the comparable-loss analysis that
+   holds too few checkpoints to compare (``mtlscope.analysis.phases.phase_notes``); SMTO quadrants (Fig. 4);
+   similarity scatter (Figs. 5–6); temperature curves (temperature paper); the affinity heatmap and the task
+   grouping (Fifty et al.) — each only where the results support it;
 4. Run inventory — every run with its status, seed, hyperparameters, steps and wall time (the table scrolls
    within its box on narrow pages), the software versions found in the runs' ``environment.json``, and the
    config of one run per variant;
