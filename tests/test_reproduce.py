@@ -315,3 +315,35 @@ def test_reproduce_on_a_local_ray_instance_equals_the_local_executor(tmp_path: P
         pd.testing.assert_frame_equal(
             pd.read_csv(tmp_path / "ray" / "tables" / table), pd.read_csv(tmp_path / "local" / "tables" / table)
         )
+
+
+def test_fashion_cpu_preset_expands_on_the_real_fashion_mnist_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passes once fashion-mtl is merged and the real Fashion-MNIST files are at hand (skipped otherwise): the
+    data check finds the files, and the preset expands into its 9 runs (3 variants x 3 seeds)."""
+    import os
+
+    from mtlscope.data import catalog
+
+    real = Path(os.environ.get("MTLSCOPE_FASHION_MNIST_DIR", "/work/shared/data/fashion-mnist"))
+    if "fashion-mtl" not in SETTINGS_REGISTRY.available() or "fashion-mnist" not in catalog.DATASETS:
+        pytest.skip("needs the fashion-mtl setting (the real-data settings)")
+    if not real.is_dir():
+        pytest.skip(f"no Fashion-MNIST files at {real}")
+    data = tmp_path / "data"
+    for entry in catalog.dataset_info("fashion-mnist").files:  # each file where the catalog expects it first
+        stem = Path(entry.paths[0]).name.removesuffix(".gz")
+        found = [real / name for name in (stem + ".gz", stem) if (real / name).is_file()]
+        if not found:
+            pytest.skip(f"no file for {entry.key} in {real}")
+        target = data / entry.paths[0]  # gzipped or not: read_idx tells by the first bytes
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(found[0])
+    monkeypatch.setenv("MTLSCOPE_DATA", str(data))
+    monkeypatch.setenv("MTLSCOPE_CACHE", str(tmp_path / "cache"))
+    preset = load_preset("main-fig1-fashion-cpu")
+    check_data(preset)
+    configs = list(expand(preset.sweep, preset.source, preset.base_dir).configs)
+    assert len({config.run_id() for config in configs}) == len(configs) == 9
+    assert {config.training.eval_every for config in configs} == {"log"}
