@@ -120,3 +120,25 @@ def test_a_run_with_eval_every_log_records_at_the_log_spaced_steps(tmp_path: Pat
     assert sorted(records.loc[records["split"] == "train", "step"].unique()) == expected
     probed = sorted(records.loc[records["split"] == "probe", "step"].unique())
     assert probed == [0, 2, 4, 10, 25, 40]  # every 2nd checkpoint (indices 0, 2, 4, 6, 8) and the last
+
+
+class Stop(BaseException):
+    """Stands in for a kill: not an Exception, so the run is not marked failed."""
+
+
+@pytest.mark.parametrize("stop_at", [3, 12, 33])
+def test_a_log_scheduled_run_resumes_exactly(tmp_path: Path, stop_at: int) -> None:
+    """Stopped between log-spaced checkpoints (after 2, between 10 and 16, between 25 and 40), a run resumes from
+    its last checkpoint and ends with the records of an uninterrupted run."""
+    config = {**BASE, "probes": {"min_train_loss": {}, "grad_similarity": {"batches": 2, "every": 3}}}
+    reference = execute(config, tmp_path / "reference")
+
+    def on_step(current: int) -> None:
+        if current == stop_at:
+            raise Stop
+
+    with pytest.raises(Stop):
+        execute(config, tmp_path / "resumed", on_step=on_step)
+    resumed = execute(config, tmp_path / "resumed")
+    assert resumed.status == "completed" and not resumed.skipped
+    assert (resumed.path / "records.csv").read_text() == (reference.path / "records.csv").read_text()
