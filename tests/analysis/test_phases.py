@@ -253,3 +253,8 @@ def test_phase_table_and_phase_notes_warn_of_an_empty_early_phase() -> None:
         assert (phase_table(logged, "a", "test", "early")["note"] == "").all()
         assert phase_notes(logged, "a") == []
         assert phase_notes(logged, "b") == []  # no single-task run of b: nothing to compare, no note
+    seedless = RunResults(  # a multi-task run whose seed the single-task runs lack compares nothing: no note
+        pd.concat([logged.runs, pd.DataFrame([run("ab-1", "a+b", "a+b", 1)])], ignore_index=True),
+        pd.concat([logged.records, pd.DataFrame(records("ab-1", "a", LOGGED), columns=RECORD_COLUMNS)]),
+    )
+    assert phase_notes(seedless, "a") == []

@@ -292,7 +292,8 @@ def phase_notes(
                 table = phase_table(results, task, column, phase, reference_variant, bins)
         except (ValueError, KeyError):  # nothing to compare (no reference run, no such column, runs without seeds)
             return []
-        sparse = table[table["note"] != ""]
+        compared = table[table["reference_run_id"].notna()]  # runs whose seed the reference lacks compare nothing
+        sparse = compared[compared["note"] != ""]
         if sparse.empty:
             continue
         fewest = sparse[["count", "reference_count"]].min(axis=1).astype(int)
@@ -301,7 +302,7 @@ def phase_notes(
         first, last = phase_bins(phase, bins)
         notes.append(
             f"{_phase_name(phase)}: {counted} checkpoint{'' if counted == '1' else 's'} in loss bins {first}–{last} "
-            f"in {len(sparse)} of {len(table)} comparisons of {task} with the reference run (fewer than "
+            f"in {len(sparse)} of {len(compared)} comparisons of {task} with the reference run (fewer than "
             f"{MIN_CHECKPOINTS} to compare); {PHASE_ADVICE.get(str(phase), GENERIC_ADVICE)}"
         )
     return notes
