@@ -334,7 +334,7 @@ def _cmd_sweep_status(args: argparse.Namespace) -> int:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from mtlscope.reproduce.preset import available_presets, load_preset
-    from mtlscope.reproduce.runner import check_settings, reproduce
+    from mtlscope.reproduce.runner import check_data, check_settings, reproduce
 
     if args.list:
         from mtlscope.runs.config import ConfigError
@@ -353,6 +353,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     _check_execution(args)
     preset = load_preset(args.name)
     check_settings(preset)
+    check_data(preset, args.overrides)  # a missing data file: one line, before anything is written
     out = _output_directory(args.out or f"{preset.name}-out")
     overrides = _with_data_dir(args)
     if args.dry_run:

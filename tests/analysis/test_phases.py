@@ -1,16 +1,20 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from mtlscope.analysis.phases import (
+    MIN_CHECKPOINTS,
     PHASE_COLUMNS,
+    SparsePhaseWarning,
     compare_at_loss,
     phase_bins,
     phase_edges,
+    phase_notes,
     phase_table,
     trajectory_bins,
 )
@@ -145,7 +149,8 @@ def _results(single_seeds: list[int], multi_seeds: list[int]) -> RunResults:
 
 def test_phase_table_pairs_runs_with_the_reference_of_the_same_seed() -> None:
     results = _results([0, 1], [0, 1, 2])
-    frame = phase_table(results, "a", "sharpness", "end")
+    with pytest.warns(SparsePhaseWarning, match="2 of 6 comparisons of a in the end phase"):  # the seedless ones
+        frame = phase_table(results, "a", "sharpness", "end")
     assert list(frame.columns) == list(PHASE_COLUMNS)
     assert list(frame["run_id"]) == ["ab-0", "pc-0", "ab-1", "pc-1", "ab-2", "pc-2"]  # no killed, no reference
     rows = frame.set_index("run_id")
@@ -160,11 +165,14 @@ def test_phase_table_pairs_runs_with_the_reference_of_the_same_seed() -> None:
     for seedless in ("ab-2", "pc-2"):  # no single-task run with seed 2
         assert math.isnan(rows.loc[seedless, "value"]) and rows.loc[seedless, "count"] == 0
         assert pd.isna(rows.loc[seedless, "reference_run_id"]) and pd.isna(rows.loc[seedless, "set_by"])
+        assert rows.loc[seedless, "note"] == "no reference run with seed 2: nothing to compare with"
+    assert (rows.drop(index=["ab-2", "pc-2"])["note"] == "").all()  # 3 or more checkpoints on both sides
     # the same numbers as compare_at_loss on the checkpoint tables
     own = checkpoint_table(results.records, "ab-0", "a", "accuracy")
     reference = checkpoint_table(results.records, "a-0", "a", "accuracy")
     direct = compare_at_loss(own, reference, "test", "early")
-    test = phase_table(results, "a", "test", "early").set_index("run_id")
+    with pytest.warns(SparsePhaseWarning):
+        test = phase_table(results, "a", "test", "early").set_index("run_id")
     assert test.loc["ab-0", "value"] == direct.mean_a and test.loc["ab-0", "reference_value"] == direct.mean_b
 
 
@@ -193,3 +201,60 @@ def test_phase_table_errors() -> None:
     )
     with pytest.raises(ValueError, match="several reference runs of 'a' with seed 0"):
         phase_table(doubled, "a", "sharpness")
+
+
+# The trajectory of the issue: the loss falls from 2.3 to 0.15 before the first checkpoint after step 0 (checkpoints
+# every epoch), so the early bins 2-5 (losses 1.39 to 0.19 between 2.3 and 1e-4) hold no checkpoint at all.
+EPOCHS = np.array([2.3, *np.geomspace(0.15, 1e-4, 30)])
+# The same loss curve with log-spaced checkpoints: several in every early bin.
+LOGGED = np.geomspace(2.3, 1e-4, 60)
+
+
+def test_a_phase_without_enough_checkpoints_carries_a_note() -> None:
+    sparse = compare_at_loss(table(EPOCHS, test=1 - EPOCHS), table(EPOCHS, test=1 - EPOCHS), "test", "early")
+    assert (sparse.count_a, sparse.count_b) == (0, 0) and math.isnan(sparse.mean_a)
+    assert sparse.note.startswith(
+        "early phase: 0 checkpoints of table_a and 0 of table_b in loss bins 2–5 (training loss 1.39 to"
+    )
+    assert f"fewer than {MIN_CHECKPOINTS} to compare; train with training.eval_every: log" in sparse.note
+    dense = compare_at_loss(table(LOGGED, test=1 - LOGGED), table(LOGGED, test=1 - LOGGED), "test", "early")
+    assert min(dense.count_a, dense.count_b) >= MIN_CHECKPOINTS and dense.note == ""
+    one_side = compare_at_loss(table(LOGGED, test=1 - LOGGED), table(EPOCHS, test=1 - EPOCHS), "test", "early")
+    assert one_side.count_a >= MIN_CHECKPOINTS and one_side.note.startswith(
+        "early phase: 12 checkpoints of table_a and 0 of table_b"
+    )
+    end = compare_at_loss(table(EPOCHS[:3], test=EPOCHS[:3]), table(EPOCHS[:3], test=EPOCHS[:3]), "test", "end")
+    assert end.count_a == 2 and "end phase: 2 checkpoints of table_a and 2 of table_b in loss bins 18–20" in end.note
+    assert "train longer, or take checkpoints more often near convergence" in end.note
+
+
+def _two_runs(single: np.ndarray, multi: np.ndarray) -> RunResults:
+    runs = [run("a-0", "a", "a", 0), run("ab-0", "a+b", "a+b", 0)]
+    rows = records("a-0", "a", single) + records("ab-0", "a", multi) + records("ab-0", "b", multi)
+    return RunResults(pd.DataFrame(runs), pd.DataFrame(rows, columns=RECORD_COLUMNS))
+
+
+def test_phase_table_and_phase_notes_warn_of_an_empty_early_phase() -> None:
+    results = _two_runs(EPOCHS, EPOCHS)
+    with pytest.warns(SparsePhaseWarning, match=r"1 of 1 comparisons of a in the early phase \(loss bins 2–5\)"):
+        early = phase_table(results, "a", "test", "early")
+    assert early.loc[0, "count"] == 0 and early.loc[0, "note"].startswith(
+        "early phase: 0 checkpoints of the run and 0 of its reference in loss bins 2–5"
+    )
+    notes = phase_notes(results, "a")  # the end phase has enough checkpoints: one line, for the early phase
+    assert notes == [
+        "early phase: 0 checkpoints in loss bins 2–5 in 1 of 1 comparisons of a with the reference run (fewer than "
+        f"{MIN_CHECKPOINTS} to compare); train with training.eval_every: log (checkpoints dense where the loss falls "
+        "fast)"
+    ]
+    logged = _two_runs(LOGGED, LOGGED)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # enough checkpoints: no warning
+        assert (phase_table(logged, "a", "test", "early")["note"] == "").all()
+        assert phase_notes(logged, "a") == []
+        assert phase_notes(logged, "b") == []  # no single-task run of b: nothing to compare, no note
+    seedless = RunResults(  # a multi-task run whose seed the single-task runs lack compares nothing: no note
+        pd.concat([logged.runs, pd.DataFrame([run("ab-1", "a+b", "a+b", 1)])], ignore_index=True),
+        pd.concat([logged.records, pd.DataFrame(records("ab-1", "a", LOGGED), columns=RECORD_COLUMNS)]),
+    )
+    assert phase_notes(seedless, "a") == []

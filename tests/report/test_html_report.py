@@ -121,3 +121,21 @@ def test_report_opens_in_headless_chromium(results_dir: Path, tmp_path: Path) ->
     finally:
         driver.quit()
     assert (_artifacts() / "report-screenshot.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("eval_every", "noted"), [(20, True), ("log", False)])
+def test_report_notes_an_early_phase_without_checkpoints(tmp_path: Path, eval_every: object, noted: bool) -> None:
+    """Checkpoints at steps 0, 20, 40: the loss falls past the early bins (2-5) before step 20, and the report says
+    so under Figure 1; log-spaced checkpoints fill the early bins, and the note is gone."""
+    for tasks in (["digits1"], ["digits1", "digits2"]):
+        config = {
+            "setting": {"name": "digits-mtl", "tasks": tasks},
+            "model": {"encoder": {"name": "mlp", "hidden": [32]}},
+            "optimizer": {"name": "adam", "lr": 3e-3},
+            "training": {"steps": 40, "eval_every": eval_every, "batch_size": 16},
+        }
+        assert execute(validate_config(config), tmp_path / "runs").status == "completed"
+    page = write_report(tmp_path / "runs", tmp_path / "report.html").read_text()
+    note = '<p class="note warning">Note: early phase: 0 checkpoints in loss bins 2–5 in 1 of 1 comparisons of digits1'
+    assert (note in page) is noted
+    assert ("train with training.eval_every: log" in page) is noted

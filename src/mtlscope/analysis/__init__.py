@@ -1,7 +1,7 @@
 """Analyses of stored results, as pure functions of the results DataFrames (Mueller et al. 2025, §3–5).
 
 - trajectories: ``checkpoint_table``, ``generalization``; binning: ``geometric_edges``, ``assign_bins``;
-- phases (comparable training loss): ``compare_at_loss``, ``phase_table``;
+- phases (comparable training loss): ``compare_at_loss``, ``phase_table``, ``phase_notes`` (too few checkpoints);
 - transfer (Table 1): ``transfer_table``; factors: ``factor_values``, ``factor_transfer_table``,
   ``method_changes`` (SMTOs vs UMTG, Fig. 4);
 - conflict (Figs. 5–6): ``conflict_table``, ``conflict_correlations``, ``correlation``;
@@ -23,7 +23,15 @@ from mtlscope.analysis.factors import (
 )
 from mtlscope.analysis.grouping import Grouping, group_tasks, normalize_by_self_affinity
 from mtlscope.analysis.itmtl import candidate_wins
-from mtlscope.analysis.phases import PhaseComparison, compare_at_loss, phase_edges, phase_table, trajectory_bins
+from mtlscope.analysis.phases import (
+    PhaseComparison,
+    SparsePhaseWarning,
+    compare_at_loss,
+    phase_edges,
+    phase_notes,
+    phase_table,
+    trajectory_bins,
+)
 from mtlscope.analysis.temperature import best_temperatures, method_vs_baseline_by_temperature, temperature_table
 from mtlscope.analysis.trajectories import checkpoint_table, generalization
 from mtlscope.analysis.transfer import TRANSFER_COLUMNS, generalization_by_run, significant, transfer_table
@@ -35,6 +43,7 @@ __all__ = [
     "Correlation",
     "Grouping",
     "PhaseComparison",
+    "SparsePhaseWarning",
     "affinity_matrix",
     "aggregate",
     "assign_bins",
@@ -57,6 +66,7 @@ __all__ = [
     "method_vs_baseline_by_temperature",
     "normalize_by_self_affinity",
     "phase_edges",
+    "phase_notes",
     "phase_table",
     "significant",
     "temperature_table",

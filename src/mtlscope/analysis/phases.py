@@ -13,11 +13,21 @@ mean over its checkpoints whose training loss lies in the same interval ``[low, 
 rule for the end phase (App. B.4); it is applied to the early phase as well, so that both phases compare values at the
 same losses (the paper's early interval, "often 10^0 to 10^-1", differs little between the two choices, since
 trajectories start at about the same loss).
+
+A phase mean over one or two checkpoints is the reading of a single point, not a comparison, and a phase with
+no checkpoint gives NaN: a trajectory whose loss falls fast at the start (on Fashion-MNIST the loss falls from
+2.3 to 0.7 in the first 50 steps) has no checkpoint at all in the early bins when checkpoints are taken every
+epoch. Every comparison with fewer than ``MIN_CHECKPOINTS`` checkpoints on either side carries a ``note``
+saying so and what to do (``training.eval_every: log`` puts checkpoints where the loss falls fast), and
+``phase_table`` warns (``SparsePhaseWarning``) once per table; ``phase_notes`` sums the notes of a task up
+in a line per phase, for figures and reports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +59,26 @@ PHASE_COLUMNS: tuple[str, ...] = (
     "reference_run_id",
     "reference_value",
     "reference_count",
+    "note",
 )
 
 Phase = str | tuple[int, int]
+
+#: The fewest checkpoints of each trajectory in a phase for a comparison without a note: with one or two, the
+#: phase mean is the value of one or two points (and the bins of a phase are 3 or 4), not a mean over the phase.
+MIN_CHECKPOINTS = 3
+
+#: What to do about too few checkpoints in a phase, by phase name (other phases: the generic advice).
+PHASE_ADVICE: Mapping[str, str] = {
+    "early": "train with training.eval_every: log (checkpoints dense where the loss falls fast)",
+    "end": "train longer, or take checkpoints more often near convergence (a smaller training.eval_every, or "
+    "eval_every: log with more checkpoints_per_decade)",
+}
+GENERIC_ADVICE = "take more checkpoints (training.eval_every: log places them densely early in training)"
+
+
+class SparsePhaseWarning(UserWarning):
+    """A phase comparison rests on fewer than ``MIN_CHECKPOINTS`` checkpoints of a trajectory (see its note)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +87,8 @@ class PhaseComparison:
 
     ``set_by`` is ``"a"`` or ``"b"``: the trajectory with the highest minimum training loss, whose bins set the
     interval. ``count_*`` is the number of checkpoints in the interval where ``column`` was measured; the mean is
-    NaN when it is 0."""
+    NaN when it is 0. ``note`` is empty when both counts are at least ``MIN_CHECKPOINTS``, else it says how
+    many checkpoints each side has in which bins and what to do (``sparse_note``)."""
 
     column: str
     phase: Phase
@@ -73,6 +101,7 @@ class PhaseComparison:
     count_a: int
     mean_b: float
     count_b: int
+    note: str = ""
 
 
 def phase_bins(phase: Phase, bins: int = 20) -> tuple[int, int]:
@@ -147,6 +176,10 @@ def phase_table(
     loss (``set_by`` = ``"run"`` or ``"reference"``); the interval thus differs from pair to pair. A run whose
     seed the reference lacks gets NaN values and counts 0. ``metric`` (for ``test``/``val``) defaults to each
     task's primary metric.
+
+    ``note`` is empty for a comparison with at least ``MIN_CHECKPOINTS`` checkpoints on both sides; otherwise it
+    says how many each side has in the phase's bins and what to do, and the table warns once
+    (``SparsePhaseWarning``) with the number of such rows.
     """
     phase_bins(phase, bins)
     completed = results.runs[results.runs["status"] == "completed"]
@@ -198,14 +231,85 @@ def phase_table(
             nan = float("nan")
             row.update(high=nan, low=nan, set_by=None, value=nan, count=0)
             row.update(reference_run_id=None, reference_value=nan, reference_count=0)
+            row.update(note=f"no reference run with seed {run.get('seed')}: nothing to compare with")
         else:
             reference_id, reference_table = references[run["seed"]]
             result = _compare(own, reference_table, column, phase, bins, ("run", "reference"))
             row.update(high=result.high, low=result.low, set_by="run" if result.set_by == "a" else "reference")
             row.update(value=result.mean_a, count=result.count_a)
             row.update(reference_run_id=reference_id, reference_value=result.mean_b, reference_count=result.count_b)
+            row.update(note=sparse_note(result, ("the run", "its reference")))
         rows.append(row)
-    return pd.DataFrame(rows, columns=list(PHASE_COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(PHASE_COLUMNS))
+    noted = int((frame["note"] != "").sum())
+    if noted:
+        first, last = phase_bins(phase, bins)
+        warnings.warn(
+            f"phase_table: {noted} of {len(frame)} comparisons of {task} in the {_phase_name(phase)} (loss bins "
+            f"{first}–{last}) rest on fewer than {MIN_CHECKPOINTS} checkpoints of a trajectory (see the note "
+            f"column); {PHASE_ADVICE.get(str(phase), GENERIC_ADVICE)}",
+            SparsePhaseWarning,
+            stacklevel=2,
+        )
+    return frame
+
+
+def sparse_note(comparison: PhaseComparison, names: tuple[str, str] = ("a", "b")) -> str:
+    """Empty when both trajectories of ``comparison`` have at least ``MIN_CHECKPOINTS`` checkpoints in the
+    phase; else one line, e.g. ``"early phase: 0 checkpoints of the run and 5 of its reference in loss bins 2–5
+    (training loss 1.39 to 0.187), fewer than 3 to compare; train with training.eval_every: log (...)"``."""
+    counts = (comparison.count_a, comparison.count_b)
+    if min(counts) >= MIN_CHECKPOINTS:
+        return ""
+    plural = "" if counts[0] == 1 else "s"
+    return (
+        f"{_phase_name(comparison.phase)}: {counts[0]} checkpoint{plural} of {names[0]} and {counts[1]} of "
+        f"{names[1]} in loss bins {comparison.first_bin}–{comparison.last_bin} (training loss "
+        f"{comparison.high:.3g} to {comparison.low:.3g}), fewer than {MIN_CHECKPOINTS} to compare; "
+        f"{PHASE_ADVICE.get(str(comparison.phase), GENERIC_ADVICE)}"
+    )
+
+
+def phase_notes(
+    results: RunResults,
+    task: str,
+    column: str = "test",
+    phases: Sequence[Phase] = ("early", "end"),
+    reference_variant: str | None = None,
+    bins: int = 20,
+) -> list[str]:
+    """One line per phase of ``phases`` in which some comparison of ``phase_table(results, task, column, ...)``
+    rests on fewer than ``MIN_CHECKPOINTS`` checkpoints of a trajectory, e.g. ``"early phase: 0 checkpoints in
+    loss bins 2–5 in 3 of 3 comparisons with the reference run (fewer than 3 to compare); train with
+    training.eval_every: log (...)"``; empty when every phase has enough, or when the results hold no
+    comparison for ``task`` (no reference run, ``column`` not recorded). For figures and reports: never raises
+    for missing inputs."""
+    notes = []
+    for phase in phases:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SparsePhaseWarning)
+                table = phase_table(results, task, column, phase, reference_variant, bins)
+        except (ValueError, KeyError):  # nothing to compare (no reference run, no such column, runs without seeds)
+            return []
+        compared = table[table["reference_run_id"].notna()]  # runs whose seed the reference lacks compare nothing
+        sparse = compared[compared["note"] != ""]
+        if sparse.empty:
+            continue
+        fewest = sparse[["count", "reference_count"]].min(axis=1).astype(int)
+        low, high = int(fewest.min()), int(fewest.max())
+        counted = f"{low}" if low == high else f"{low}–{high}"
+        first, last = phase_bins(phase, bins)
+        notes.append(
+            f"{_phase_name(phase)}: {counted} checkpoint{'' if counted == '1' else 's'} in loss bins {first}–{last} "
+            f"in {len(sparse)} of {len(compared)} comparisons of {task} with the reference run (fewer than "
+            f"{MIN_CHECKPOINTS} to compare); {PHASE_ADVICE.get(str(phase), GENERIC_ADVICE)}"
+        )
+    return notes
+
+
+def _phase_name(phase: Phase) -> str:
+    return f"{phase} phase" if isinstance(phase, str) else f"bins {tuple(phase)}"
 
 
 def _check_bins(bins: int) -> None:
@@ -260,4 +364,5 @@ def _compare(
     high, low, setter = _interval(table_a["train_loss"], table_b["train_loss"], phase, bins, names)
     mean_a, count_a = _mean_in(table_a, column, high, low)
     mean_b, count_b = _mean_in(table_b, column, high, low)
-    return PhaseComparison(column, phase, first, last, high, low, "ab"[setter], mean_a, count_a, mean_b, count_b)
+    comparison = PhaseComparison(column, phase, first, last, high, low, "ab"[setter], mean_a, count_a, mean_b, count_b)
+    return dataclasses.replace(comparison, note=sparse_note(comparison, names))

@@ -1,15 +1,15 @@
 """The training loop (Mueller et al. 2025, App. A): steps, checkpoints, probes and divergence, for any method and probe.
 
-At step 0, every ``eval_every`` steps and at the last step, the trainer records for every task the
-metrics on train (the full training set, or its first ``train_eval_limit`` examples), val and test, the
-optimizer's learning rate (that of the next update), the batch size and the temperature lr/B (split
-``optim``), and the values of the run's probes (split ``probe``; each probe at every ``probe.every``-th
-checkpoint and at the last). Probes that observe steps (``probe.observes_steps``) also see every step's batch
-before its update. Probes run with the model in eval mode. Per-step diagnostics (split ``step``; see
-``mtlscope.engine.step``) are kept in memory and written with the next checkpoint. Records go to a
-``RecordSink`` as soon as a checkpoint is complete; then the caller's ``CheckpointHook``s see the checkpoint
-(e.g. to keep the best weights); after them, the whole training state goes to the ``StateSink`` (if any), so a
-run can resume from its last checkpoint and continue exactly as if it had not stopped.
+At step 0, every ``eval_every`` steps (or at log-spaced steps, ``Schedule.checkpoints_per_decade``) and at the last
+step, the trainer records for every task the metrics on train (the full training set, or its first
+``train_eval_limit`` examples), val and test, the optimizer's learning rate (that of the next update), the batch
+size and the temperature lr/B (split ``optim``), and the values of the run's probes (split ``probe``; each probe at
+every ``probe.every``-th checkpoint and at the last). Probes that observe steps (``probe.observes_steps``) also see
+every step's batch before its update. Probes run with the model in eval mode. Per-step diagnostics (split ``step``;
+see ``mtlscope.engine.step``) are kept in memory and written with the next checkpoint. Records go to a
+``RecordSink`` as soon as a checkpoint is complete; then the caller's ``CheckpointHook``s see the checkpoint (e.g.
+to keep the best weights); after them, the whole training state goes to the ``StateSink`` (if any), so a run can
+resume from its last checkpoint and continue exactly as if it had not stopped.
 
 Learning rate: with a schedule ``lr_at`` (a function of the 0-based step index; ``mtlscope.engine.lr_schedules``),
 the trainer sets every parameter group's learning rate to ``lr_at(s)`` before step ``s`` (before step-observing
@@ -93,20 +93,64 @@ class ListSink:
         self.records.extend(records)
 
 
+def log_spaced_steps(steps: int, per_decade: int) -> tuple[int, ...]:
+    """The checkpoint steps of a log-spaced schedule: step 0, the nearest integer to ``10 ** (j / per_decade)``
+    for j = 0, 1, 2, ... while it is at most ``steps``, and ``steps`` itself; sorted, each once.
+
+    ``per_decade`` checkpoints per factor of 10 in steps (fewer in the first decade, where several powers round
+    to the same integer): e.g. ``log_spaced_steps(100, 5)`` is ``(0, 1, 2, 3, 4, 6, 10, 16, 25, 40, 63, 100)``.
+    Dense at the start of training, where the loss falls fastest, and about uniform in log training loss where
+    the loss falls as a power of the step."""
+    if min(steps, per_decade) < 1:
+        raise ValueError(f"log-spaced steps need steps >= 1 and per_decade >= 1, got {steps} and {per_decade}")
+    chosen = {0, steps}
+    j = 0
+    while (step := round(10 ** (j / per_decade))) <= steps:
+        chosen.add(step)
+        j += 1
+    return tuple(sorted(chosen))
+
+
 @dataclass(frozen=True)
 class Schedule:
-    """How long to train and when to take checkpoints (in optimizer steps)."""
+    """How long to train and when to take checkpoints (in optimizer steps).
+
+    Checkpoints are at step 0, at the last step and either every ``eval_every`` steps or, with
+    ``checkpoints_per_decade``, at the log-spaced steps of ``log_spaced_steps`` (give exactly one of the two)."""
 
     steps: int
     steps_per_epoch: int
-    eval_every: int
+    eval_every: int | None = None
+    checkpoints_per_decade: int | None = None
+    _log_steps: dict[int, int] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.steps_per_epoch, self.eval_every) < 1:
+        if (self.eval_every is None) == (self.checkpoints_per_decade is None):
+            raise ValueError(f"a schedule needs exactly one of eval_every and checkpoints_per_decade, got {self}")
+        interval = self.eval_every if self.eval_every is not None else self.checkpoints_per_decade
+        if min(self.steps, self.steps_per_epoch, interval or 0) < 1:
             raise ValueError(f"schedule values must be >= 1, got {self}")
+        if self.checkpoints_per_decade is not None:
+            steps = log_spaced_steps(self.steps, self.checkpoints_per_decade)
+            self._log_steps.update({step: index for index, step in enumerate(steps)})
 
     def is_checkpoint(self, step: int) -> bool:
+        if self.eval_every is None:
+            return step in self._log_steps
         return step == 0 or step == self.steps or step % self.eval_every == 0
+
+    def checkpoint_index(self, step: int) -> int:
+        """The number of regular checkpoints before ``step`` (0 at step 0): ``step // eval_every``, or the index
+        of ``step`` among the log-spaced steps. Probes run at every ``probe.every``-th index."""
+        if self.eval_every is None:
+            return self._log_steps[step]
+        return step // self.eval_every
+
+    def checkpoint_steps(self) -> tuple[int, ...]:
+        """Every checkpoint step, in order."""
+        if self.eval_every is None:
+            return tuple(self._log_steps)
+        return tuple(sorted({*range(0, self.steps + 1, self.eval_every), self.steps}))
 
     def epoch(self, step: int) -> float:
         return step / self.steps_per_epoch
@@ -303,7 +347,7 @@ class Trainer:
             group["lr"] = lr
 
     def _probe_due(self, probe: Probe, step: int) -> bool:
-        return step == self.schedule.steps or (step // self.schedule.eval_every) % probe.every == 0
+        return step == self.schedule.steps or self.schedule.checkpoint_index(step) % probe.every == 0
 
     def _non_finite_train_loss(self, scores: Scores, step: int) -> str:
         bad = [

@@ -10,6 +10,11 @@ training proceeds from left to right.
 covariance trace, gradient similarity) of a task against its training loss, one panel per probe and one
 curve per variant, binned the same way.
 
+Both write a note under the plot (Figure 1) or in the panel (Figure 3) when a phase of the comparable-loss
+analysis holds too few checkpoints to compare (``mtlscope.analysis.phases.phase_notes``), e.g. no checkpoint in
+the early loss bins because the loss fell faster than checkpoints were taken (train with
+``training.eval_every: log``).
+
 ``learning_curves``: the temperature paper's Figure 1 — the full training loss and the validation metric
 against the epoch, one curve per variant (e.g. per loss scale C), mean ± 2 std over seeds, for one task or
 averaged over each run's tasks.
@@ -17,6 +22,7 @@ averaged over each run's tasks.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,16 +107,35 @@ def generalization_vs_loss(
     metric: str = "accuracy",
     variants: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Write Figure 1 for ``task`` to ``path`` (PNG) and a sibling SVG; returns the written paths."""
+    """Write Figure 1 for ``task`` to ``path`` (PNG) and a sibling SVG; returns the written paths. The notes of
+    ``phase_notes`` (phases with too few checkpoints to compare at comparable loss) are written under the plot."""
+    from mtlscope.analysis.phases import phase_notes
+
     curves = binned_curves(results, task, metric, variants)
+    notes = phase_notes(results, task, "test")
     with plt.rc_context(STYLE):  # type: ignore[arg-type]
-        figure, axes = plt.subplots(figsize=(6.4, 4.2))
+        text = _notes_text(notes, 95)
+        lines = text.count("\n") + 1 if text else 0
+        figure, axes = plt.subplots(figsize=(6.4, 4.2 + 0.16 * lines))
         _draw_curves(axes, curves)
         axes.set_xlabel(f"{task} full training loss (log scale; training proceeds left to right)")
         axes.set_ylabel(f"{task} test {metric}")
         axes.set_title(f"Generalization vs training loss: {task} (mean ± 2 std over seeds)")
         axes.legend(title="variant", fontsize="small")
-        return _save(figure, path)
+        if not text:
+            return _save(figure, path)
+        figure.text(0.01, 0.01, text, fontsize=7, color=NOTE_COLOR, va="bottom", ha="left")
+        figure.tight_layout(rect=(0, (0.16 * lines + 0.1) / (4.2 + 0.16 * lines), 1, 1))
+        return _save(figure, path, layout=False)
+
+
+#: The color of notes drawn on figures (phases with too few checkpoints).
+NOTE_COLOR = "#a0322b"
+
+
+def _notes_text(notes: Sequence[str], width: int) -> str:
+    """``notes`` as "Note: ..." paragraphs wrapped at ``width`` characters ("" for none)."""
+    return "\n".join(textwrap.fill(f"Note: {note}", width) for note in notes)
 
 
 # probe value -> (axis label, log scale)
@@ -132,7 +157,10 @@ def factors_vs_loss(
     """Write Figure 3 for ``task`` (one panel per probe value in ``factors``, default: those of ``FACTOR_LABELS``)
     to ``path`` (PNG) and a sibling SVG; returns the written paths. A panel without data says which probe to
     run. Positive factors are drawn on a log scale with their bands in log space (geometric mean ×/÷
-    exp(2 std of the log) over seeds), so a band never crosses zero."""
+    exp(2 std of the log) over seeds), so a band never crosses zero. A panel whose factor has too few
+    checkpoints in a phase to compare at comparable loss says so (``phase_notes``)."""
+    from mtlscope.analysis.phases import MIN_CHECKPOINTS, phase_notes
+
     chosen = list(factors or FACTOR_LABELS)
     with plt.rc_context(STYLE):  # type: ignore[arg-type]
         columns = min(2, len(chosen))
@@ -153,6 +181,10 @@ def factors_vs_loss(
                 _draw_curves(axes, curves, colors, log_values=log)
                 if log:
                     axes.set_yscale("log")
+                short = [note.split(" (fewer than")[0] for note in phase_notes(results, task, factor)]
+                if short:
+                    text = _notes_text(["; ".join(short) + f" (fewer than {MIN_CHECKPOINTS} to compare)"], 70)
+                    axes.text(0.01, 0.02, text, fontsize=6, color=NOTE_COLOR, transform=axes.transAxes, va="bottom")
             axes.set_xlabel(f"{task} full training loss (log; training →)")
             axes.set_ylabel(label)
             axes.set_title(factor)

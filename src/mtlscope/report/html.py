@@ -9,10 +9,11 @@ written by ``mtlscope.report.tables.format_number`` (4 significant digits; scien
 1. Overview — what the directory holds;
 2. Key tables — every table ``mtlscope.report.summary.key_tables`` finds support for, each with its
    plain-language reading;
-3. Figures — generalization vs training loss (main paper Fig. 1) and factors vs loss (Fig. 3) for each
-   task with single-task and multi-task runs; SMTO quadrants (Fig. 4); similarity scatter (Figs. 5–6);
-   temperature curves (temperature paper); the affinity heatmap and the task grouping (Fifty et al.) —
-   each only where the results support it;
+3. Figures — generalization vs training loss (main paper Fig. 1) and factors vs loss (Fig. 3) for each task with
+   single-task and multi-task runs, with a note under Fig. 1 for each phase of the comparable-loss analysis that
+   holds too few checkpoints to compare (``mtlscope.analysis.phases.phase_notes``); SMTO quadrants (Fig. 4);
+   similarity scatter (Figs. 5–6); temperature curves (temperature paper); the affinity heatmap and the task
+   grouping (Fifty et al.) — each only where the results support it;
 4. Run inventory — every run with its status, seed, hyperparameters, steps and wall time (the table scrolls
    within its box on narrow pages), the software versions found in the runs' ``environment.json``, and the
    config of one run per variant;
@@ -57,7 +58,7 @@ table { border-collapse: collapse; font-size: .85rem; }
 th, td { border: 1px solid #ccc; padding: .25rem .5rem; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 .reading { background: #f6f8fa; border-left: 4px solid #4c8bf5; padding: .4rem .8rem; }
-.missing li { margin: .2rem 0; } .note { font-size: .85rem; color: #555; }
+.missing li { margin: .2rem 0; } .note { font-size: .85rem; color: #555; } .warning { color: #a0322b; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: .85rem; color: #555; }
 nav ul { columns: 2; } pre { background: #f6f8fa; padding: .6rem; overflow-x: auto; font-size: .8rem; }
@@ -161,7 +162,7 @@ def _preset_outputs(outputs: Sequence[PresetOutput], missing: Missing) -> Sectio
         parts += [_embed_png(image, f"{output.name}: {image.stem}") for image in output.images]
         if output.table is not None and not output.table.empty:
             parts.append(table_html(output.table))
-        parts += [f'<p class="note">Note: {html.escape(note)}</p>' for note in output.notes]
+        parts += [f'<p class="note warning">Note: {html.escape(note)}</p>' for note in output.notes]
     if not parts:
         parts.append("<p>None of the preset's outputs could be produced (see Not shown).</p>")
     return Section("preset", "Preset outputs", "".join(parts))
@@ -233,19 +234,24 @@ class _Figures:
         """Begin a group of figures; its heading is written with the group's first drawn figure."""
         self.heading, self.pending = heading, f"<h3>{html.escape(heading)}</h3>"
 
+    def notes(self, notes: Sequence[str]) -> None:
+        """Notes under the figure drawn last."""
+        self.parts += [f'<p class="note warning">Note: {html.escape(note)}</p>' for note in notes]
+
     def cannot(self, reason: str) -> None:
         self.missing.append((f"Figures: {self.heading}", reason))
 
-    def draw(self, name: str, caption: str, draw: Callable[[Path], list[Path]], reason: str) -> None:
-        """Draw one figure into the scratch directory and embed it, or record why it cannot be drawn."""
+    def draw(self, name: str, caption: str, draw: Callable[[Path], list[Path]], reason: str) -> bool:
+        """Draw one figure into the scratch directory and embed it (True), or record why it cannot be drawn."""
         try:
             paths = draw(self.scratch / f"{name}.png")
         except (ValueError, KeyError) as error:
             detail = f" ({error})" if str(error) else ""
             self.missing.append((f"Figure: {caption}", reason + detail))
-            return
+            return False
         self.parts.append(self.pending + _embed_png(next(p for p in paths if p.suffix == ".png"), caption))
         self.pending = ""
+        return True
 
 
 def _figures(results: RunResults, scratch: Path, missing: Missing) -> Section:
@@ -257,6 +263,7 @@ def _figures(results: RunResults, scratch: Path, missing: Missing) -> Section:
         temperature_table,
     )
     from mtlscope.analysis.conflict import MIN_POINTS
+    from mtlscope.analysis.phases import phase_notes
     from mtlscope.analysis.transfer import primary_metric
     from mtlscope.report import plots
     from mtlscope.report.figures import factors_vs_loss, generalization_vs_loss
@@ -275,12 +282,13 @@ def _figures(results: RunResults, scratch: Path, missing: Missing) -> Section:
         )
     has_probes = bool((results.records["split"] == "probe").any())
     for index, task in enumerate(compared):
-        figures.draw(
+        if figures.draw(
             f"generalization-{index}",
             f"{task}: test metric vs full training loss, mean ± 2 std over seeds (Fig. 1)",
             partial(generalization_vs_loss, results, task, metric=primary_metric(results, None, task)),
             "no checkpoints to draw.",
-        )
+        ):
+            figures.notes(phase_notes(results, task, "test"))
         if has_probes:
             figures.draw(
                 f"factors-{index}",

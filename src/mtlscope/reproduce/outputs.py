@@ -13,6 +13,8 @@ Kinds (paper figure or table → analysis function; docs/experiments.md):
   (temperature paper Fig. 1): figures of ``mtlscope.report.figures``;
 - ``transfer_table`` and ``factor_transfer_table`` (main paper Table 1), ``phase_table`` (the generalization
   gap at comparable loss, §3);
+- the figures of Figs. 1 and 3 and ``phase_table`` note every phase with too few checkpoints to compare
+  (``mtlscope.analysis.phases.phase_notes``): the notes appear in the summary and the report;
 - ``method_changes`` + ``smto_quadrants`` (main paper Fig. 4);
 - ``conflict_table`` (+ correlations) and ``similarity_scatter`` (main paper Figs. 5–6);
 - ``temperature_table``, ``best_temperatures``, ``method_vs_baseline_by_temperature`` and
@@ -23,8 +25,9 @@ Kinds (paper figure or table → analysis function; docs/experiments.md):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +90,11 @@ def generalization_vs_loss(
     metric: str | None = None,
     variants: Sequence[str] | None = None,
 ) -> Produced:
+    from mtlscope.analysis.phases import phase_notes
     from mtlscope.report.figures import generalization_vs_loss as draw
 
     files = draw(results, task, _figure_path(directory, name), _metric(results, task, metric), variants)
-    return Produced(f"Generalization vs training loss of {task}", files)
+    return Produced(f"Generalization vs training loss of {task}", files, notes=phase_notes(results, task, "test"))
 
 
 @OUTPUTS.register("factors_vs_loss", "main paper Fig. 3: a task's trajectory probes vs its training loss")
@@ -103,10 +107,13 @@ def factors_vs_loss(
     factors: Sequence[str] | None = None,
     variants: Sequence[str] | None = None,
 ) -> Produced:
+    from mtlscope.analysis.phases import phase_notes
+    from mtlscope.report.figures import FACTOR_LABELS
     from mtlscope.report.figures import factors_vs_loss as draw
 
     files = draw(results, task, _figure_path(directory, name), factors, variants)
-    return Produced(f"Trajectory factors vs training loss of {task}", files)
+    notes = [f"{factor}: {note}" for factor in factors or FACTOR_LABELS for note in phase_notes(results, task, factor)]
+    return Produced(f"Trajectory factors vs training loss of {task}", files, notes=notes)
 
 
 @OUTPUTS.register("learning_curves", "temperature paper Fig. 1: training loss and validation metric by epoch")
@@ -168,13 +175,17 @@ def phase_table(
     phase: str = "early",
     reference_variant: str | None = None,
 ) -> Produced:
+    from mtlscope.analysis.phases import SparsePhaseWarning, phase_notes
     from mtlscope.analysis.phases import phase_table as build
 
     if phase not in ("early", "end"):
         raise ValueError(f"phase: expected 'early' or 'end', got {phase!r}")
-    table = build(results, task, column, phase, reference_variant)
+    with warnings.catch_warnings():  # said once in the output's notes, and per row in the note column
+        warnings.simplefilter("ignore", SparsePhaseWarning)
+        table = build(results, task, column, phase, reference_variant)
     title = f"{task}: {column} in the {phase} phase, each run vs its same-seed reference at comparable loss"
-    return _tabled(directory, name, table, title)
+    produced = _tabled(directory, name, table, title)
+    return replace(produced, notes=phase_notes(results, task, column, (phase,), reference_variant))
 
 
 # -- main paper: SMTOs (Fig. 4) -------------------------------------------------------------------------------

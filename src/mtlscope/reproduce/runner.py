@@ -66,7 +66,8 @@ class ReproduceResult:
 
 
 def check_settings(preset: Preset) -> None:
-    """One-line ``ConfigError`` when the preset needs a setting this installation does not have."""
+    """One-line ``ConfigError`` when the preset needs a setting this installation does not have (not
+    registered: e.g. one of a plugin that is not imported)."""
     from mtlscope.settings import SETTINGS_REGISTRY
 
     available = SETTINGS_REGISTRY.available()
@@ -74,9 +75,34 @@ def check_settings(preset: Preset) -> None:
         if name not in available:
             analogue = f"; run {preset.mini} for its analogue on the embedded data" if preset.mini else ""
             raise ConfigError(
-                f"{preset.name}: needs the setting {name!r}, which this version of mtlscope does not have "
-                f"(available: {', '.join(available)}; the papers' real datasets come in a later release){analogue}"
+                f"{preset.name}: needs the setting {name!r}, which this installation of mtlscope does not have "
+                f"(available: {', '.join(available)}){analogue}"
             )
+
+
+def check_data(preset: Preset, overrides: Sequence[str] = ()) -> None:
+    """One-line ``ConfigError`` when a setting of the preset (with ``overrides``) cannot find its data files: the
+    catalog's ``MissingDataError`` line (the expected path, where the data comes from), prefixed with the preset's
+    name and followed by a pointer to ``mtlscope data``. Builds every distinct setting of the preset's runs once
+    (what computing their run ids does anyway), so a preset without its data stops before anything is written."""
+    from mtlscope.data.catalog import MissingDataError
+    from mtlscope.runs.config import build_setting
+    from mtlscope.sweeps import protocol
+    from mtlscope.sweeps.spec import expand
+
+    try:
+        if preset.has_protocol:
+            plan = protocol.plan_protocol(preset.sweep, preset.source, preset.base_dir, overrides)
+            configs = [candidate.config for candidate in plan.candidates]
+        else:
+            configs = list(expand(preset.sweep, preset.source, preset.base_dir, overrides).configs)
+        specs = {config.setting.model_dump_json(exclude={"tasks"}): config.setting for config in configs}
+        for spec in specs.values():
+            build_setting(spec, preset.name)
+    except MissingDataError as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        pointer = "" if "`mtlscope data`" in message else "; `mtlscope data` lists every dataset and what is missing"
+        raise ConfigError(f"{preset.name}: {message}{pointer}") from None
 
 
 def select_runs(results: RunResults, where: Mapping[str, Sequence[Any]]) -> RunResults:
@@ -182,13 +208,15 @@ def reproduce(
 
     ``overrides`` (``key=value``) apply to the base config of every run (e.g. ``training.epochs=2`` for a smoke
     test); ``execution`` goes to the sweep (``executor``, ``address``, ``trackers``, ``threads_per_worker``).
-    Raises ``ConfigError`` (nothing written) for a bad preset or a setting this installation lacks.
+    Raises ``ConfigError`` (nothing written) for a bad preset, a setting this installation lacks or a setting
+    whose data files are missing (``check_data``).
     """
     from mtlscope.report.html import write_report
 
     started = time.monotonic()
     preset = preset if isinstance(preset, Preset) else load_preset(preset)
     check_settings(preset)
+    check_data(preset, overrides)
     out = Path(out)
     results, counts, planned, log = run_preset(
         preset, out / RUNS_DIRECTORY, workers=workers, overrides=overrides, progress=progress, **execution

@@ -244,12 +244,18 @@ class OptimizerConfig(_Strict):
         return data
 
 
+#: Checkpoints per factor of 10 in steps of ``training.eval_every: log`` when ``checkpoints_per_decade`` is not given.
+DEFAULT_CHECKPOINTS_PER_DECADE = 10
+
+
 class TrainingConfig(_Strict):
     batch_size: int = Field(default=32, ge=1)
     epochs: int | None = Field(default=None, ge=1)
     steps: int | None = Field(default=None, ge=1)
     loss_scale: float | str = 1.0
-    eval_every: int | Literal["epoch"] = "epoch"
+    eval_every: int | Literal["epoch", "log"] = "epoch"
+    #: With ``eval_every: log``: checkpoints per factor of 10 in steps (default ``DEFAULT_CHECKPOINTS_PER_DECADE``).
+    checkpoints_per_decade: int | None = Field(default=None, ge=1)
     train_eval_limit: int | None = Field(default=None, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     diagnostics_every: int | None = Field(default=None, ge=1)
@@ -267,8 +273,18 @@ class TrainingConfig(_Strict):
     @classmethod
     def _eval_every(cls, value: int | str) -> int | str:
         if isinstance(value, int) and value < 1:
-            raise ValueError("expected 'epoch' or a positive number of steps")
+            raise ValueError("expected 'epoch', 'log' or a positive number of steps")
         return value
+
+    @model_validator(mode="after")
+    def _checkpoints_per_decade(self) -> TrainingConfig:
+        if self.eval_every == "log" and self.checkpoints_per_decade is None:
+            object.__setattr__(self, "checkpoints_per_decade", DEFAULT_CHECKPOINTS_PER_DECADE)
+        if self.eval_every != "log" and self.checkpoints_per_decade is not None:
+            raise ValueError(
+                f"checkpoints_per_decade applies to eval_every: log only (eval_every is {self.eval_every!r})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _length(self) -> TrainingConfig:
@@ -283,6 +299,8 @@ class TrainingConfig(_Strict):
         data: dict[str, Any] = handler(self)
         if not self.keep_best:  # configs that keep no best checkpoint keep the run ids they had before the option
             data.pop("keep_best", None)
+        if self.checkpoints_per_decade is None:  # only with eval_every: log, which came after these run ids
+            data.pop("checkpoints_per_decade", None)
         return data
 
 

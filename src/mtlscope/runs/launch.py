@@ -122,7 +122,11 @@ def prepare(config: RunConfig, source: str = "config", *, objects: Mapping[str, 
     training = resolved.training
     steps_per_epoch = setting.steps_per_epoch(training.batch_size)
     steps = training.steps if training.steps is not None else (training.epochs or 1) * steps_per_epoch
-    eval_every = steps_per_epoch if training.eval_every == "epoch" else int(training.eval_every)
+    if training.eval_every == "log":
+        schedule = Schedule(steps, steps_per_epoch, checkpoints_per_decade=training.checkpoints_per_decade)
+    else:
+        eval_every = steps_per_epoch if training.eval_every == "epoch" else int(training.eval_every)
+        schedule = Schedule(steps=steps, steps_per_epoch=steps_per_epoch, eval_every=eval_every)
     learning_rate = build_learning_rate(
         optimizer_config.lr, optimizer_config.schedule, steps=steps, steps_per_epoch=steps_per_epoch
     )
@@ -133,7 +137,7 @@ def prepare(config: RunConfig, source: str = "config", *, objects: Mapping[str, 
         method=method,
         optimizer=optimizer,
         probes=probes,
-        schedule=Schedule(steps=steps, steps_per_epoch=steps_per_epoch, eval_every=eval_every),
+        schedule=schedule,
         learning_rate=learning_rate,
         loss_scale=resolve_loss_scale(training.loss_scale, len(setting.tasks)),
         device=device,
