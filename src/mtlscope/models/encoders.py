@@ -56,6 +56,16 @@ class Encoder(nn.Module):
         return last_weight_layer(self)
 
 
+class SequentialEncoder(Encoder):
+    """An encoder whose forward pass is its ``layers`` (an ``nn.Sequential`` built by the subclass)."""
+
+    layers: nn.Sequential
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        out: Tensor = self.layers(inputs)
+        return out
+
+
 Activation = Literal["relu", "tanh", "gelu"]
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -73,7 +83,7 @@ def _check_sizes(field: str, sizes: Sequence[int], allow_empty: bool = True) -> 
     return [int(v) for v in values]
 
 
-class MLPEncoder(Encoder):
+class MLPEncoder(SequentialEncoder):
     def __init__(self, input_shape: Sequence[int], hidden: Sequence[int], activation: str, dropout: float) -> None:
         super().__init__()
         widths = _check_sizes("encoder.hidden", hidden, allow_empty=False)
@@ -89,12 +99,8 @@ class MLPEncoder(Encoder):
         self.layers = nn.Sequential(*layers)
         self.output_dim = previous
 
-    def forward(self, inputs: Tensor) -> Tensor:
-        out: Tensor = self.layers(inputs)
-        return out
 
-
-class LeNetEncoder(Encoder):
+class LeNetEncoder(SequentialEncoder):
     def __init__(
         self, input_shape: Sequence[int], channels: Sequence[int], kernel_size: int, hidden: Sequence[int]
     ) -> None:
@@ -120,10 +126,6 @@ class LeNetEncoder(Encoder):
             previous = size
         self.layers = nn.Sequential(*layers)
         self.output_dim = previous
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        out: Tensor = self.layers(inputs)
-        return out
 
 
 ENCODERS: Registry[Encoder] = Registry("encoder")
@@ -165,7 +167,7 @@ def resnet(
     return ResNetEncoder(input_shape, blocks, widths, stem)
 
 
-class LeNet5Encoder(Encoder):
+class LeNet5Encoder(SequentialEncoder):
     """LeNet-5 (LeCun et al. 1998) up to its penultimate layer: ``Conv5x5(6, padding 2) -> ReLU -> MaxPool(2) ->
     Conv5x5(16) -> ReLU -> MaxPool(2) -> flatten -> Linear(120) -> ReLU -> Linear(84) -> ReLU``; on 1x28x28
     inputs the flattened map is 16x5x5 (60,856 parameters)."""
@@ -199,12 +201,8 @@ class LeNet5Encoder(Encoder):
         self.layers = nn.Sequential(*layers)
         self.output_dim = previous
 
-    def forward(self, inputs: Tensor) -> Tensor:
-        out: Tensor = self.layers(inputs)
-        return out
 
-
-class MultiLeNetEncoder(Encoder):
+class MultiLeNetEncoder(SequentialEncoder):
     """The shared part of the multi-task LeNet (Mueller et al. 2022, App. A.3; the layer sizes of Sener & Koltun
     2018's MultiLeNet): ``Conv5x5(10) -> MaxPool(2) -> ReLU -> Conv5x5(20) -> Dropout2d(p) -> MaxPool(2) -> ReLU ->
     flatten -> Linear(50) -> ReLU -> Dropout(p)``; on 1x28x28 inputs the flattened map is 20x4x4."""
@@ -238,10 +236,6 @@ class MultiLeNetEncoder(Encoder):
             nn.Dropout(dropout),
         )
         self.output_dim = hidden
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        out: Tensor = self.layers(inputs)
-        return out
 
 
 @ENCODERS.register("lenet5", "LeNet-5 (LeCun et al. 1998) to its 84-unit penultimate layer; FashionMTL's default")
