@@ -86,7 +86,7 @@ def check_data(preset: Preset, overrides: Sequence[str] = ()) -> None:
     name and followed by a pointer to ``mtlscope data``. Builds every distinct setting of the preset's runs once
     (what computing their run ids does anyway), so a preset without its data stops before anything is written."""
     from mtlscope.data.catalog import MissingDataError
-    from mtlscope.runs.config import build_setting
+    from mtlscope.runs.config import DataNotFoundError, build_setting
     from mtlscope.sweeps import protocol
     from mtlscope.sweeps.spec import expand
 
@@ -99,8 +99,9 @@ def check_data(preset: Preset, overrides: Sequence[str] = ()) -> None:
         specs = {config.setting.model_dump_json(exclude={"tasks"}): config.setting for config in configs}
         for spec in specs.values():
             build_setting(spec, preset.name)
-    except MissingDataError as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except (MissingDataError, DataNotFoundError) as error:
+        line = error.detail if isinstance(error, DataNotFoundError) else str(error)
+        message = line.strip().splitlines()[0] if line.strip() else type(error).__name__
         pointer = "" if "`mtlscope data`" in message else "; `mtlscope data` lists every dataset and what is missing"
         raise ConfigError(f"{preset.name}: {message}{pointer}") from None
 

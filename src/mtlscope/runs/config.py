@@ -69,6 +69,22 @@ if TYPE_CHECKING:
 class ConfigError(ValueError):
     """An invalid run configuration; the message is one line naming the key."""
 
+    def restated(self, message: str) -> ConfigError:
+        """The same kind of error with another message (a caller adding where it happened)."""
+        return ConfigError(message)
+
+
+class DataNotFoundError(ConfigError):
+    """A config whose setting cannot find a data file; ``detail`` is the catalog's one line (``MissingDataError``:
+    the expected path and where the data comes from), the message that line after the config's source."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+    def restated(self, message: str) -> ConfigError:
+        return DataNotFoundError(message, self.detail)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -635,7 +651,8 @@ def _build_in(spec: SettingConfig, source: str, objects: Mapping[str, Any], data
 def _data_error(error: OSError, source: str) -> ConfigError:
     """A data file the setting needs is missing (``MissingDataError``: its one line) or unreadable."""
     if isinstance(error, FileNotFoundError) and error.filename is None and error.args:
-        message = str(error.args[0])
+        detail = clip(str(error.args[0]), 600)
+        return DataNotFoundError(f"{source}: setting: {detail}", detail)
     else:
         where = f"{error.filename}: " if error.filename else ""
         message = f"cannot read the data ({where}{error.strerror or error})"

@@ -149,7 +149,7 @@ def expand(
             try:
                 run = resolve(validate_config(config, source), source)
             except ConfigError as error:
-                raise ConfigError(f"{error} (in the run with {description})") from None
+                raise error.restated(f"{error} (in the run with {description})") from None
             run_id = run.run_id()
             if run_id in configs:
                 duplicates += 1
@@ -350,7 +350,8 @@ def _setting_tasks(base: Mapping[str, Any], source: str) -> list[str]:
         )
         built = build_setting(checked.setting, source, data_dir=checked.data_dir)
     except (ConfigError, KeyError, TypeError, ValueError) as error:
-        raise ConfigError(f"{source}: auxiliary_sets.pool: cannot list the setting's tasks ({error})") from None
+        message = f"{source}: auxiliary_sets.pool: cannot list the setting's tasks ({error})"
+        raise (error.restated(message) if isinstance(error, ConfigError) else ConfigError(message)) from None
     return list(built.task_names)
 
 
