@@ -98,7 +98,15 @@ def test_ctrl_c_stops_a_sweep_with_workers_in_one_line_and_the_same_command_resu
     command = [sys.executable, "-m", "mtlscope.cli", "sweep", str(file), "--out", str(out), "--workers", "2"]
     environment = dict(os.environ, PYTHONPATH=str(Path(mtlscope.__file__).parents[1]))
     process = subprocess.Popen(
-        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # as from a terminal: a test run started in the background (`make test &`, nohup) ignores SIGINT, and an
+        # ignored signal stays ignored in the processes it starts
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 600  # a loaded machine can take minutes to start the driver and its workers
     while not any(out.glob("*/records.csv")) and time.monotonic() < deadline and process.poll() is None:
