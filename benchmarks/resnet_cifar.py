@@ -10,7 +10,8 @@ timed), then read through ``CachedImageDataset`` (CIFAR-100's normalization) wit
 - ``hand-written``: the same encoder and head, optimizer and batch size in a plain loop over a ``DataLoader``
   (shuffled) of the same dataset: forward, cross-entropy, backward, step.
 
-Each is run for ``--steps`` and for twice as many steps; images/s = batch x (difference in steps) / (difference
+After a warm-up run of each (first-call costs), each is run for ``--steps`` and for twice as many steps, the four
+runs interleaved and repeated ``--repeats`` times (median); images/s = batch x (difference in steps) / (difference
 in wall time), so set-up and the evaluations at the first and last step cancel out. ``ratio`` = mtlscope's
 images/s over the hand-written loop's.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -73,7 +75,8 @@ def run_mtlscope(steps: int, args: argparse.Namespace, out: Path) -> float:
         "setting": {"name": "bench-cifar-shaped"},
         "model": {"encoder": {"name": "resnet", "widths": args.widths}, "head": {"name": "linear"}},
         "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-        "training": {"steps": steps, "batch_size": args.batch_size, "eval_every": steps},
+        # evaluations (step 0 and the last) cancel out in the difference; capped so their noise stays small
+        "training": {"steps": steps, "batch_size": args.batch_size, "eval_every": steps, "train_eval_limit": 64},
         "seed": 0,
     }
     start = time.perf_counter()
@@ -111,6 +114,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--widths", type=lambda text: [int(v) for v in text.split(",")], default=[64, 128, 256, 512])
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -126,12 +130,19 @@ def main() -> None:
         start = time.perf_counter()
         STATE["images"] = cached_images([source], decode_raw, cache, decoder="raw-cifar-shape/1", name="bench")
         hit_s = time.perf_counter() - start
-        timings = {}
-        for steps in (args.steps, 2 * args.steps):
-            timings[("mtlscope", steps)] = run_mtlscope(steps, args, Path(scratch))
-            timings[("hand-written", steps)] = run_hand_written(steps, args)
-    for variant in ("mtlscope", "hand-written"):
-        extra = timings[(variant, 2 * args.steps)] - timings[(variant, args.steps)]
+        # warm-up (first-call costs: imports, registry, allocator), then interleaved repeats
+        run_mtlscope(2, args, Path(scratch) / "warm-up")
+        run_hand_written(2, args)
+        extras: dict[str, list[float]] = {"mtlscope": [], "hand-written": []}
+        for repeat in range(args.repeats):
+            timings = {}
+            for steps in (args.steps, 2 * args.steps):
+                timings[("mtlscope", steps)] = run_mtlscope(steps, args, Path(scratch) / str(repeat))
+                timings[("hand-written", steps)] = run_hand_written(steps, args)
+            for variant in extras:
+                extras[variant].append(timings[(variant, 2 * args.steps)] - timings[(variant, args.steps)])
+    for variant, values in extras.items():
+        extra = statistics.median(values)
         rows.append(
             {"variant": variant, "images_per_s": args.batch_size * args.steps / extra, "s_per_step": extra / args.steps}
         )
@@ -142,7 +153,8 @@ def main() -> None:
     meta = (
         f"mtlscope {mtlscope.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-18 "
         f"(blocks 2,2,2,2, widths {','.join(map(str, args.widths))}), batch {args.batch_size}, {args.steps} vs "
-        f"{2 * args.steps} steps; {args.images} images 3x32x32 ({args.images * int(np.prod(SHAPE)) / 2**20:.1f} "
+        f"{2 * args.steps} steps (median of {args.repeats} interleaved repeats after a warm-up); "
+        f"{args.images} images 3x32x32 ({args.images * int(np.prod(SHAPE)) / 2**20:.1f} "
         f"MiB uint8): first decode into the cache {fill_s:.3f} s, cached {hit_s:.4f} s"
     )
     print(meta)
