@@ -38,6 +38,7 @@ from pydantic_core import PydanticCustomError
 
 from mtlscope.data.catalog import use_data_directory
 from mtlscope.data.fingerprint import combine, tensor_digest
+from mtlscope.engine.gramian import DEFAULT_JACOBIAN_BUDGET_MB
 from mtlscope.engine.loss_scale import parse_loss_scale
 from mtlscope.engine.lr_schedules import LR_SCHEDULES, build_learning_rate, canonical_schedule
 from mtlscope.imports import (
@@ -277,6 +278,8 @@ class TrainingConfig(_Strict):
     diagnostics_every: int | None = Field(default=None, ge=1)
     jacobian_mode: Literal["auto", "per_task", "batched", "loop"] = "auto"
     jacobian_chunk: int | None = Field(default=None, ge=1)
+    gradient_path: Literal["auto", "jacobian", "gramian"] = "auto"
+    jacobian_budget_mb: float = Field(default=DEFAULT_JACOBIAN_BUDGET_MB, gt=0)
     save_state: bool = True
     keep_best: bool = False
 
