@@ -434,6 +434,12 @@ class MultiTaskBackward:
             self.gramian_engine.remove()
             self.gramian_engine = None
 
+    def record_forward(self, recording: bool) -> None:
+        """Whether the Gramian path's hooks tap the shared module's forward calls (default: always; the trainer
+        taps only its step's forward, not the probes' or evaluations')."""
+        if self.gramian_engine is not None:
+            self.gramian_engine.recording = recording
+
     def reset_forward(self) -> None:
         """Forget the shared module's forward calls counted since the last step (Gramian path; call it before
         the step's forward when other forwards with gradients ran in between, e.g. probes)."""

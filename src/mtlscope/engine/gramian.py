@@ -117,7 +117,7 @@ class _ModuleTap:
     def hook(self, module: nn.Module, args: Any, output: Any) -> Any:
         flat, spec = tree_flatten(output)
         positions = [i for i, t in enumerate(flat) if isinstance(t, Tensor) and t.requires_grad]
-        if not positions or self.engine.accumulating:
+        if not positions or self.engine.accumulating or not self.engine.recording:
             return output
         self.calls += 1
         raw = [flat[i] for i in positions]
@@ -189,6 +189,8 @@ class GramianEngine:
     def __init__(self, modules: Sequence[nn.Module], parameters: Sequence[Tensor]) -> None:
         self.accumulating = False
         self.inside_block = False
+        #: Whether the hooks tap the modules' forward calls (the trainer taps only its step's forward).
+        self.recording = True
         self.taps: list[_ModuleTap] = []
         hooked = owning_modules(modules)
         covered = {id(p) for _, m in hooked for p in m.parameters() if p.requires_grad}

@@ -119,6 +119,7 @@ class TrainingStep:
             jacobian_chunk=jacobian_chunk,
             gradient_path=self.gradient_path,
         )
+        self.engine.record_forward(False)  # only this step's forward is tapped (not the probes' or evaluations')
         # per-task graphs (multi-input) give the Jacobian and the last layer's gradients at the arithmetic floor
         self.per_task = (
             self.mode == "per_task"
@@ -143,7 +144,11 @@ class TrainingStep:
                 head_grads=computed.head_grads,
             )
         else:
-            graph = forward(self.model, self.setting, batch)
+            self.engine.record_forward(True)
+            try:
+                graph = forward(self.model, self.setting, batch)
+            finally:
+                self.engine.record_forward(False)
             losses = graph.losses.detach()
         if not bool(torch.isfinite(losses).all()):
             return StepResult(losses, finite=False)

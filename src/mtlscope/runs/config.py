@@ -320,6 +320,10 @@ class TrainingConfig(_Strict):
             data.pop("keep_best", None)
         if self.checkpoints_per_decade is None:  # only with eval_every: log, which came after these run ids
             data.pop("checkpoints_per_decade", None)
+        if self.gradient_path == "auto":  # configs at the defaults keep the run ids they had before the options
+            data.pop("gradient_path", None)
+        if self.jacobian_budget_mb == DEFAULT_JACOBIAN_BUDGET_MB:
+            data.pop("jacobian_budget_mb", None)
         return data
 
 
