@@ -158,7 +158,9 @@ def gramian_of(step: StepInput, method: str) -> Tensor:
         jacobian = check_jacobian(step.jacobian).detach()
         return jacobian @ jacobian.T
     if step.gramian is None:
-        raise ValueError(f"{method} needs the task gradients (StepInput.jacobian or StepInput.gramian)")
+        raise ValueError(
+            f"{method} needs the Jacobian of the task losses (StepInput.jacobian) or its Gramian (StepInput.gramian)"
+        )
     gramian = step.gramian.detach()
     if gramian.dim() != 2 or gramian.shape[0] != gramian.shape[1] or gramian.shape[0] != len(step.task_names):
         raise ValueError(
@@ -178,7 +180,9 @@ def gradient_combination(
         shared = coefficients.to(dtype=jacobian.dtype, device=jacobian.device) @ jacobian
         return Combination(shared_gradient=shared, diagnostics=diagnostics)
     if step.gramian is None:
-        raise ValueError(f"{method} needs the task gradients (StepInput.jacobian or StepInput.gramian)")
+        raise ValueError(
+            f"{method} needs the Jacobian of the task losses (StepInput.jacobian) or its Gramian (StepInput.gramian)"
+        )
     weights = coefficients.detach().to(dtype=step.losses.dtype, device=step.losses.device)
     heads = torch.full_like(weights, 1.0 / check_loss_scale(step.loss_scale, method))
     return Combination(loss_weights=weights, head_weights=heads, diagnostics=diagnostics)
