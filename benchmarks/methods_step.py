@@ -1,11 +1,14 @@
 """Per-step time and peak memory of every multi-task method, as ratios measured side by side.
 
-For each model (MLP, LeNet), data layout and number of tasks K, three steps run interleaved in one process
-on identical models and batches:
+For each model (MLP, LeNet, ResNet-18 on 32x32 inputs), data layout and number of tasks K, these steps run
+interleaved in one process on identical models and batches:
 
 - ``hand``: a hand-written PyTorch step of the summed loss (one forward, one backward, optimizer step);
-- ``mtlscope``: mtlscope's ``TrainingStep`` with the method;
-- ``torchjd``: TorchJD's ``mtl_backward`` + ``jac_to_grad`` with the same aggregator, where TorchJD has one.
+- ``mtlscope``: mtlscope's ``TrainingStep`` with the method on the Jacobian path (``gradient_path: jacobian``);
+- ``gramian``: the same on the Gramian path (``gradient_path: gramian``), for methods that accept it;
+- ``torchjd``: TorchJD's ``mtl_backward`` + ``jac_to_grad`` with the same aggregator, where TorchJD has one;
+- ``autogram``: TorchJD's ``torchjd.autogram.Engine`` on the encoder (``batch_dim=None``: BatchNorm layers)
+  + the same weighting from ``torchjd.aggregation``, then ``losses.backward(weights)``, where TorchJD has one.
 
 Time is the median over ``--repeats`` steps after warm-up (fewer, at least 2, when a variant's steps
 exceed ``--budget`` seconds in total: TorchJD at K = 40 on a LeNet takes seconds per step). With
@@ -15,6 +18,8 @@ exceed ``--budget`` seconds in total: TorchJD at K = 40 on a LeNet takes seconds
     .venv/bin/python benchmarks/methods_step.py --out benchmarks/results            # timing grid
     .venv/bin/python benchmarks/methods_step.py --memory --ks 2,10 --models mlp      # with peak memory
     .venv/bin/python benchmarks/methods_step.py --quick --methods umtg,pcgrad,mgda   # a quick look
+    .venv/bin/python benchmarks/methods_step.py --models resnet18 --ks 10,20,40 --batch-size 8 \
+        --methods mgda,imtl_g,pcgrad --layouts shared-input --repeats 3 --memory        # the papers' scale
 
 Rows are appended to ``methods_step.csv`` in ``--out`` as they are measured (configurations already
 there are skipped, so an interrupted run continues); ``methods_step.md`` is rewritten from the CSV.
@@ -48,6 +53,8 @@ from mtlscope.settings import Setting, Split, Task
 
 # mtlscope method -> TorchJD aggregator factory (K -> aggregator)
 TORCHJD: dict[str, Callable[[int], Any]] = {}
+# mtlscope method -> TorchJD weighting of the Gramian (for torchjd.autogram)
+AUTOGRAM: dict[str, Callable[[int], Any]] = {}
 
 
 def _torchjd_aggregators() -> None:
@@ -70,11 +77,23 @@ def _torchjd_aggregators() -> None:
     )
     if hasattr(agg, "GradVac"):
         TORCHJD["gradvac"] = lambda k: agg.GradVac()
+    AUTOGRAM.update(
+        {
+            "umtg": lambda k: agg.SumWeighting(),
+            "pcgrad": lambda k: agg.PCGradWeighting(),
+            "mgda": lambda k: agg.MGDAWeighting(),
+            "imtl_g": lambda k: agg.IMTLGWeighting(),
+            "cagrad": lambda k: agg.CAGradWeighting(c=0.5),
+            "aligned_mtl": lambda k: agg.AlignedMTLWeighting(),
+        }
+    )
+    if hasattr(agg, "GradVacWeighting"):
+        AUTOGRAM["gradvac"] = lambda k: agg.GradVacWeighting()
 
 
 def random_setting(num_tasks: int, model: str, layout: str, size: int = 256) -> Setting:
     generator = torch.Generator().manual_seed(0)
-    shape = (64,) if model == "mlp" else (1, 28, 28)
+    shape = {"mlp": (64,), "lenet": (1, 28, 28), "resnet18": (3, 32, 32)}[model]
 
     def split() -> Split:
         return Split(torch.randn(size, *shape, generator=generator), torch.randint(0, 10, (size,), generator=generator))
@@ -84,18 +103,22 @@ def random_setting(num_tasks: int, model: str, layout: str, size: int = 256) -> 
         tasks = tuple(
             Task(
                 f"t{k}",
-                "classification",
                 10,
                 *(
                     Split(inputs[s], torch.randint(0, 10, (size,), generator=generator))
                     for s in ("train", "val", "test")
                 ),
+                loss="cross_entropy",
             )
             for k in range(num_tasks)
         )
     else:
-        tasks = tuple(Task(f"t{k}", "classification", 10, split(), split(), split()) for k in range(num_tasks))
-    encoder = {"name": "mlp", "hidden": [256, 256]} if model == "mlp" else {"name": "lenet"}
+        tasks = tuple(Task(f"t{k}", 10, split(), split(), split(), loss="cross_entropy") for k in range(num_tasks))
+    encoder = {
+        "mlp": {"name": "mlp", "hidden": [256, 256]},
+        "lenet": {"name": "lenet"},
+        "resnet18": {"name": "resnet", "blocks": [2, 2, 2, 2]},
+    }[model]
     return Setting("bench", tasks, layout, shape, {"encoder": encoder, "head": {"name": "linear"}})  # type: ignore[arg-type]
 
 
@@ -117,6 +140,17 @@ def torchjd_step(
     losses = [F.cross_entropy(model.heads[n](z[batch.rows[n]]), batch.targets[n]) for n in names]
     mtl_backward(losses, features=z)
     jac_to_grad(list(model.encoder.parameters()), aggregator)
+    optimizer.step()
+
+
+def autogram_step(
+    model: MultiTaskModel, optimizer: torch.optim.Optimizer, batch: Any, names: list[str], engine: Any, weighting: Any
+) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    z = model.encoder(batch.inputs)
+    losses = torch.stack([F.cross_entropy(model.heads[n](z[batch.rows[n]]), batch.targets[n]) for n in names])
+    gramian = engine.compute_gramian(losses)
+    losses.backward(weighting(gramian))
     optimizer.step()
 
 
@@ -161,14 +195,46 @@ def measure(
     ours_optimizer = torch.optim.Adam(ours_model.parameters(), lr=1e-3)
     ours_method = methods.get(method)
     ours_method.setup(setting.task_names)
-    ours = TrainingStep(ours_model, setting, ours_method, ours_optimizer, 1.0, torch.Generator().manual_seed(0))
+    ours = TrainingStep(
+        ours_model,
+        setting,
+        ours_method,
+        ours_optimizer,
+        1.0,
+        torch.Generator().manual_seed(0),
+        gradient_path="jacobian",
+    )
     counter = iter(range(10**9))
     variants["mtlscope"] = lambda: ours(batch, next(counter)) and None
+    if ours_method.accepts_gramian:
+        gram_model = copy.deepcopy(base)
+        gram_optimizer = torch.optim.Adam(gram_model.parameters(), lr=1e-3)
+        gram_method = methods.get(method)
+        gram_method.setup(setting.task_names)
+        by_gramian = TrainingStep(
+            gram_model,
+            setting,
+            gram_method,
+            gram_optimizer,
+            1.0,
+            torch.Generator().manual_seed(0),
+            gradient_path="gramian",
+        )
+        gram_counter = iter(range(10**9))
+        variants["gramian"] = lambda: by_gramian(batch, next(gram_counter)) and None
     if method in TORCHJD:
         jd_model = copy.deepcopy(base)
         jd_optimizer = torch.optim.Adam(jd_model.parameters(), lr=1e-3)
         aggregator = TORCHJD[method](num_tasks)
         variants["torchjd"] = lambda: torchjd_step(jd_model, jd_optimizer, batch, names, aggregator)
+    if method in AUTOGRAM:
+        from torchjd.autogram import Engine
+
+        ag_model = copy.deepcopy(base)
+        ag_optimizer = torch.optim.Adam(ag_model.parameters(), lr=1e-3)
+        ag_engine = Engine(ag_model.encoder, batch_dim=None)
+        weighting = AUTOGRAM[method](num_tasks)
+        variants["autogram"] = lambda: autogram_step(ag_model, ag_optimizer, batch, names, ag_engine, weighting)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(2):  # warm-up
         for run in variants.values():
@@ -185,11 +251,18 @@ def measure(
         row[f"{name}_ms"] = statistics.median(times[name]) * 1e3
     row["time_vs_hand"] = row["mtlscope_ms"] / row["hand_ms"]
     row["time_vs_torchjd"] = row["mtlscope_ms"] / row["torchjd_ms"] if "torchjd" in variants else None
+    if "gramian" in variants:
+        row["gramian_vs_hand"] = row["gramian_ms"] / row["hand_ms"]
+        row["gramian_vs_jacobian"] = row["gramian_ms"] / row["mtlscope_ms"]
+        if "autogram" in variants:
+            row["gramian_vs_autogram"] = row["gramian_ms"] / row["autogram_ms"]
     if memory:
         for name, run in variants.items():
             row[f"{name}_mib"] = peak_memory(run)
         row["memory_vs_hand"] = row["mtlscope_mib"] / row["hand_mib"]
         row["memory_vs_torchjd"] = row["mtlscope_mib"] / row["torchjd_mib"] if "torchjd" in variants else None
+        if "gramian" in variants:
+            row["gramian_memory_vs_hand"] = row["gramian_mib"] / row["hand_mib"]
     return row
 
 
@@ -197,7 +270,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="all", help="comma-separated method names, or 'all'")
     parser.add_argument("--ks", default="2,3,10,40", help="numbers of tasks")
-    parser.add_argument("--models", default="mlp,lenet")
+    parser.add_argument("--models", default="mlp,lenet", help="comma-separated: mlp, lenet, resnet18")
     parser.add_argument("--layouts", default="multi-input,shared-input")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--budget", type=float, default=5.0, help="seconds of timed steps per variant at most")

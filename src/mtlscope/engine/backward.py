@@ -19,7 +19,11 @@ Each call computes what the method declared in ``needs`` (``mtlscope.methods.bas
   for the Jacobian on the shared parameters (and on the last shared layer, GradNorm's); MGDA-UB's
   representation gradients are the first stage alone;
 - without ``features``: the Jacobian directly from the losses (batched, falling back to K backwards);
-- a loss-weighting method without a Jacobian: one backward of ``sum_k w_k L_k``.
+- a loss-weighting method without a Jacobian: one backward of ``sum_k w_k L_k``;
+- with ``gradient_path="gramian"`` (``shared`` a module): for the methods that depend on the task gradients
+  only through their inner products, the K x K Gramian ``J Jᵀ`` accumulated module by module
+  (``mtlscope.engine.gramian``; hooks on ``shared``'s forward), never the K x P Jacobian; the method then
+  returns loss weights and the update is one backward of ``sum_k w_k L_k`` (heads: ``head_weights``).
 
 Then ``method.combine`` and the ``Combination`` is written (``apply``): ``loss_weights`` give the shared
 gradient ``w @ J`` (or the one backward) and head k ``w_k grad L_k``; a ``shared_gradient`` is written as is
@@ -40,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlscope.engine.gradients import JACOBIAN_MODES, encoder_jacobian, jacobian_batched, joint_jacobian
+from mtlscope.engine.gramian import GramianEngine
 from mtlscope.engine.lookahead import flatten, optimizer_update, unflatten
 from mtlscope.engine.loss_scale import LossScale, parse_loss_scale, resolve_loss_scale
 from mtlscope.methods.base import NEEDS, Combination, Lookahead, Method, StepInput
@@ -187,6 +192,7 @@ class TaskGradients:
 
     losses: Tensor
     jacobian: Tensor | None = None
+    gramian: Tensor | None = None
     representation_jacobian: Tensor | None = None
     last_shared_jacobian: Tensor | None = None
     head_grads: list[list[Tensor]] | None = None
@@ -216,6 +222,10 @@ class MultiTaskBackward:
         steps_per_epoch: for methods that work per epoch (DWA).
         seed: the method's random stream, as a trainer run with this seed draws it (or give ``generator``).
         jacobian_mode: ``"batched"`` (default) or ``"loop"`` (K backwards, when vmap cannot run the model).
+        jacobian_chunk: tasks per batched backward (the Gramian path: per chunk of a pair of chunks).
+        gradient_path: ``"jacobian"`` (default) or ``"gramian"``: the K x K Gramian of the task gradients
+            accumulated module by module, for methods with ``accepts_gramian`` (or needing ``"gramian"``);
+            ``shared`` must then be the module (its forward is hooked from here on; ``remove_hooks`` undoes it).
     """
 
     def __init__(
@@ -233,6 +243,7 @@ class MultiTaskBackward:
         generator: torch.Generator | None = None,
         jacobian_mode: str = "batched",
         jacobian_chunk: int | None = None,
+        gradient_path: str = "jacobian",
         **options: Any,
     ) -> None:
         if isinstance(method, str):
@@ -292,6 +303,20 @@ class MultiTaskBackward:
         self.generator = generator
         self.mode = jacobian_mode
         self.chunk = jacobian_chunk
+        self.gramian_engine: GramianEngine | None = None
+        if gradient_path not in ("jacobian", "gramian"):
+            raise ValueError(f"gradient_path must be 'jacobian' or 'gramian', got {gradient_path!r}")
+        if gradient_path == "gramian" and bool({"jacobian", "gramian"} & method.needs):
+            if "gramian" not in method.needs and not method.accepts_gramian:
+                raise ValueError(
+                    f"gradient_path 'gramian': method {method.name!r} needs the task gradients themselves, not only "
+                    "their inner products"
+                )
+            if jacobian_mode == "loop":
+                raise ValueError("gradient_path 'gramian' runs a batched backward; it cannot use jacobian_mode 'loop'")
+            if not isinstance(shared, nn.Module):
+                raise ValueError("gradient_path 'gramian' hooks the shared module's forward: give shared= as a module")
+            self.gramian_engine = GramianEngine([shared], self.shared)
         self.modules = _modules(shared, tasks)
         self.step = 0
         self._closure: LossClosure | None = None
@@ -332,6 +357,7 @@ class MultiTaskBackward:
                 diagnose=diagnose,
                 generator=self.generator,
                 jacobian=gradients.jacobian,
+                gramian=gradients.gramian,
                 representation_jacobian=gradients.representation_jacobian,
                 last_shared_jacobian=gradients.last_shared_jacobian,
                 lookahead=lookahead,
@@ -354,7 +380,12 @@ class MultiTaskBackward:
         if weights is not None and jacobian is None:
             assert losses is not None
             objective = (weights.to(losses) * losses).sum()
-            if self.heads is None:
+            if combination.head_weights is not None:  # shared: sum_k w_k grad L_k; heads: their own weights
+                objective.backward(inputs=self.shared, retain_graph=True)
+                heads = self._every_head(losses, features)
+                if heads:
+                    (combination.head_weights.to(losses) * losses).sum().backward(inputs=heads)
+            elif self.heads is None:
                 objective.backward()
             else:
                 objective.backward(inputs=self.shared + [p for head in self.heads for p in head])
@@ -362,7 +393,8 @@ class MultiTaskBackward:
         if weights is not None:
             assert jacobian is not None
             shared_gradient = weights.to(jacobian) @ jacobian
-            head_scale = weights.to(jacobian)
+            head_weights = combination.head_weights
+            head_scale = (weights if head_weights is None else head_weights).to(jacobian)
         else:
             assert combination.shared_gradient is not None
             shared_gradient = combination.shared_gradient
@@ -375,11 +407,7 @@ class MultiTaskBackward:
                     _accumulate(p, scale * g)
         else:
             assert losses is not None
-            every_head = (
-                [p for head in self.heads for p in head]
-                if self.heads is not None
-                else graph_leaves(losses, self.shared, features)
-            )
+            every_head = self._every_head(losses, features)
             if every_head:
                 (head_scale.to(losses) * losses).sum().backward(inputs=every_head)
         if shared_gradient.numel() != sum(p.numel() for p in self.shared):
@@ -391,12 +419,44 @@ class MultiTaskBackward:
             _accumulate(p, g)
         return shared_gradient
 
+    def _every_head(self, losses: Tensor, features: Tensor | None) -> list[Tensor]:
+        if self.heads is not None:
+            return [p for head in self.heads for p in head]
+        return [p for p in graph_leaves(losses, self.shared, features) if p is not self._anchor]
+
+    @property
+    def _anchor(self) -> Tensor | None:
+        return self.gramian_engine.anchor if self.gramian_engine is not None else None
+
+    def remove_hooks(self) -> None:
+        """Take the Gramian path's hooks off the shared module (the object then computes no Gramian)."""
+        if self.gramian_engine is not None:
+            self.gramian_engine.remove()
+            self.gramian_engine = None
+
+    def record_forward(self, recording: bool) -> None:
+        """Whether the Gramian path's hooks tap the shared module's forward calls (default: always; the trainer
+        taps only its step's forward, not the probes' or evaluations')."""
+        if self.gramian_engine is not None:
+            self.gramian_engine.recording = recording
+
+    def reset_forward(self) -> None:
+        """Forget the shared module's forward calls counted since the last step (Gramian path; call it before
+        the step's forward when other forwards with gradients ran in between, e.g. probes)."""
+        if self.gramian_engine is not None:
+            self.gramian_engine.reset()
+
     # -- your own loop ------------------------------------------------------------------------------------
 
     @property
     def uses_gradients(self) -> bool:
         """Whether the method needs task gradients (a Jacobian of some kind), not only the losses."""
-        return bool({"jacobian", "representation"} & self.method.needs) or self.last_shared is not None
+        return bool({"jacobian", "gramian", "representation"} & self.method.needs) or self.last_shared is not None
+
+    @property
+    def gramian_path(self) -> bool:
+        """Whether the method gets the Gramian from the hooks instead of the Jacobian."""
+        return self.gramian_engine is not None
 
     def gradients(self, losses: Tensor, features: Tensor | None, at_features: Tensor | None = None) -> TaskGradients:
         """What the method needs, from the [K] ``losses`` (graph kept) and optionally the shared features and
@@ -411,11 +471,24 @@ class MultiTaskBackward:
                     f"method {self.method.name!r} needs the task gradients at the features: give features="
                 )
             representation = at_features.flatten(1)
-        if "jacobian" in needs:
-            jacobian = self._jacobian(losses, features, at_features, self.shared)
+        gramian = None
+        if self.gramian_engine is not None and {"jacobian", "gramian"} & needs:
+            if features is not None and at_features is not None:
+                gramian = self.gramian_engine.gramian(features, at_features, self.chunk)
+            else:
+                eye = torch.eye(len(losses), dtype=losses.dtype, device=losses.device)
+                gramian = self.gramian_engine.gramian(losses, eye, self.chunk)
+        else:
+            if "jacobian" in needs or "gramian" in needs:
+                jacobian = self._jacobian(losses, features, at_features, self.shared)
+            if "gramian" in needs:
+                assert jacobian is not None
+                gramian = jacobian @ jacobian.T
+                if "jacobian" not in needs:
+                    jacobian = None
         if self.last_shared is not None:
             last = self._jacobian(losses, features, at_features, self.last_shared)
-        return TaskGradients(losses.detach(), jacobian, representation, last)
+        return TaskGradients(losses.detach(), jacobian, gramian, representation, last)
 
     def _at_features(self, losses: Tensor, features: Tensor) -> Tensor:
         """[K, *features.shape]: each task's gradient at the features (one batched backward)."""

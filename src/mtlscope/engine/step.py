@@ -11,6 +11,12 @@ The step computes the task losses, then only what the method declared in ``needs
 
 Then the optimizer steps and, for ``"post_step_losses"``, the method sees the losses on the same batch.
 
+On the Gramian path (``gradient_path``, resolved by ``mtlscope.engine.gramian.resolve_gradient_path``) a
+method with ``accepts_gramian`` gets the K x K Gramian of the task gradients, accumulated module by module in
+a batched pass through the encoder from the task gradients at the representation (the Jacobian is never
+formed), and returns loss weights: the update is one backward of ``sum_k w_k L_k`` (heads: the method's
+``head_weights``). This path always uses one graph of the whole batch (no ``per_task`` graphs).
+
 Diagnostics (every ``diagnostics_every`` steps, off by default) record the pairwise cosines of the task
 gradients on the shared parameters, the number of conflicting pairs (cosine < 0), the norm of the combined
 shared gradient, the norm of the actual parameter change, the loss weights when the method returns them,
@@ -38,6 +44,7 @@ from mtlscope.engine.gradients import (
     resolve_mode,
     task_losses,
 )
+from mtlscope.engine.gramian import DEFAULT_JACOBIAN_BUDGET_MB, resolve_gradient_path
 from mtlscope.engine.lookahead import ModelLookahead, flatten
 from mtlscope.engine.sampling import Batch
 from mtlscope.methods.base import Combination, Method
@@ -71,6 +78,8 @@ class TrainingStep:
         jacobian_mode: str = "auto",
         jacobian_chunk: int | None = None,
         diagnostics_every: int | None = None,
+        gradient_path: str = "auto",
+        jacobian_budget_mb: float = DEFAULT_JACOBIAN_BUDGET_MB,
     ) -> None:
         self.model = model
         self.setting = setting
@@ -84,11 +93,20 @@ class TrainingStep:
         self.diagnostics_every = diagnostics_every
         self.shared = list(model.shared_parameters())
         needs = method.needs
+        self.gradient_path = resolve_gradient_path(
+            gradient_path,
+            method,
+            len(setting.task_names),
+            sum(p.numel() for p in self.shared),
+            self.shared[0].element_size() if self.shared else 4,
+            jacobian_budget_mb,
+            jacobian_mode,
+        )
         self.last_shared = last_shared_parameters(model) if "last_shared_jacobian" in needs else None
         # the combination and its gradients: the same public piece as a hand-written loop's
         self.engine = MultiTaskBackward(
             method,
-            self.shared,
+            model.encoder if self.gradient_path == "gramian" else self.shared,  # the Gramian path hooks the module
             [list(model.task_parameters(task)) for task in setting.task_names],
             task_names=setting.task_names,
             loss_scale=loss_scale,
@@ -99,11 +117,14 @@ class TrainingStep:
             # on one graph: batched vector-Jacobian products unless the loop was asked for
             jacobian_mode="loop" if self.mode == "loop" else "batched",
             jacobian_chunk=jacobian_chunk,
+            gradient_path=self.gradient_path,
         )
+        self.engine.record_forward(False)  # only this step's forward is tapped (not the probes' or evaluations')
         # per-task graphs (multi-input) give the Jacobian and the last layer's gradients at the arithmetic floor
         self.per_task = (
             self.mode == "per_task"
-            and bool({"jacobian", "last_shared_jacobian"} & needs)
+            and not self.engine.gramian_path
+            and bool({"jacobian", "gramian", "last_shared_jacobian"} & needs)
             and "representation" not in needs
         )
 
@@ -112,6 +133,7 @@ class TrainingStep:
         needs = self.method.needs
         diagnose = self.diagnostics_every is not None and step % self.diagnostics_every == 0
         graph: Forward | None = None
+        self.engine.reset_forward()  # forwards since the last step (probes) are not this step's
         if self.per_task:
             computed = per_task_gradients(self.model, self.setting, batch, self.last_shared)
             losses = computed.losses
@@ -122,7 +144,11 @@ class TrainingStep:
                 head_grads=computed.head_grads,
             )
         else:
-            graph = forward(self.model, self.setting, batch)
+            self.engine.record_forward(True)
+            try:
+                graph = forward(self.model, self.setting, batch)
+            finally:
+                self.engine.record_forward(False)
             losses = graph.losses.detach()
         if not bool(torch.isfinite(losses).all()):
             return StepResult(losses, finite=False)
@@ -133,7 +159,13 @@ class TrainingStep:
                 at_representation = representation_gradients(graph)
             gradients = self.engine.gradients(graph.losses, graph.representation, at_representation)
         diagnostic_jacobian = gradients.jacobian
-        if diagnose and diagnostic_jacobian is None and graph is not None and at_representation is not None:
+        if (
+            diagnose
+            and diagnostic_jacobian is None
+            and gradients.gramian is None
+            and graph is not None
+            and at_representation is not None
+        ):
             diagnostic_jacobian = encoder_jacobian(
                 graph.representation, at_representation, self.shared, self.engine.mode, self.chunk
             )
@@ -156,17 +188,28 @@ class TrainingStep:
             return StepResult(losses)
         assert before is not None
         return StepResult(
-            losses, diagnostics=self._diagnostics(diagnostic_jacobian, combination, shared_gradient, before)
+            losses,
+            diagnostics=self._diagnostics(diagnostic_jacobian, gradients.gramian, combination, shared_gradient, before),
         )
 
     def _diagnostics(
-        self, jacobian: Tensor | None, combination: Combination, shared_gradient: Tensor | None, before: Tensor
+        self,
+        jacobian: Tensor | None,
+        gramian: Tensor | None,
+        combination: Combination,
+        shared_gradient: Tensor | None,
+        before: Tensor,
     ) -> dict[str, float]:
         values: dict[str, float] = {}
         names = self.setting.task_names
-        if jacobian is not None:
-            norms = jacobian.norm(dim=1)
-            gram = jacobian @ jacobian.T
+        if jacobian is not None or gramian is not None:
+            if jacobian is not None:
+                norms = jacobian.norm(dim=1)
+                gram = jacobian @ jacobian.T
+            else:
+                assert gramian is not None
+                gram = gramian
+                norms = gram.diagonal().clamp_min(0).sqrt()
             conflicts = 0
             for i in range(len(names)):
                 for j in range(i + 1, len(names)):
@@ -176,7 +219,11 @@ class TrainingStep:
                     conflicts += int(cosine < 0)
             values["conflicting_pairs"] = float(conflicts)
             if shared_gradient is None and combination.loss_weights is not None:
-                shared_gradient = combination.loss_weights.to(jacobian) @ jacobian
+                if jacobian is not None:
+                    shared_gradient = combination.loss_weights.to(jacobian) @ jacobian
+                else:
+                    weights = combination.loss_weights.to(gram)
+                    values["shared_grad_norm"] = float((weights @ gram @ weights).clamp_min(0).sqrt())
         if shared_gradient is not None:
             values["shared_grad_norm"] = float(shared_gradient.norm())
         values["update_norm"] = float((flatten([p.detach() for p in self.shared]) - before).norm())

@@ -39,6 +39,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import torch
 
 from mtlscope.engine.evaluation import Scores, evaluate
+from mtlscope.engine.gramian import DEFAULT_JACOBIAN_BUDGET_MB
 from mtlscope.engine.hooks import Probe, ProbeContext, StepContext
 from mtlscope.engine.sampling import Batch, BatchSampler
 from mtlscope.engine.step import TrainingStep
@@ -187,6 +188,8 @@ class Trainer:
         diagnostics_every: int | None = None,
         jacobian_mode: str = "auto",
         jacobian_chunk: int | None = None,
+        gradient_path: str = "auto",
+        jacobian_budget_mb: float = DEFAULT_JACOBIAN_BUDGET_MB,
         lr_at: Callable[[int], float] | None = None,
         checkpoint_hooks: Sequence[CheckpointHook] = (),
     ) -> None:
@@ -220,6 +223,8 @@ class Trainer:
             jacobian_mode=jacobian_mode,
             jacobian_chunk=jacobian_chunk,
             diagnostics_every=diagnostics_every,
+            gradient_path=gradient_path,
+            jacobian_budget_mb=jacobian_budget_mb,
         )
         self.probe_generators = {
             probe.name: torch.Generator().manual_seed(derived_seed(seed, "probe", probe.name)) for probe in self.probes

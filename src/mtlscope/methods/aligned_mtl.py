@@ -35,7 +35,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
+from mtlscope.methods.base import (
+    Combination,
+    Method,
+    StepInput,
+    check_jacobian,
+    gradient_combination,
+    gramian_of,
+)
 from mtlscope.methods.registry import METHODS
 
 ScaleMode = Literal["min", "median", "rmse"]
@@ -102,20 +109,18 @@ def aggregate(jacobian: Tensor, scale_mode: ScaleMode = "min") -> Tensor:
 class AlignedMTL(Method):
     name = "aligned_mtl"
     needs = frozenset({"jacobian"})
+    accepts_gramian = True
 
     def __init__(self, scale_mode: ScaleMode = "min") -> None:
         _check_scale_mode(scale_mode)
         self.scale_mode: ScaleMode = scale_mode
 
     def combine(self, step: StepInput) -> Combination:
-        if step.jacobian is None:
-            raise ValueError("aligned_mtl needs the Jacobian of the task losses (needs 'jacobian')")
-        jacobian = check_jacobian(step.jacobian).detach()
-        balance, rank = balance_matrix(jacobian @ jacobian.T, self.scale_mode)
+        balance, rank = balance_matrix(gramian_of(step, "aligned_mtl"), self.scale_mode)
         coefficients = balance.sum(dim=1) / step.loss_scale
         diagnostics = {f"weight/{task}": float(v) for task, v in zip(step.task_names, coefficients.cpu().tolist())}
         diagnostics["rank"] = float(rank)
-        return Combination(shared_gradient=coefficients @ jacobian, diagnostics=diagnostics)
+        return gradient_combination(step, coefficients, diagnostics, "aligned_mtl")
 
 
 @METHODS.register(

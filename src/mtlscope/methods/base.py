@@ -8,6 +8,8 @@ must compute for it each step; the engine computes only that, and never branches
 - ``"jacobian"``: ``jacobian``, [K, P] task-loss gradients on the shared parameters;
 - ``"representation"``: ``representation_jacobian``, [K, R] task-loss gradients on the encoder output of
   the batch, flattened (MGDA-UB);
+- ``"gramian"``: ``gramian``, the [K, K] Gramian ``J Jᵀ`` of the task-loss gradients on the shared
+  parameters (computed module by module, without the Jacobian: ``mtlscope.engine.gramian``);
 - ``"last_shared_jacobian"``: ``last_shared_jacobian``, [K, P_last] task-loss gradients on the parameters
   of the encoder's last shared layer of weights, ``Encoder.last_shared_layer()`` (GradNorm);
 - ``"lookahead"``: ``lookahead``, a ``Lookahead``: the optimizer's update for a candidate shared gradient
@@ -15,10 +17,19 @@ must compute for it each step; the engine computes only that, and never branches
 - ``"post_step_losses"``: ``after_step`` is called with the [K] task losses on the same batch after the
   update (FAMO).
 
+A method whose update depends on the task gradients only through their inner products sets ``accepts_gramian``
+(and needs ``"jacobian"``): on the Gramian path (``training.gradient_path``) the engine gives it
+``StepInput.gramian`` and no ``jacobian``, and it returns as ``loss_weights`` the coefficients ``w`` of the task
+gradients in its shared update (``Σ_k w_k g_k``, computed by one backward of ``Σ_k w_k L_k``) with the
+``head_weights`` its heads receive — the update it returns from the Jacobian (``gramian_of`` and
+``gradient_combination`` below do both).
+
 ``combine`` returns a ``Combination``, exactly one of:
 
 - ``loss_weights`` [K]: the engine back-propagates ``sum_k loss_weights[k] * L_k`` through the whole model,
   heads included (one backward). The weights are final: they already contain 1/C where the method uses C.
+  With ``head_weights`` [K] the heads receive ``head_weights[k] * grad L_k`` instead (the Gramian path of a
+  method that gives heads ``grad L_k / C``).
 - ``shared_gradient`` [P] (``shared_parameters()`` order): written as the shared parameters' gradient; every
   head receives its own task gradient divided by C (Mueller et al., TMLR 2025, eq. 2).
 
@@ -40,7 +51,7 @@ from torch import Tensor
 
 #: What a method may ask the engine for.
 NEEDS: frozenset[str] = frozenset(
-    {"jacobian", "representation", "last_shared_jacobian", "lookahead", "post_step_losses"}
+    {"jacobian", "gramian", "representation", "last_shared_jacobian", "lookahead", "post_step_losses"}
 )
 
 
@@ -79,6 +90,7 @@ class StepInput:
     epoch: int = 0
     diagnose: bool = True
     jacobian: Tensor | None = None
+    gramian: Tensor | None = None
     representation_jacobian: Tensor | None = None
     last_shared_jacobian: Tensor | None = None
     lookahead: Lookahead | None = None
@@ -91,10 +103,13 @@ class Combination:
     loss_weights: Tensor | None = None
     shared_gradient: Tensor | None = None
     diagnostics: Mapping[str, float] = field(default_factory=dict)
+    head_weights: Tensor | None = None
 
     def __post_init__(self) -> None:
         if (self.loss_weights is None) == (self.shared_gradient is None):
             raise ValueError("a Combination needs exactly one of loss_weights and shared_gradient")
+        if self.head_weights is not None and self.loss_weights is None:
+            raise ValueError("a Combination's head_weights go with loss_weights")
 
 
 class Method(ABC):
@@ -104,6 +119,9 @@ class Method(ABC):
     name: ClassVar[str] = ""
     #: What the engine must compute for this method (a subset of ``NEEDS``).
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: Whether ``combine`` also works from ``StepInput.gramian`` in place of ``jacobian`` (the update depends on
+    #: the task gradients only through ``J Jᵀ``), returning ``loss_weights`` and ``head_weights``.
+    accepts_gramian: ClassVar[bool] = False
 
     task_names: tuple[str, ...] = ()
 
@@ -132,6 +150,42 @@ class Method(ABC):
         """Restore what ``state_dict`` returned."""
         if state:
             raise ValueError(f"method {self.name!r} is stateless but got state keys {sorted(state)}")
+
+
+def gramian_of(step: StepInput, method: str) -> Tensor:
+    """The [K, K] Gramian ``J Jᵀ`` of the step: ``step.gramian``, else formed from ``step.jacobian``."""
+    if step.jacobian is not None:
+        jacobian = check_jacobian(step.jacobian).detach()
+        return jacobian @ jacobian.T
+    if step.gramian is None:
+        raise ValueError(
+            f"{method} needs the Jacobian of the task losses (StepInput.jacobian) or its Gramian (StepInput.gramian)"
+        )
+    gramian = step.gramian.detach()
+    if gramian.dim() != 2 or gramian.shape[0] != gramian.shape[1] or gramian.shape[0] != len(step.task_names):
+        raise ValueError(
+            f"{method}: expected a [K, K] gramian for {len(step.task_names)} tasks, got {tuple(gramian.shape)}"
+        )
+    return gramian
+
+
+def gradient_combination(
+    step: StepInput, coefficients: Tensor, diagnostics: Mapping[str, float], method: str
+) -> Combination:
+    """The update ``Σ_k coefficients[k] g_k`` with heads receiving ``grad L_k / C``: the shared gradient
+    ``coefficients @ J`` when the step has the Jacobian, otherwise (the Gramian path) the loss weights
+    ``coefficients`` with head weights ``1 / C`` (the engine's one backward gives the same update)."""
+    if step.jacobian is not None:
+        jacobian = step.jacobian.detach()
+        shared = coefficients.to(dtype=jacobian.dtype, device=jacobian.device) @ jacobian
+        return Combination(shared_gradient=shared, diagnostics=diagnostics)
+    if step.gramian is None:
+        raise ValueError(
+            f"{method} needs the Jacobian of the task losses (StepInput.jacobian) or its Gramian (StepInput.gramian)"
+        )
+    weights = coefficients.detach().to(dtype=step.losses.dtype, device=step.losses.device)
+    heads = torch.full_like(weights, 1.0 / check_loss_scale(step.loss_scale, method))
+    return Combination(loss_weights=weights, head_weights=heads, diagnostics=diagnostics)
 
 
 def check_jacobian(jacobian: Tensor) -> Tensor:

@@ -46,7 +46,14 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
+from mtlscope.methods.base import (
+    Combination,
+    Method,
+    StepInput,
+    check_jacobian,
+    gradient_combination,
+    gramian_of,
+)
 from mtlscope.methods.registry import METHODS
 from mtlscope.options import NonNegativeFloat
 
@@ -136,6 +143,7 @@ def aggregate(jacobian: Tensor, c: float = 0.5, rescale: int = 1) -> Tensor:
 class CAGrad(Method):
     name = "cagrad"
     needs = frozenset({"jacobian"})
+    accepts_gramian = True
 
     def __init__(self, c: float = 0.5, rescale: int = 1) -> None:
         _check_options(c, rescale)
@@ -143,17 +151,15 @@ class CAGrad(Method):
         self.rescale = int(rescale)
 
     def combine(self, step: StepInput) -> Combination:
-        if step.jacobian is None:
-            raise ValueError("cagrad needs the Jacobian of the task losses (needs 'jacobian')")
-        jacobian = check_jacobian(step.jacobian).detach()
-        num_tasks = jacobian.shape[0]
-        w, lam = dual_weights((jacobian @ jacobian.T).to("cpu", torch.float64).numpy(), self.c)
+        gramian = gramian_of(step, "cagrad")
+        num_tasks = gramian.shape[0]
+        w, lam = dual_weights(gramian.to("cpu", torch.float64).numpy(), self.c)
         mean_scale = (1.0 / num_tasks + lam * w) / rescale_factor(self.c, self.rescale)
         coefficients = torch.as_tensor(mean_scale * (num_tasks / step.loss_scale), dtype=torch.float64)
-        coefficients = coefficients.to(device=jacobian.device, dtype=jacobian.dtype)
+        coefficients = coefficients.to(device=gramian.device, dtype=gramian.dtype)
         diagnostics = {f"weight/{task}": float(v) for task, v in zip(step.task_names, coefficients.cpu().tolist())}
         diagnostics["lambda"] = float(lam)
-        return Combination(shared_gradient=coefficients @ jacobian, diagnostics=diagnostics)
+        return gradient_combination(step, coefficients, diagnostics, "cagrad")
 
 
 @METHODS.register(

@@ -51,7 +51,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian, check_loss_scale
+from mtlscope.methods.base import (
+    Combination,
+    Method,
+    StepInput,
+    check_jacobian,
+    check_loss_scale,
+    gradient_combination,
+    gramian_of,
+)
 from mtlscope.methods.registry import METHODS
 from mtlscope.options import NonNegativeFloat, UnitInterval
 
@@ -154,6 +162,7 @@ def aggregate(
 class GradVac(Method):
     name = "gradvac"
     needs = frozenset({"jacobian"})
+    accepts_gramian = True
 
     def __init__(self, beta: float = 0.01, eps: float = 1e-8) -> None:
         _check_options(beta, eps)
@@ -166,14 +175,11 @@ class GradVac(Method):
         self.targets = torch.zeros(self.num_tasks, self.num_tasks, dtype=torch.float64)
 
     def combine(self, step: StepInput) -> Combination:
-        jacobian = step.jacobian
-        if jacobian is None:
-            raise ValueError("gradvac needs the Jacobian (StepInput.jacobian is None)")
-        check_jacobian(jacobian)
-        if jacobian.shape[0] != self.num_tasks:
-            raise ValueError(f"gradvac: expected a Jacobian with {self.num_tasks} rows, got {jacobian.shape[0]}")
+        gram = gramian_of(step, "gradvac")
+        if gram.shape[0] != self.num_tasks:
+            raise ValueError(f"gradvac: expected the gradients of {self.num_tasks} tasks, got {gram.shape[0]}")
         scale = check_loss_scale(step.loss_scale, "gradvac")
-        gram = (jacobian @ jacobian.T).detach().to(device="cpu", dtype=torch.float64)  # one K x K transfer
+        gram = gram.to(device="cpu", dtype=torch.float64)  # one K x K transfer
         coefficients, self.targets, corrections = coefficients_from_gramian(
             gram, self.targets, step.generator, self.beta, self.eps
         )
@@ -183,8 +189,7 @@ class GradVac(Method):
         if self.num_tasks > 1:
             off_diagonal = ~torch.eye(self.num_tasks, dtype=torch.bool)
             diagnostics["target_mean"] = float(self.targets[off_diagonal].mean())
-        shared = w.to(dtype=jacobian.dtype, device=jacobian.device) @ jacobian
-        return Combination(shared_gradient=shared, diagnostics=diagnostics)
+        return gradient_combination(step, w, diagnostics, "gradvac")
 
     def state_dict(self) -> dict[str, Any]:
         return {"targets": self.targets.clone()}

@@ -55,7 +55,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
+from mtlscope.methods.base import (
+    Combination,
+    Method,
+    StepInput,
+    check_jacobian,
+    gradient_combination,
+    gramian_of,
+)
 from mtlscope.methods.learned import OPTIMIZERS, LearnedVector
 from mtlscope.methods.registry import METHODS
 from mtlscope.options import PositiveFloat
@@ -118,15 +125,12 @@ def log_scale_gradient(log_scales: Tensor, losses: Tensor) -> Tensor:
 class IMTLG(Method):
     name = "imtl_g"
     needs = frozenset({"jacobian"})
+    accepts_gramian = True
 
     def combine(self, step: StepInput) -> Combination:
-        if step.jacobian is None:
-            raise ValueError("imtl_g needs the Jacobian of the task losses (needs 'jacobian')")
-        jacobian = check_jacobian(step.jacobian).detach()
-        coefficients = weights(jacobian) * (jacobian.shape[0] / step.loss_scale)
-        return Combination(
-            shared_gradient=coefficients @ jacobian, diagnostics=_diagnostics(step.task_names, coefficients, None)
-        )
+        gramian = gramian_of(step, "imtl_g")
+        coefficients = weights_from_gramian(gramian) * (gramian.shape[0] / step.loss_scale)
+        return gradient_combination(step, coefficients, _diagnostics(step.task_names, coefficients, None), "imtl_g")
 
 
 class IMTLL(Method):
@@ -173,20 +177,22 @@ class IMTLL(Method):
 class IMTL(IMTLL):
     name = "imtl"
     needs = frozenset({"jacobian"})
+    accepts_gramian = True
 
     def combine(self, step: StepInput) -> Combination:
-        if step.jacobian is None:
-            raise ValueError("imtl needs the Jacobian of the task losses (needs 'jacobian')")
-        jacobian = check_jacobian(step.jacobian).detach()
+        # IMTL-G on the scaled gradients e^{s_k} g_k: their Gramian is diag(e^s) G diag(e^s)
         log_scales = self.log_scales.value
-        scales = log_scales.exp().to(jacobian)
-        alpha = weights(scales[:, None] * jacobian)
-        coefficients = alpha * scales * (jacobian.shape[0] / step.loss_scale)
+        if step.jacobian is not None:
+            jacobian = check_jacobian(step.jacobian).detach()
+            scales = log_scales.exp().to(jacobian)
+            alpha = weights(scales[:, None] * jacobian)
+        else:
+            gramian = gramian_of(step, "imtl")
+            scales = log_scales.exp().to(gramian)
+            alpha = weights_from_gramian(scales[:, None] * gramian * scales[None, :])
+        coefficients = alpha * scales * (len(step.task_names) / step.loss_scale)
         self._update(step.losses)
-        return Combination(
-            shared_gradient=coefficients @ jacobian,
-            diagnostics=_diagnostics(step.task_names, coefficients, log_scales),
-        )
+        return gradient_combination(step, coefficients, _diagnostics(step.task_names, coefficients, log_scales), "imtl")
 
 
 @METHODS.register(

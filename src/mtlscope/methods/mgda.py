@@ -60,7 +60,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian
+from mtlscope.methods.base import (
+    Combination,
+    Method,
+    StepInput,
+    check_jacobian,
+    gradient_combination,
+    gramian_of,
+)
 from mtlscope.methods.registry import METHODS
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
@@ -248,6 +255,7 @@ def _diagnostics(task_names: tuple[str, ...], coefficients: Tensor, min_norm: fl
 class MGDA(Method):
     name = "mgda"
     needs = frozenset({"jacobian"})
+    accepts_gramian = True
 
     def __init__(self, normalization: Normalization = "none", solver: Solver = "exact") -> None:
         _check_options(normalization, solver)
@@ -255,18 +263,13 @@ class MGDA(Method):
         self.solver: Solver = solver
 
     def combine(self, step: StepInput) -> Combination:
-        if step.jacobian is None:
-            raise ValueError("mgda needs the Jacobian of the task losses (needs 'jacobian')")
-        jacobian = check_jacobian(step.jacobian).detach()
-        gramian = jacobian @ jacobian.T
+        gramian = gramian_of(step, "mgda")
         alpha = weights_from_gramian(gramian, step.losses, self.normalization, self.solver)
-        coefficients = alpha * (jacobian.shape[0] / step.loss_scale)
-        return Combination(
-            shared_gradient=coefficients @ jacobian,
-            diagnostics=_diagnostics(
-                step.task_names, coefficients, _min_norm(gramian, alpha, step.losses, self.normalization)
-            ),
+        coefficients = alpha * (gramian.shape[0] / step.loss_scale)
+        diagnostics = _diagnostics(
+            step.task_names, coefficients, _min_norm(gramian, alpha, step.losses, self.normalization)
         )
+        return gradient_combination(step, coefficients, diagnostics, "mgda")
 
 
 class MGDAUB(Method):

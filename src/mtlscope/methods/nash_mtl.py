@@ -64,7 +64,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian, check_loss_scale
+from mtlscope.methods.base import (
+    Combination,
+    Method,
+    StepInput,
+    check_jacobian,
+    check_loss_scale,
+    gradient_combination,
+    gramian_of,
+)
 from mtlscope.methods.registry import METHODS
 from mtlscope.options import NonNegativeFloat, PositiveInt
 
@@ -161,9 +169,14 @@ def solve(gramian: Tensor, beta_init: Tensor | None = None, optim_niter: int = 2
 
 def clip_factor(direction: Tensor, max_norm: float) -> Tensor:
     """``min(1, max_norm / (|d| + 1e-6))`` as ``torch.nn.utils.clip_grad_norm_``; 1 when max_norm is 0."""
+    return norm_clip_factor(torch.linalg.vector_norm(direction), max_norm)
+
+
+def norm_clip_factor(norm: Tensor, max_norm: float) -> Tensor:
+    """``clip_factor`` from the norm ``|d|`` (a 0-dim tensor)."""
     if max_norm == 0:
-        return torch.ones((), dtype=direction.dtype, device=direction.device)
-    return torch.clamp(max_norm / (torch.linalg.vector_norm(direction) + 1e-6), max=1.0)
+        return torch.ones((), dtype=norm.dtype, device=norm.device)
+    return torch.clamp(max_norm / (norm + 1e-6), max=1.0)
 
 
 def weights(
@@ -197,6 +210,7 @@ def aggregate(
 class NashMTL(Method):
     name = "nash_mtl"
     needs = frozenset({"jacobian"})
+    accepts_gramian = True
 
     def __init__(self, update_weights_every: int = 1, optim_niter: int = 20, max_norm: float = 1.0) -> None:
         _check_options(max_norm, optim_niter, update_weights_every)
@@ -214,16 +228,13 @@ class NashMTL(Method):
         self.beta = None  # float64 CPU, normalized units: the warm start
 
     def combine(self, step: StepInput) -> Combination:
-        jacobian = step.jacobian
-        if jacobian is None:
-            raise ValueError("nash_mtl needs the Jacobian (StepInput.jacobian is None)")
-        check_jacobian(jacobian)
-        if jacobian.shape[0] != self.num_tasks:
-            raise ValueError(f"nash_mtl: expected a Jacobian with {self.num_tasks} rows, got {jacobian.shape[0]}")
+        gramian = gramian_of(step, "nash_mtl")
+        if gramian.shape[0] != self.num_tasks:
+            raise ValueError(f"nash_mtl: expected the gradients of {self.num_tasks} tasks, got {gramian.shape[0]}")
         scale = check_loss_scale(step.loss_scale, "nash_mtl")
         diagnostics: dict[str, float] = {}
         if self.calls % self.update_weights_every == 0 or self.alpha is None:
-            gram = (jacobian @ jacobian.T).detach().to(device="cpu", dtype=torch.float64)  # one K x K transfer
+            gram = gramian.to(device="cpu", dtype=torch.float64)  # one K x K transfer
             solution = solve(gram, self.beta, self.optim_niter)
             if solution.accepted or self.alpha is None:
                 self.alpha = solution.alpha
@@ -233,15 +244,23 @@ class NashMTL(Method):
             diagnostics["solver_iters"] = float(solution.iterations)
             diagnostics["accepted"] = float(solution.accepted)
         self.calls += 1
-        alpha = self.alpha.to(dtype=jacobian.dtype, device=jacobian.device)
-        direction = alpha @ jacobian
-        factor = clip_factor(direction, self.max_norm)
+        if step.jacobian is not None:
+            jacobian = step.jacobian.detach()
+            alpha = self.alpha.to(dtype=jacobian.dtype, device=jacobian.device)
+            direction = alpha @ jacobian
+            norm = torch.linalg.vector_norm(direction)
+        else:  # |d|² = αᵀ G α
+            alpha = self.alpha.to(dtype=gramian.dtype, device=gramian.device)
+            norm = (alpha @ gramian @ alpha).clamp_min(0).sqrt()
+        factor = norm_clip_factor(norm, self.max_norm)
         effective = alpha * factor / scale
-        diagnostics["norm"] = float(torch.linalg.vector_norm(direction))
+        diagnostics["norm"] = float(norm)
         diagnostics["clip"] = float(factor)
         for task, value in zip(self.task_names, effective.tolist(), strict=True):
             diagnostics[f"weight/{task}"] = float(value)
-        return Combination(shared_gradient=direction * (factor / scale), diagnostics=diagnostics)
+        if step.jacobian is not None:
+            return Combination(shared_gradient=direction * (factor / scale), diagnostics=diagnostics)
+        return gradient_combination(step, effective, diagnostics, "nash_mtl")
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"calls": self.calls}

@@ -38,7 +38,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtlscope.methods.base import Combination, Method, StepInput, check_jacobian, check_loss_scale
+from mtlscope.methods.base import (
+    Combination,
+    Method,
+    StepInput,
+    check_jacobian,
+    check_loss_scale,
+    gradient_combination,
+    gramian_of,
+)
 from mtlscope.methods.registry import METHODS
 
 
@@ -89,14 +97,11 @@ def aggregate(jacobian: Tensor, generator: torch.Generator | None = None, loss_s
 class PCGrad(Method):
     name = "pcgrad"
     needs = frozenset({"jacobian"})
+    accepts_gramian = True
 
     def combine(self, step: StepInput) -> Combination:
-        jacobian = step.jacobian
-        if jacobian is None:
-            raise ValueError("pcgrad needs the Jacobian (StepInput.jacobian is None)")
-        check_jacobian(jacobian)
         scale = check_loss_scale(step.loss_scale, "pcgrad")
-        gram_cpu = (jacobian @ jacobian.T).detach().to(device="cpu", dtype=torch.float64)  # one K x K transfer
+        gram_cpu = gramian_of(step, "pcgrad").to(device="cpu", dtype=torch.float64)  # one K x K transfer
         coefficients, projections = coefficients_from_gramian(gram_cpu, step.generator)
         w = coefficients / scale
         num_tasks = gram_cpu.shape[0]
@@ -105,8 +110,7 @@ class PCGrad(Method):
         diagnostics = {f"weight/{task}": float(value) for task, value in zip(step.task_names, w.tolist(), strict=True)}
         diagnostics["conflict_frac"] = conflicts / pairs if pairs else 0.0
         diagnostics["projections"] = float(projections)
-        shared = w.to(dtype=jacobian.dtype, device=jacobian.device) @ jacobian
-        return Combination(shared_gradient=shared, diagnostics=diagnostics)
+        return gradient_combination(step, w, diagnostics, "pcgrad")
 
 
 @METHODS.register("pcgrad", "PCGrad gradient surgery: project conflicting task gradients (Yu et al. 2020)")

@@ -38,6 +38,7 @@ from pydantic_core import PydanticCustomError
 
 from mtlscope.data.catalog import use_data_directory
 from mtlscope.data.fingerprint import combine, tensor_digest
+from mtlscope.engine.gramian import DEFAULT_JACOBIAN_BUDGET_MB
 from mtlscope.engine.loss_scale import parse_loss_scale
 from mtlscope.engine.lr_schedules import LR_SCHEDULES, build_learning_rate, canonical_schedule
 from mtlscope.imports import (
@@ -277,6 +278,8 @@ class TrainingConfig(_Strict):
     diagnostics_every: int | None = Field(default=None, ge=1)
     jacobian_mode: Literal["auto", "per_task", "batched", "loop"] = "auto"
     jacobian_chunk: int | None = Field(default=None, ge=1)
+    gradient_path: Literal["auto", "jacobian", "gramian"] = "auto"
+    jacobian_budget_mb: float = Field(default=DEFAULT_JACOBIAN_BUDGET_MB, gt=0)
     save_state: bool = True
     keep_best: bool = False
 
@@ -317,6 +320,10 @@ class TrainingConfig(_Strict):
             data.pop("keep_best", None)
         if self.checkpoints_per_decade is None:  # only with eval_every: log, which came after these run ids
             data.pop("checkpoints_per_decade", None)
+        if self.gradient_path == "auto":  # configs at the defaults keep the run ids they had before the options
+            data.pop("gradient_path", None)
+        if self.jacobian_budget_mb == DEFAULT_JACOBIAN_BUDGET_MB:
+            data.pop("jacobian_budget_mb", None)
         return data
 
 

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 
 from mtlscope.engine.gradients import resolve_mode
+from mtlscope.engine.gramian import resolve_gradient_path
 from mtlscope.engine.loss_scale import resolve_loss_scale
 from mtlscope.engine.lr_schedules import LearningRate, build_learning_rate
 from mtlscope.engine.optimizers import build_optimizer
@@ -103,6 +104,16 @@ def prepare(config: RunConfig, source: str = "config", *, objects: Mapping[str, 
         model = build_model(setting, encoder, head, resolved.seed).to(device)
         probes = [build_probe(name, options) for name, options in resolved.probes.items()]
         resolve_mode(resolved.training.jacobian_mode, setting)
+        shared = list(model.shared_parameters())
+        resolve_gradient_path(
+            resolved.training.gradient_path,
+            method,
+            len(setting.task_names),
+            sum(p.numel() for p in shared),
+            shared[0].element_size() if shared else 4,
+            resolved.training.jacobian_budget_mb,
+            resolved.training.jacobian_mode,
+        )
     except (KeyError, ValueError, TypeError) as error:  # a builder rejecting an option's value or type
         raise ConfigError(f"{source}: {clip(str(error.args[0] if error.args else error), 400)}") from None
     except (RuntimeError, MemoryError) as error:  # e.g. an encoder too large to allocate
@@ -200,6 +211,8 @@ def _trainer(
         diagnostics_every=config.training.diagnostics_every,
         jacobian_mode=config.training.jacobian_mode,
         jacobian_chunk=config.training.jacobian_chunk,
+        gradient_path=config.training.gradient_path,
+        jacobian_budget_mb=config.training.jacobian_budget_mb,
         lr_at=prepared.learning_rate.lr_at,
         checkpoint_hooks=[prepared.best] if prepared.best is not None else [],
     )

@@ -1,0 +1,313 @@
+"""The K x K Gramian ``J Jᵀ`` of the task gradients on the shared parameters, without ever holding J
+(docs/methods.md, "The Gramian path").
+
+Methods whose update depends on the task gradients only through their inner products (MGDA, IMTL-G,
+Aligned-MTL, CAGrad, Nash-MTL, PCGrad, GradVac) need only ``G = J Jᵀ`` = ``Σ_modules J_m J_mᵀ``, where ``J_m``
+[K, p_m] holds the task gradients on the parameters of one module. ``GramianEngine`` accumulates that sum
+module by module:
+
+- a forward hook on every shared module that owns parameters directly passes the module's output through an
+  identity ``torch.autograd.Function`` (``_Tap``); the module's whole subtree of parameters is its block (its
+  children are not hooked separately);
+- the Gramian pass is a batched vector-Jacobian product (``torch.func.vmap`` over ``torch.autograd.grad``) of
+  the output with m task cotangents at once, which asks autograd only for the gradient of a scalar *anchor*
+  that every tap takes as an extra input: autograd then crosses every hooked module (computing the gradients
+  with respect to activations, as a backward does) but never the gradients with respect to the parameters;
+- each tap's backward receives the [m, ...] gradient at its module's output (``_Accumulate``, whose ``vmap``
+  rule sees the whole batch of cotangents), computes that module's block [m, p_m] by a batched
+  vector-Jacobian product of its own output on its own parameters (the module's part of the graph, kept
+  from the forward), adds ``block @ blockᵀ`` into the Gramian and frees the block. A module called several
+  times in one forward gets the sum of its calls' blocks before the product (the cross terms count).
+
+The largest tensor of the pass is the larger of m x (one module's parameters) and m x (one activation); no
+[K, P] tensor is formed. With ``chunk`` = m < K the tasks are processed in chunks: the pass runs on every pair
+of chunks (both chunks' cotangents at once), giving the diagonal and the off-diagonal blocks of G — about
+K/m times the work of one pass over all K tasks, for m/K of its activation memory.
+
+Requirements on the model (as TorchJD's ``autogram`` engine): parameters are used only inside the forward of
+the module that owns them (a parent reading a child's weight directly is not seen), module outputs are
+tensors or tuples/lists/dicts of tensors, and the backward runs under ``torch.func.vmap`` (the batched
+Jacobian mode's requirement). The shared parameters must be exactly the parameters of the hooked modules
+(checked when the engine is built).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from mtlscope.methods.base import Method
+
+
+class _Accumulate(torch.autograd.Function):
+    """Identity on the gradient at a module's output; adds the module's Gramian block as a side effect. Its
+    ``vmap`` rule receives the whole [m, ...] batch of task cotangents."""
+
+    @staticmethod
+    def forward(tap: _ModuleTap, call: _Call, *grads: Tensor) -> tuple[Tensor, ...]:
+        tap.add([g.unsqueeze(0) for g in grads], call)
+        return tuple(g.clone() for g in grads)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
+        pass
+
+    @staticmethod
+    def vmap(info: Any, in_dims: Any, tap: _ModuleTap, call: _Call, *grads: Tensor) -> Any:
+        batched = [
+            g.movedim(d, 0) if d is not None else g.unsqueeze(0).expand(info.batch_size, *g.shape)
+            for g, d in zip(grads, in_dims[2:])
+        ]
+        tap.add(batched, call)
+        return tuple(grads), tuple(in_dims[2:])
+
+
+class _Tap(torch.autograd.Function):
+    """Identity on a module's outputs (and a zero gradient for the anchor); in the Gramian pass its backward
+    hands the gradient at the outputs to the module's ``_ModuleTap``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(anchor: Tensor, tap: _ModuleTap, call: _Call, *outputs: Tensor) -> tuple[Tensor, ...]:
+        return tuple(t.detach() for t in outputs)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
+        ctx.tap, ctx.call = inputs[1], inputs[2]
+        ctx.anchor_like = inputs[0]
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> Any:
+        if ctx.tap.engine.inside_block:  # a module's block is over its own call: earlier calls count separately
+            return (None, None, None, *(None for _ in grads))
+        if ctx.tap.engine.accumulating:
+            grads = _Accumulate.apply(ctx.tap, ctx.call, *grads)
+        anchor = torch.zeros_like(ctx.anchor_like) if ctx.needs_input_grad[0] else None
+        return (anchor, None, None, *grads)
+
+
+class _Call:
+    """One forward call of a hooked module: its outputs (the module's part of the graph hangs on them)."""
+
+    __slots__ = ("outputs",)
+
+    def __init__(self, outputs: list[Tensor]) -> None:
+        self.outputs = outputs
+
+
+class _ModuleTap:
+    """A hooked module: its parameters, its forward calls since the last reset, and the pending block sum of a
+    module called several times."""
+
+    def __init__(self, engine: GramianEngine, name: str, module: nn.Module) -> None:
+        self.engine = engine
+        self.name = name
+        self.module = module
+        self.parameters = [p for p in module.parameters() if p.requires_grad]
+        self.calls = 0
+        self.received = 0
+        self.pending: Tensor | None = None
+        self.handle = module.register_forward_hook(self.hook)
+
+    def hook(self, module: nn.Module, args: Any, output: Any) -> Any:
+        flat, spec = tree_flatten(output)
+        positions = [i for i, t in enumerate(flat) if isinstance(t, Tensor) and t.requires_grad]
+        if not positions or self.engine.accumulating or not self.engine.recording:
+            return output
+        self.calls += 1
+        raw = [flat[i] for i in positions]
+        tapped = _Tap.apply(self.engine.anchor, self, _Call(raw), *raw)
+        for i, t in zip(positions, tapped):
+            flat[i] = t
+        return tree_unflatten(flat, spec)
+
+    def add(self, grads: list[Tensor], call: _Call) -> None:
+        """Add this call's block [m, p] (the gradients ``grads`` [m, *output] pulled back to the parameters)."""
+        count = grads[0].shape[0]
+        self.engine.inside_block = True
+        try:
+            parameter_grads = torch.autograd.grad(
+                call.outputs,
+                self.parameters,
+                grads,
+                retain_graph=True,
+                is_grads_batched=True,
+                allow_unused=True,
+            )
+        finally:
+            self.engine.inside_block = False
+        block = torch.cat(
+            [
+                (g if g is not None else torch.zeros(count, *p.shape, dtype=p.dtype, device=p.device)).reshape(
+                    count, -1
+                )
+                for g, p in zip(parameter_grads, self.parameters)
+            ],
+            dim=1,
+        )
+        del parameter_grads
+        self.received += 1
+        if self.calls > 1:  # the module's gradient is the sum over its calls: square the sum
+            self.pending = block if self.pending is None else self.pending + block
+            if self.received < self.calls:
+                return
+            block, self.pending = self.pending, None
+        self.engine.add(block @ block.T)
+
+
+def owning_modules(modules: Sequence[nn.Module]) -> list[tuple[str, nn.Module]]:
+    """The modules to hook under ``modules``: the topmost ones that own trainable parameters directly (each
+    covers its whole subtree), with their qualified names."""
+    found: list[tuple[str, nn.Module]] = []
+
+    def visit(name: str, module: nn.Module) -> None:
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            found.append((name or type(module).__name__, module))
+            return
+        for child_name, child in module.named_children():
+            visit(f"{name}.{child_name}" if name else child_name, child)
+
+    for module in modules:
+        visit("", module)
+    return found
+
+
+class GramianEngine:
+    """Hooks on the modules that hold the shared parameters; ``gramian`` computes ``J Jᵀ`` of the task
+    gradients on them from the task cotangents of one tensor of the graph (see the module docstring).
+
+    Args:
+        modules: the shared modules (an encoder), hooked once here; ``remove`` takes the hooks off.
+        parameters: the shared parameters the Gramian is over: they must be exactly those of the modules.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module], parameters: Sequence[Tensor]) -> None:
+        self.accumulating = False
+        self.inside_block = False
+        #: Whether the hooks tap the modules' forward calls (the trainer taps only its step's forward).
+        self.recording = True
+        self.taps: list[_ModuleTap] = []
+        hooked = owning_modules(modules)
+        covered = {id(p) for _, m in hooked for p in m.parameters() if p.requires_grad}
+        wanted = {id(p) for p in parameters}
+        if covered != wanted:
+            missing = len(wanted - covered)
+            extra = len(covered - wanted)
+            raise ValueError(
+                "the Gramian path needs the shared parameters to be exactly the trainable parameters of the shared "
+                f"modules ({missing} shared tensors are outside them, {extra} of their tensors are not shared)"
+            )
+        first = next(iter(parameters))
+        self.anchor = torch.zeros((), dtype=first.dtype, device=first.device, requires_grad=True)
+        self._gramian: Tensor | None = None
+        self.taps = [_ModuleTap(self, name, module) for name, module in hooked]
+
+    def remove(self) -> None:
+        """Take the hooks off the modules."""
+        for tap in self.taps:
+            tap.handle.remove()
+        self.taps = []
+
+    def reset(self) -> None:
+        """Forget the forward calls counted so far (the engine counts them to pair a module's several calls)."""
+        for tap in self.taps:
+            tap.calls = tap.received = 0
+            tap.pending = None
+
+    def add(self, product: Tensor) -> None:
+        assert self._gramian is not None
+        self._gramian += product.to(self._gramian.dtype)
+
+    def _pass(self, output: Tensor, cotangents: Tensor) -> Tensor:
+        """The Gramian of the [m] tasks whose cotangents [m, *output.shape] are given, from one batched pass."""
+        count = cotangents.shape[0]
+        self._gramian = torch.zeros(count, count, dtype=cotangents.dtype, device=cotangents.device)
+        for tap in self.taps:
+            tap.received = 0
+            tap.pending = None
+        self.accumulating = True
+        try:
+            torch.func.vmap(
+                lambda v: torch.autograd.grad(output, self.anchor, v, retain_graph=True, allow_unused=True)[0]
+            )(cotangents)
+        finally:
+            self.accumulating = False
+        unfinished = [tap.name for tap in self.taps if tap.calls and tap.received != tap.calls]
+        if unfinished:
+            raise ValueError(
+                f"the Gramian path saw a forward call of module {unfinished[0]!r} whose output does not reach the "
+                "task losses (a module output used outside the losses, or a forward since the last step)"
+            )
+        gramian, self._gramian = self._gramian, None
+        return gramian
+
+    def gramian(self, output: Tensor, cotangents: Tensor, chunk: int | None = None) -> Tensor:
+        """[K, K] Gramian of the K vector-Jacobian products ``cotangents[k]`` [K, *output.shape] of ``output`` on
+        the shared parameters (graph kept); the forward calls counted are then forgotten.
+
+        With ``chunk`` = m < K the tasks are processed by pairs of chunks of m (see the module docstring)."""
+        num = cotangents.shape[0]
+        size = num if chunk is None or chunk >= num else max(1, int(chunk))
+        try:
+            if size == num:
+                return self._pass(output, cotangents)
+            starts = list(range(0, num, size))
+            result = torch.zeros(num, num, dtype=cotangents.dtype, device=cotangents.device)
+            for a, first in enumerate(starts):
+                for second in starts[a + 1 :]:
+                    rows = torch.cat(
+                        [torch.arange(first, min(num, first + size)), torch.arange(second, min(num, second + size))]
+                    ).to(cotangents.device)
+                    part = self._pass(output, cotangents[rows])
+                    result[rows[:, None], rows[None, :]] = part
+            return result
+        finally:
+            self.reset()
+
+
+GradientPath = Literal["auto", "jacobian", "gramian"]
+GRADIENT_PATHS: tuple[str, ...] = get_args(GradientPath)
+#: ``training.jacobian_budget_mb``: above this size of the K x P Jacobian, ``auto`` takes the Gramian path.
+DEFAULT_JACOBIAN_BUDGET_MB = 1024.0
+
+
+def resolve_gradient_path(
+    path: str,
+    method: Method,
+    num_tasks: int,
+    num_parameters: int,
+    itemsize: int,
+    budget_mb: float = DEFAULT_JACOBIAN_BUDGET_MB,
+    jacobian_mode: str = "auto",
+) -> str:
+    """``"jacobian"`` or ``"gramian"``: how the task gradients of ``method`` on the shared parameters are
+    computed (``training.gradient_path``). ``auto`` takes the Gramian path for a method that can use it
+    (``accepts_gramian``, or needs only ``"gramian"``) when the [K, P] Jacobian would take more than
+    ``budget_mb`` MiB; a method that needs no shared task gradients gets ``"jacobian"`` (nothing is computed)."""
+    if path not in GRADIENT_PATHS:
+        raise ValueError(f"training.gradient_path must be one of {', '.join(GRADIENT_PATHS)}, got {path!r}")
+    if not (isinstance(budget_mb, int | float) and not isinstance(budget_mb, bool) and budget_mb > 0):
+        raise ValueError(f"training.jacobian_budget_mb must be a number > 0, got {budget_mb!r}")
+    needs = method.needs
+    uses_gramian = "gramian" in needs or ("jacobian" in needs and method.accepts_gramian)
+    if not uses_gramian:
+        if path == "gramian" and "jacobian" in needs:
+            raise ValueError(
+                f"training.gradient_path 'gramian': method {method.name!r} needs the task gradients themselves, "
+                "not only their inner products; use 'jacobian' or 'auto'"
+            )
+        return "jacobian"
+    if path == "gramian" and jacobian_mode == "loop":
+        raise ValueError(
+            "training.gradient_path 'gramian' runs a batched backward (torch.func.vmap); it cannot be combined with "
+            "training.jacobian_mode 'loop'"
+        )
+    if path == "auto":
+        too_large = num_tasks * num_parameters * itemsize > budget_mb * 2**20
+        return "gramian" if too_large and jacobian_mode != "loop" else "jacobian"
+    return path
