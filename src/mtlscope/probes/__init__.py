@@ -14,7 +14,9 @@ Standalone functions, usable on any PyTorch model (an ``nn.Module``) and loss (a
 - ``task_affinity(losses, shared, optimizer)`` (any model; ``losses()`` gives the K task losses of a batch) and
   ``affinity(model, setting, batch, optimizer)`` (an mtlscope model) — inter-task affinity matrices, exact and
   first-order (Fifty et al. 2020, eq. 1);
-- ``per_example_gradients(model, loss_fn, inputs, targets)`` — the [N, P] per-example gradients they use.
+- ``per_example_gradients(model, loss_fn, inputs, targets)`` — the [N, P] per-example gradients they use;
+  ``per_example_squared_norms(model, loss_fn, inputs, targets)`` — their [N] squared norms, from per-layer
+  formulas (Linear, Conv2d, eval-mode BatchNorm) without forming them.
 
 Probes run by the trainer implement ``Probe`` and are registered in ``PROBES``: ``sharpness``,
 ``fim_trace``, ``grad_cov_trace``, ``grad_similarity``, ``affinity`` and ``min_train_loss``.
@@ -26,6 +28,7 @@ from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues, StepC
 from mtlscope.probes.covariance import CovarianceResult, grad_cov_trace
 from mtlscope.probes.fisher import FisherResult, fim_trace
 from mtlscope.probes.per_example import per_example_gradients
+from mtlscope.probes.per_example_norms import per_example_squared_norms
 from mtlscope.probes.sharpness import SharpnessResult, sharpness
 from mtlscope.probes.similarity import grad_similarity, task_gradients
 
@@ -45,6 +48,7 @@ __all__ = [
     "grad_cov_trace",
     "grad_similarity",
     "per_example_gradients",
+    "per_example_squared_norms",
     "sharpness",
     "task_affinity",
     "task_gradients",

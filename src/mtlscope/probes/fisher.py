@@ -7,8 +7,8 @@ cross-entropy) or ``gaussian`` (``N(f(x), 1)``, unit variance, MSE), and
 
 - ``fim_trace = mean over consecutive minibatches b (|b| = batch_size = 16) of ||grad_theta mean_{x in b}
   l(f(x), yhat)||^2`` — the minibatch form the paper and Novack et al. use;
-- ``fim_trace_per_example = mean_x ||grad_theta l(f(x), yhat_x)||^2`` (per-example gradients via torch.func),
-  a one-draw Monte-Carlo estimate of ``mean_x Tr F(x)``.
+- ``fim_trace_per_example = mean_x ||grad_theta l(f(x), yhat_x)||^2`` (per-example squared gradient norms,
+  ``mtlscope.probes.per_example_norms``), a one-draw Monte-Carlo estimate of ``mean_x Tr F(x)``.
 
 Because the score of the model's own distribution has zero mean (``E_yhat grad l(f(x), yhat) = 0``), the
 per-example gradients of different examples are uncorrelated given the inputs and
@@ -29,7 +29,10 @@ work) for classification, ``F.mse_loss`` with the empirical Fisher for regressio
 function (the labels stay those of ``loss`` or ``kind``).
 
 Cost: one forward pass without grad to sample labels, N/|b| forward+backward passes for the minibatch trace and
-N per-example gradients (vectorized, about the cost of one forward+backward over the N examples).
+the N per-example squared norms: with ``per_example_method="auto"`` (default) one forward+backward over the N
+examples plus the per-layer norms of Linear, Conv2d and eval-mode BatchNorm layers (other parameters:
+per-example gradients), about 1.6-1.8x a batched forward+backward; with ``"vmap"`` per-example gradients of every
+parameter (torch.func, the path before the layer formulas), several times that on convolutions.
 """
 
 from __future__ import annotations
@@ -51,10 +54,10 @@ from mtlscope.probes.per_example import (
     batch_gradient,
     check_examples,
     check_model,
-    iter_per_example_gradients,
     loss_function,
     selected_parameters,
 )
+from mtlscope.probes.per_example_norms import NormMethod, iter_per_example_squared_norms
 from mtlscope.probes.predictor import DEFAULT_SUBSET, ParameterChoice, TaskProbe, TaskView
 
 Kind = Literal["classification", "regression"]
@@ -110,6 +113,7 @@ def fim_trace(
     loss_fn: LossFn | None = None,
     chunk_size: int | None = None,
     per_example: bool = True,
+    per_example_method: NormMethod = "auto",
 ) -> FisherResult:
     """Fisher-information trace of ``model`` on ``inputs`` (Mueller et al. 2025, eq. 5), see the module docstring.
 
@@ -118,8 +122,12 @@ def fim_trace(
     (a loss declared ``empirical``, regression, or ``empirical=True``). ``parameters``
     chooses which parameters count (default: all requiring grad). Labels are drawn from ``generator`` (default:
     a fresh generator seeded with 0). ``per_example=False`` skips the per-example trace (NaN in the result):
-    per-example gradients are the costly part for large models (see docs/probes.md, "Cost"). The model is left
-    exactly as it was.
+    per-example gradients are the costly part for large models (see docs/probes.md, "Cost").
+    ``per_example_method`` chooses how the per-example squared norms are computed (``per_example_norms``):
+    ``"auto"`` (per-layer formulas, per-example gradients for the other parameters) or ``"vmap"``/``"loop"``
+    (per-example gradients of every parameter); the values agree up to rounding. ``chunk_size``: examples per
+    pass (``"auto"``: ``NORM_CHUNK``, 64; otherwise the per-example gradients' chunk). The model is left exactly
+    as it was.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
@@ -143,10 +151,10 @@ def fim_trace(
                 labels = component.sample_targets(model(inputs), _default_generator(generator))
         per_example_total = 0.0 if per_example else math.nan
         if per_example:
-            for chunk in iter_per_example_gradients(
-                model, function, inputs, labels, parameters=params, chunk_size=chunk_size
+            for norms in iter_per_example_squared_norms(
+                model, function, inputs, labels, parameters=params, chunk_size=chunk_size, method=per_example_method
             ):
-                per_example_total += chunk.double().pow(2).sum().item()
+                per_example_total += norms.sum().item()
         size = min(batch_size, len(inputs))
         starts = range(0, len(inputs) - size + 1, size)
         minibatch = sum(
@@ -172,11 +180,13 @@ def expected_per_example_trace(
     parameters: Iterable[Tensor] | None = None,
     loss_fn: LossFn | None = None,
     chunk_size: int | None = None,
+    per_example_method: NormMethod = "auto",
 ) -> float:
     """``mean_x E_{yhat ~ p(.|x)} ||grad l(f(x), yhat)||^2 = mean_x Tr F(x)``, exactly, by enumerating the labels.
 
     For classifiers with ``[N, C]`` outputs; costs C per-example gradient passes. This is the expectation that
-    ``fim_trace_per_example`` estimates (and ``batch_size * fim_trace`` in expectation).
+    ``fim_trace_per_example`` estimates (and ``batch_size * fim_trace`` in expectation). ``per_example_method``
+    and ``chunk_size`` as in ``fim_trace``.
     """
     loss: LossFn = loss_fn if loss_fn is not None else cross_entropy()
     params = [p for _, p in selected_parameters(model, parameters)]
@@ -190,12 +200,11 @@ def expected_per_example_trace(
         for k in range(logits.shape[1]):
             labels = torch.full((len(inputs),), k, dtype=torch.long, device=logits.device)
             norms = torch.cat(
-                [
-                    chunk.double().pow(2).sum(1)
-                    for chunk in iter_per_example_gradients(
-                        model, loss, inputs, labels, parameters=params, chunk_size=chunk_size
+                list(
+                    iter_per_example_squared_norms(
+                        model, loss, inputs, labels, parameters=params, chunk_size=chunk_size, method=per_example_method
                     )
-                ]
+                )
             )
             total += probs[:, k] * norms
     return total.mean().item()
@@ -205,14 +214,24 @@ class FisherProbe(TaskProbe):
     """``fim_trace`` of every task's predictor on its probe subset, at each checkpoint (Mueller et al. 2025, eq. 5).
     Labels come from the distribution the task's loss declares (``Loss.fisher``). Records ``fim_trace``,
     ``fim_trace_per_example`` and ``fim_empirical`` (1 when the empirical Fisher was used: the loss declares no
-    distribution, or ``empirical: true``)."""
+    distribution, or ``empirical: true``). ``per_example_method`` chooses how ``fim_trace_per_example`` is computed
+    (``fim_trace``)."""
 
     name = "fim_trace"
     default_every = 10
 
-    def __init__(self, batch_size: int, subset: int, parameters: str, empirical: bool, per_example: bool) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        subset: int,
+        parameters: str,
+        empirical: bool,
+        per_example: bool,
+        per_example_method: NormMethod = "auto",
+    ) -> None:
         super().__init__(subset, parameters)
         self.batch_size, self.empirical, self.per_example = batch_size, empirical, per_example
+        self.per_example_method: NormMethod = per_example_method
 
     def measure(self, view: TaskView, context: ProbeContext) -> dict[str, float]:
         result = fim_trace(
@@ -225,6 +244,7 @@ class FisherProbe(TaskProbe):
             parameters=view.parameters,
             generator=context.generator,
             per_example=self.per_example,
+            per_example_method=self.per_example_method,
         )
         values = {"fim_trace": result.fim_trace, "fim_empirical": float(result.empirical)}
         if self.per_example:
@@ -240,5 +260,6 @@ def build_probe(
     parameters: ParameterChoice = "predictor",
     empirical: bool = False,
     per_example: bool = True,
+    per_example_method: NormMethod = "auto",
 ) -> Probe:
-    return FisherProbe(batch_size, subset, parameters, empirical, per_example)
+    return FisherProbe(batch_size, subset, parameters, empirical, per_example, per_example_method)
