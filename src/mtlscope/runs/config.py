@@ -279,6 +279,8 @@ class TrainingConfig(_Strict):
     jacobian_chunk: int | None = Field(default=None, ge=1)
     save_state: bool = True
     keep_best: bool = False
+    #: ``bf16``: forward passes of training steps under bfloat16 autocast (``mtlscope.engine.precision``).
+    autocast: Literal["off", "bf16"] = "off"
 
     @field_validator("loss_scale", mode="before")
     @classmethod
@@ -317,6 +319,8 @@ class TrainingConfig(_Strict):
             data.pop("keep_best", None)
         if self.checkpoints_per_decade is None:  # only with eval_every: log, which came after these run ids
             data.pop("checkpoints_per_decade", None)
+        if self.autocast == "off":  # runs without autocast keep the run ids they had before the option
+            data.pop("autocast", None)
         return data
 
 
