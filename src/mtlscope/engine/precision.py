@@ -7,7 +7,8 @@ bfloat16, reductions and normalizations in float32, as torch's autocast lists de
 returns its output cast back to the parameters' dtype (float32). So the task losses, the task gradients at the
 representation, the parameters' gradients (parameters stay float32), the methods' combinations (Gramians, QPs,
 projections) and the optimizer all stay in float32; only the arithmetic inside the encoder and the heads is
-bfloat16. This covers every forward pass the step makes — the batched one, the per-task ones of the multi-input layout and the lookahead's.
+bfloat16. This covers every forward pass the step makes — the batched one, the per-task ones of the multi-input
+layout and the lookahead's.
 
 Outside training steps nothing changes: checkpoint evaluation and every probe run in float32, without autocast.
 ``off`` (the default) installs nothing, so runs without it compute exactly what they computed before the option.
