@@ -1,25 +1,27 @@
 """The ``mtlscope`` command line.
 
-    mtlscope run CONFIG [key=value ...] [--out DIR] [--force] [--plugin MODULE ...] [--wait] [--quiet] [--mlflow URI]
-                 [--tensorboard DIR]
+    mtlscope run CONFIG [key=value ...] [--out DIR] [--force] [--threads N] [--plugin MODULE ...] [--wait] [--quiet]
+                 [--mlflow URI] [--tensorboard DIR]
     mtlscope demo [--out DIR] [--seeds N] [--epochs N] [--quiet]
     mtlscope settings
     mtlscope runs DIR
     mtlscope analyze DIR [--out DIR] [--format markdown|latex|csv]
     mtlscope report DIR [--out report.html]
-    mtlscope sweep FILE [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
+    mtlscope sweep FILE [key=value ...] [--out DIR] [--workers N] [--threads N] [--executor local|ray] [--address ADDR]
                    [--force RUN_ID ...] [--restart-failed] [--wait] [--dry-run] [--max-runs N] [--plugin MODULE ...]
                    [--quiet]
                    [--mlflow URI] [--tensorboard DIR]
     mtlscope sweep-status DIR [--workers N]
-    mtlscope reproduce NAME [key=value ...] [--out DIR] [--workers N] [--executor local|ray] [--address ADDR]
-                       [--wait] [--dry-run] [--quiet] [--mlflow URI] [--tensorboard DIR]
+    mtlscope reproduce NAME [key=value ...] [--out DIR] [--workers N] [--threads N] [--executor local|ray]
+                       [--address ADDR] [--wait] [--dry-run] [--quiet] [--mlflow URI] [--tensorboard DIR]
     mtlscope reproduce --list
     mtlscope data [-v] [--data-dir DIR]
     mtlscope data check NAME [--data-dir DIR] [--quiet]
     mtlscope data download NAME [--data-dir DIR] [--wait] [--quiet]
 
-``run``, ``sweep`` and ``reproduce`` take ``--data-dir DIR``: the folder real datasets are read from, for every
+``run``, ``sweep`` and ``reproduce`` take ``--threads N``: torch threads per run (``run``: default torch's) or per
+worker (default: cores // workers), recorded in each run's ``environment.json``, not part of run ids
+(``mtlscope.runs.threads``). They take ``--data-dir DIR``: the folder real datasets are read from, for every
 run (the runs' ``data_dir`` key, not part of their run ids) and every worker (``MTLSCOPE_DATA``); see
 docs/data.md.
 
@@ -81,6 +83,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from mtlscope.runs.launch import execute, prepare
 
     _output_directory(args.out)
+    threads = _threads_argument(args.threads)
     config = load_config(args.config, _with_data_dir(args), plugins=args.plugin)
     steps = prepare(config, args.config).schedule.steps
     trackers = _tracker_specs(args)
@@ -96,6 +99,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             source=args.config,
             trackers=trackers,
             on_failure="return",  # a failed run is the one line below and exit code 1
+            threads=threads,
         )
     if outcome.skipped:
         print(f"{outcome.path}: {outcome.message} (use --force to run it again)")
@@ -215,9 +219,27 @@ def _add_quiet_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="show no progress (only the result lines)")
 
 
+def _add_threads_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--threads", default=None, metavar="N", help=f"torch threads {default}")
+
+
+def _threads_argument(value: str | None) -> int | None:
+    """``--threads`` as a positive integer (``None`` when not given), else a one-line ``UsageError``."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdecimal()) or int(text) < 1:
+        raise UsageError(f"--threads: expected a positive integer (torch threads), got {clip(value, 40)!r}")
+    return int(text)
+
+
 def _add_execution_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--workers``, ``--executor``, ``--address`` and the tracking flags of commands that run sweeps."""
+    """``--workers``, ``--threads``, ``--executor``, ``--address`` and the tracking flags of commands that run
+    sweeps."""
     parser.add_argument("--workers", type=int, default=1, help="runs in parallel (processes; default: 1)")
+    _add_threads_argument(
+        parser, "per worker (default: cores // workers; with --workers 1 torch's default; with ray 1)"
+    )
     parser.add_argument("--executor", choices=["local", "ray"], default="local", help="where runs execute")
     parser.add_argument("--address", default=None, help="with --executor ray: a running cluster's HOST:PORT")
     _add_wait_argument(parser)
@@ -239,6 +261,7 @@ def _results_directory(directory: str) -> Path:
 def _check_execution(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise UsageError(f"--workers: expected a positive integer, got {args.workers}")
+    _threads_argument(args.threads)
     if args.address is not None and args.executor != "ray":
         raise UsageError("--address: only with --executor ray (the address of a running Ray cluster)")
 
@@ -247,7 +270,13 @@ def _execution(args: argparse.Namespace, sweep: str) -> dict[str, Any]:
     """The sweep's executor, address and trackers from ``--executor``, ``--address``, ``--mlflow``, ... (checked)."""
     _check_execution(args)
     trackers = _tracker_specs(args, sweep)
-    return {"executor": args.executor, "address": args.address, "trackers": trackers, "wait": args.wait}
+    return {
+        "executor": args.executor,
+        "address": args.address,
+        "trackers": trackers,
+        "wait": args.wait,
+        "threads_per_worker": _threads_argument(args.threads),
+    }
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -365,6 +394,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     command = " ".join(["mtlscope reproduce", args.name, *args.overrides, "--out", str(out)])
     if args.workers > 1:
         command += f" --workers {args.workers}"
+    if args.threads is not None:
+        command += f" --threads {_threads_argument(args.threads)}"
     if args.data_dir is not None:
         command += f" --data-dir {os.environ[_DATA_ENV]}"
     print(f"{preset.name}: {preset.title}")
@@ -586,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optimizer.lr=0.01")
     run.add_argument("--out", default="runs-out", help="results directory (default: runs-out)")
     run.add_argument("--force", action="store_true", help="run again even when already completed")
+    _add_threads_argument(run, "of the run (default: torch's)")
     _add_data_dir_argument(run)
     _add_plugin_argument(run)
     _add_wait_argument(run)

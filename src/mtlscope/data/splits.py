@@ -184,7 +184,7 @@ class Split(SplitData):
         return same_view or bool(torch.equal(a, b))
 
     def read_group(self, members: Mapping[str, SplitData], index: Tensor) -> Group:
-        index = index.to(self.inputs.device)
+        index = index.to(self.inputs.device, non_blocking=True)  # no stream sync on a GPU
         return self.inputs[index], {name: _tensors(split).targets[index] for name, split in members.items()}
 
     def group_batches(self, members: Mapping[str, SplitData], batch_size: int, limit: int | None) -> Iterator[Group]:

@@ -17,6 +17,9 @@ probes see the step) and at the checkpoint after ``s`` steps, so the optimizer a
 its next update — what lookahead simulations (IT-MTL, the affinity probe) and the records read. Without one, the
 optimizer's learning rate is left as it is.
 
+Precision: with ``autocast="bf16"`` (``training.autocast``) the model's forward passes inside training steps run
+under bfloat16 autocast (``mtlscope.engine.precision``); checkpoints and probes always run in float32.
+
 Randomness: every stream is seeded from the run seed — model initialization, one batch stream per task,
 the method generator, one generator per probe — and torch's global generator (used by dropout) is seeded
 at the start of training; all of them are part of the saved state.
@@ -41,6 +44,7 @@ import torch
 from mtlscope.engine.evaluation import Scores, evaluate
 from mtlscope.engine.gramian import DEFAULT_JACOBIAN_BUDGET_MB
 from mtlscope.engine.hooks import Probe, ProbeContext, StepContext
+from mtlscope.engine.precision import TrainingAutocast
 from mtlscope.engine.sampling import Batch, BatchSampler
 from mtlscope.engine.step import TrainingStep
 from mtlscope.methods.base import Method
@@ -192,6 +196,7 @@ class Trainer:
         jacobian_budget_mb: float = DEFAULT_JACOBIAN_BUDGET_MB,
         lr_at: Callable[[int], float] | None = None,
         checkpoint_hooks: Sequence[CheckpointHook] = (),
+        autocast: str = "off",
     ) -> None:
         self.setting = setting
         self.model = model
@@ -226,6 +231,7 @@ class Trainer:
             gradient_path=gradient_path,
             jacobian_budget_mb=jacobian_budget_mb,
         )
+        self.autocast = TrainingAutocast(model, autocast)  # training steps only: probes and evaluation stay float32
         self.probe_generators = {
             probe.name: torch.Generator().manual_seed(derived_seed(seed, "probe", probe.name)) for probe in self.probes
         }
@@ -293,7 +299,8 @@ class Trainer:
             if self.step_probes:
                 self._observe_step(batch, step - 1)
             started = time.perf_counter()
-            result = self.step_fn(batch, step - 1)
+            with self.autocast.training_step():
+                result = self.step_fn(batch, step - 1)
             self._time("train_s", started)
             if result.diagnostics:
                 self.pending += self._diagnostic_records(step - 1, result.diagnostics)

@@ -282,6 +282,8 @@ class TrainingConfig(_Strict):
     jacobian_budget_mb: float = Field(default=DEFAULT_JACOBIAN_BUDGET_MB, gt=0)
     save_state: bool = True
     keep_best: bool = False
+    #: ``bf16``: forward passes of training steps under bfloat16 autocast (``mtlscope.engine.precision``).
+    autocast: Literal["off", "bf16"] = "off"
 
     @field_validator("loss_scale", mode="before")
     @classmethod
@@ -324,6 +326,8 @@ class TrainingConfig(_Strict):
             data.pop("gradient_path", None)
         if self.jacobian_budget_mb == DEFAULT_JACOBIAN_BUDGET_MB:
             data.pop("jacobian_budget_mb", None)
+        if self.autocast == "off":  # runs without autocast keep the run ids they had before the option
+            data.pop("autocast", None)
         return data
 
 

@@ -31,7 +31,9 @@ def git_commit(start: Path | None = None) -> str | None:
     return commit if result.returncode == 0 and commit else None
 
 
-def describe_environment(device: torch.device) -> dict[str, Any]:
+def describe_environment(device: torch.device, threads_from: str = "process") -> dict[str, Any]:
+    """What ``environment.json`` records; ``torch_threads`` is the count the run computes with (read now) and
+    ``torch_threads_from`` how it was chosen (``mtlscope.runs.threads``)."""
     versions: dict[str, str | None] = {}
     for package in PACKAGES:
         try:
@@ -45,5 +47,6 @@ def describe_environment(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
+        "torch_threads_from": threads_from,
         "git_commit": git_commit(),
     }

@@ -52,6 +52,7 @@ from mtlscope.runs.store import (
     read_status,
     stored_status,
 )
+from mtlscope.runs.threads import Threads, check_threads, using_threads
 from mtlscope.runs.tracking import TeeSink, Tracker, build_trackers
 from mtlscope.runs.weights import BestCheckpoint, cpu_copy, save_weights
 from mtlscope.settings.setting import Setting
@@ -215,6 +216,7 @@ def _trainer(
         jacobian_budget_mb=config.training.jacobian_budget_mb,
         lr_at=prepared.learning_rate.lr_at,
         checkpoint_hooks=[prepared.best] if prepared.best is not None else [],
+        autocast=config.training.autocast,
     )
 
 
@@ -287,6 +289,7 @@ def execute(
     source: str = "config",
     trackers: Sequence[Mapping[str, Any]] = (),
     on_failure: OnFailure = "raise",
+    threads: int | Threads | None = None,
 ) -> RunOutcome:
     """Run ``config`` into ``out/<run_id>``, holding the run's lock (``mtlscope.runs.locking``).
 
@@ -314,12 +317,54 @@ def execute(
     ``output_size`` like an import path's); ``config`` may then be a mapping without ``setting``. The run id covers
     them (the setting's data fingerprint; a module's class source and initial weights; a factory's source). They
     exist only in this process: sweep workers, Ray and ``mtlscope run`` need import paths or plugins.
+
+    ``threads``: the torch (intra-op) threads of this run, set for its duration and restored afterwards (default:
+    the process's count, torch's default unless the caller set it); recorded in ``environment.json``
+    (``torch_threads``, ``torch_threads_from``), no part of the config or the run id (``mtlscope.runs.threads``).
+    A value that is not a positive integer is a ``ValueError`` (one line).
     """
     if on_failure not in ("raise", "return"):
         raise ValueError(f"on_failure: expected 'raise' or 'return', got {str(on_failure)[:40]!r}")
-    objects = {
-        key: value for key, value in (("setting", setting), ("encoder", encoder), ("head", head)) if value is not None
-    }
+    chosen = threads if isinstance(threads, Threads) else None
+    if threads is not None and chosen is None:
+        chosen = Threads(check_threads(threads), "option")
+    with using_threads(chosen.count if chosen is not None else None):
+        return _execute(
+            config,
+            out,
+            objects={
+                key: value
+                for key, value in (("setting", setting), ("encoder", encoder), ("head", head))
+                if value is not None
+            },
+            force=force,
+            resume=resume,
+            restart_failed=restart_failed,
+            wait=wait,
+            on_step=on_step,
+            source=source,
+            trackers=trackers,
+            on_failure=on_failure,
+            threads_from=chosen.chosen_by if chosen is not None else "process",
+        )
+
+
+def _execute(
+    config: RunConfig | Mapping[str, Any],
+    out: str | Path,
+    *,
+    objects: dict[str, Any],
+    force: bool,
+    resume: bool,
+    restart_failed: bool,
+    wait: bool,
+    on_step: Callable[[int], None] | None,
+    source: str,
+    trackers: Sequence[Mapping[str, Any]],
+    on_failure: OnFailure,
+    threads_from: str,
+) -> RunOutcome:
+    """``execute`` with its threads set (``threads_from``: how their count was chosen, for ``environment.json``)."""
     if objects or not isinstance(config, RunConfig):
         config = with_objects(config, **objects)
     prepared = prepare(config, source, objects=objects)
@@ -338,7 +383,7 @@ def execute(
         state, tried = _resumable_state(path, prepared) if resuming else (None, False)
         if state is not None:
             try:
-                environment = describe_environment(prepared.device)
+                environment = describe_environment(prepared.device, threads_from)
                 directory = RunDirectory.reopen(path, state, prepared.config.to_dict(), environment)
             except StoreError as error:
                 _restart(path, str(error))
@@ -347,7 +392,9 @@ def execute(
             prepared = (
                 prepare(config, source, objects=objects) if tried else prepared
             )  # a state tried on it may have changed it
-            directory = RunDirectory.create(path, prepared.config.to_dict(), describe_environment(prepared.device))
+            directory = RunDirectory.create(
+                path, prepared.config.to_dict(), describe_environment(prepared.device, threads_from)
+            )
         outcome, cause = _train(prepared, directory, tracking, state, on_step)
     if outcome.status == "failed" and on_failure == "raise":
         raise RunFailed(outcome) from cause

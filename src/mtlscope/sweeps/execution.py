@@ -16,11 +16,12 @@
   another process holds (e.g. an ``mtlscope run`` of the same config) is not touched: it is reported as failed
   in this sweep's result, with the holder in the message, unless ``wait``.
 - ``workers == 1`` runs in this process, in config order. ``workers > 1`` uses a ``spawn`` process pool with
-  at most ``workers`` runs in flight, submitted in config order; each worker sets its torch threads once
-  (``threads_per_worker``, default ``cpu_count // workers``, with ``workers`` capped at the number of runs to
-  do) and exits by itself (within 0.1 s) if the driver dies, so an orphan never keeps writing into a run that
-  a re-run of the sweep resumes. Each run writes only its own directory; the driver writes into a run (to mark
-  it failed after its worker died) only while holding the run's lock.
+  at most ``workers`` runs in flight, submitted in config order; each worker computes with
+  ``threads_per_worker`` torch threads (default ``max(1, cores // workers)``, ``cores`` the CPUs this process
+  may run on and ``workers`` capped at the number of runs to do; ``mtlscope.runs.threads``), recorded in each
+  run's ``environment.json``, and exits by itself (within 0.1 s) if the driver dies, so an orphan never keeps
+  writing into a run that a re-run of the sweep resumes. Each run writes only its own directory; the driver
+  writes into a run (to mark it failed after its worker died) only while holding the run's lock.
 - ``executor="ray"``: one Ray task per run on a local Ray instance or a cluster at ``address``
   (``mtlscope.sweeps.ray_executor``); the same ``execute`` in every task, so the same skipping and resuming.
 - A run that diverges or raises is recorded (``execute`` with ``on_failure="return"``) and the sweep goes on. An
@@ -66,6 +67,7 @@ from mtlscope.runs.config import ConfigError, RunConfig, cached_settings, in_pro
 from mtlscope.runs.launch import RunOutcome, execute
 from mtlscope.runs.locking import InUseError, hold_directory, hold_run
 from mtlscope.runs.store import FINISHED, STATUS_FILE, damage, now, read_status, stored_status, write_atomic
+from mtlscope.runs.threads import Threads, check_threads, sweep_default
 from mtlscope.runs.tracking import prepare_trackers
 
 FAULT_ENV = "MTLSCOPE_SWEEP_TEST_FAULT"
@@ -174,9 +176,11 @@ def _run_one(
     force: bool = False,
     restart_failed: bool = False,
     wait: bool = False,
+    threads: Sequence[Any] | None = None,
 ) -> RunOutcome:
-    """Run one config, given as a plain dict (re-validated here, in the worker), with tracker specs (plain dicts)
-    and ``execute``'s ``force``, ``restart_failed`` and ``wait``."""
+    """Run one config, given as a plain dict (re-validated here, in the worker), with tracker specs (plain dicts),
+    ``execute``'s ``force``, ``restart_failed`` and ``wait``, and ``threads`` as ``(count, chosen_by)`` (``None``:
+    the process's count)."""
     config = validate_config(data, "sweep run")
     faults = _faults(config.run_id()) if FAULT_ENV in os.environ else []
     on_step: Callable[[int], None] | None = None
@@ -199,6 +203,7 @@ def _run_one(
         on_step=on_step,
         trackers=trackers,
         on_failure="return",  # a failed run is recorded, and the sweep goes on
+        threads=Threads(int(threads[0]), threads[1]) if threads is not None else None,
     )
 
 
@@ -270,11 +275,21 @@ class _Sweep:
         self.wait = wait
         self.outcomes: dict[int, RunOutcome] = {}
         self.retried = 0
+        self.threads: Threads | None = None  # the runs' threads, set by the executor before they start
 
     def arguments(self, index: int) -> tuple[Any, ...]:
         """``_run_one``'s arguments for run ``index`` (plain data: they go to worker processes)."""
         run_id, config = self.runs[index]
-        return (config.to_dict(), str(self.out), self.trackers, run_id in self.force, self.restart_failed, self.wait)
+        threads = (self.threads.count, self.threads.chosen_by) if self.threads is not None else None
+        return (
+            config.to_dict(),
+            str(self.out),
+            self.trackers,
+            run_id in self.force,
+            self.restart_failed,
+            self.wait,
+            threads,
+        )
 
     def record(self, index: int, outcome: RunOutcome) -> None:
         self.outcomes[index] = outcome
@@ -291,29 +306,25 @@ class _Sweep:
         self.record(index, RunOutcome(run_id, path, "failed", message))
 
     def run_here(self, indices: Sequence[int], threads: int | None) -> None:
-        """Run ``indices`` one after another in this process."""
-        previous = torch.get_num_threads()
-        if threads is not None:
-            torch.set_num_threads(threads)
-        try:
-            for index in indices:
-                try:
-                    outcome = _run_one(*self.arguments(index))
-                except Exception as error:  # escaped execute: recorded, and the sweep goes on
-                    self.fail(index, f"{type(error).__name__}: {error}")
-                else:
-                    self.record(index, outcome)
-        finally:
-            torch.set_num_threads(previous)
+        """Run ``indices`` one after another in this process (each run sets ``threads`` and restores the count)."""
+        self.threads = Threads(threads, "option") if threads is not None else None
+        for index in indices:
+            try:
+                outcome = _run_one(*self.arguments(index))
+            except Exception as error:  # escaped execute: recorded, and the sweep goes on
+                self.fail(index, f"{type(error).__name__}: {error}")
+            else:
+                self.record(index, outcome)
 
-    def run_pool(self, indices: Sequence[int], workers: int, threads: int) -> None:
+    def run_pool(self, indices: Sequence[int], workers: int, threads: Threads) -> None:
         """Run ``indices`` on a pool of ``workers`` processes, at most ``workers`` runs in flight, in order.
 
         A dead worker breaks the pool. Its runs in flight then are retried first, each alone on a fresh pool (so
         a second death is that run's own: it is recorded as failed); the other runs follow as before.
         """
+        self.threads = threads
         with _main_without_missing_file():
-            self._run_pools(indices, workers, threads)
+            self._run_pools(indices, workers, threads.count)
 
     def _run_pools(self, indices: Sequence[int], workers: int, threads: int) -> None:
         pending: deque[tuple[int, bool]] = deque((index, False) for index in indices)  # (run index, alone)
@@ -400,10 +411,11 @@ def run_sweep(
     """Run every config into ``out/<run_id>`` (see the module docstring); returns the outcomes in config order.
 
     ``workers == 1`` runs in this process (torch threads are left as they are unless ``threads_per_worker``
-    is given); more use a local ``spawn`` process pool. ``progress`` shows the runs done on stderr
+    is given); more use a local ``spawn`` process pool, each worker with ``threads_per_worker`` torch threads
+    (default ``max(1, cores // workers)``; ``mtlscope.runs.threads``). ``progress`` shows the runs done on stderr
     (``mtlscope.progress``: a bar on a terminal, plain lines in a log).
-    Raises ``ConfigError`` for a config that cannot be resolved (nothing is written) and ``ValueError`` for
-    ``workers`` or ``threads_per_worker`` below 1.
+    Raises ``ConfigError`` for a config that cannot be resolved (nothing is written) and ``ValueError`` (one line)
+    for ``workers`` or ``threads_per_worker`` not a positive integer.
 
     ``executor="ray"`` runs each run as a Ray task (``mtlscope.sweeps.ray_executor``) on a local Ray instance, or
     on the cluster at ``address``, with ``threads_per_worker`` (default 1) CPUs and torch threads per run;
@@ -425,8 +437,8 @@ def run_sweep(
         from mtlscope.sweeps.ray_executor import import_ray
 
         import_ray()  # a missing Ray is a one-line error before anything is written
-    if threads_per_worker is not None and threads_per_worker < 1:
-        raise ValueError(f"threads_per_worker: expected a positive integer, got {threads_per_worker}")
+    if threads_per_worker is not None:
+        threads_per_worker = check_threads(threads_per_worker, "threads_per_worker")
     started = time.monotonic()
     out = Path(out)
     runs, duplicates = unique_runs(configs)
@@ -446,12 +458,17 @@ def run_sweep(
         if executor == "ray" and to_run:
             from mtlscope.sweeps.ray_executor import run_on_ray
 
-            run_on_ray(sweep, to_run, address, threads_per_worker or 1)
+            ray_threads = Threads(threads_per_worker, "option") if threads_per_worker else Threads(1, "ray default")
+            run_on_ray(sweep, to_run, address, ray_threads)
         elif workers == 1 or not to_run:
             sweep.run_here(to_run, threads_per_worker)
         else:
             pool_size = min(workers, len(to_run))
-            threads = threads_per_worker or max(1, (os.cpu_count() or 1) // pool_size)
+            threads = (
+                Threads(threads_per_worker, "option")
+                if threads_per_worker is not None
+                else Threads(sweep_default(pool_size), "sweep default")
+            )
             sweep.run_pool(to_run, pool_size, threads)
     outcomes = [sweep.outcomes[index] for index in range(len(runs))]
     counts = Counter(outcome.status for outcome in outcomes)

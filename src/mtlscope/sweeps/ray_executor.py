@@ -30,6 +30,7 @@ from mtlscope.data.catalog import CACHE_ENV, DATA_ENV
 from mtlscope.imports import worker_paths
 from mtlscope.runs.config import ConfigError
 from mtlscope.runs.launch import RunOutcome
+from mtlscope.runs.threads import Threads
 
 RAY_MISSING = "the ray executor needs Ray: pip install 'mtlscope[ray]'"
 MAX_RETRIES = 2
@@ -41,6 +42,7 @@ class SweepBook(Protocol):
     out: Any
     runs: list[Any]
     trackers: list[dict[str, Any]]
+    threads: Threads | None
 
     def arguments(self, index: int) -> tuple[Any, ...]: ...
 
@@ -84,8 +86,10 @@ def _task(
     return _run_one(data, out, *options)
 
 
-def run_on_ray(book: SweepBook, indices: Sequence[int], address: str | None, threads: int) -> None:
-    """Run ``indices`` of ``book.runs`` as Ray tasks, recording each outcome in ``book`` as it finishes."""
+def run_on_ray(book: SweepBook, indices: Sequence[int], address: str | None, threads: Threads) -> None:
+    """Run ``indices`` of ``book.runs`` as Ray tasks with ``threads`` CPUs and torch threads each (recorded in the
+    runs' ``environment.json``), recording each outcome in ``book`` as it finishes."""
+    book.threads = threads
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
@@ -98,14 +102,14 @@ def run_on_ray(book: SweepBook, indices: Sequence[int], address: str | None, thr
             ignore_reinit_error=True,
         )
     try:
-        task = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES, retry_exceptions=False)(_task)
+        task = ray.remote(num_cpus=threads.count, max_retries=MAX_RETRIES, retry_exceptions=False)(_task)
         out = str(book.out.resolve())
         paths = worker_paths()
         environment = worker_environment()
         pending = {}
         for index in indices:
             data, _, *options = book.arguments(index)
-            pending[task.remote(threads, paths, environment, data, out, *options)] = index
+            pending[task.remote(threads.count, paths, environment, data, out, *options)] = index
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for reference in ready:
