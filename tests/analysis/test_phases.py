@@ -258,3 +258,28 @@ def test_phase_table_and_phase_notes_warn_of_an_empty_early_phase() -> None:
         pd.concat([logged.records, pd.DataFrame(records("ab-1", "a", LOGGED), columns=RECORD_COLUMNS)]),
     )
     assert phase_notes(seedless, "a") == []
+
+
+def test_a_factor_the_reference_does_not_record_is_not_a_sparse_phase() -> None:
+    # grad_similarity (to the multi-task gradient) exists for the multi-task run only: the single-task reference
+    # has no value at all, which is not a phase with too few checkpoints — no warning, no sparse note
+    runs = [run("a-0", "a", "a", 0), run("ab-0", "a+b", "a+b", 0)]
+    similarity = np.linspace(0.9, 0.1, len(LOGGED))
+    rows = records("a-0", "a", LOGGED) + records("ab-0", "a", LOGGED, grad_similarity=similarity)
+    results = RunResults(pd.DataFrame(runs), pd.DataFrame(rows, columns=RECORD_COLUMNS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = phase_table(results, "a", "grad_similarity", "early")
+        assert phase_notes(results, "a", "grad_similarity") == []
+    assert table.loc[0, "reference_count"] == 0 and table.attrs["unmeasured"] == ("ab-0",)
+    assert table.loc[0, "note"] == "grad_similarity is not recorded by its reference: nothing to compare"
+    # a factor both record, in a phase without enough checkpoints, still gets its note
+    sparse = RunResults(
+        pd.DataFrame(runs),
+        pd.DataFrame(
+            records("a-0", "a", EPOCHS, grad_similarity=np.ones(len(EPOCHS)))
+            + records("ab-0", "a", EPOCHS, grad_similarity=np.ones(len(EPOCHS))),
+            columns=RECORD_COLUMNS,
+        ),
+    )
+    assert len(phase_notes(sparse, "a", "grad_similarity")) == 1

@@ -179,7 +179,10 @@ def phase_table(
 
     ``note`` is empty for a comparison with at least ``MIN_CHECKPOINTS`` checkpoints on both sides; otherwise it
     says how many each side has in the phase's bins and what to do, and the table warns once
-    (``SparsePhaseWarning``) with the number of such rows.
+    (``SparsePhaseWarning``) with the number of such rows. When one side never records ``column`` at all (e.g.
+    ``grad_similarity``, the similarity to the multi-task gradient, which a single-task reference has not), the
+    note says so instead; such rows are listed in ``frame.attrs["unmeasured"]`` and are neither warned about
+    nor counted as sparse by ``phase_notes``.
     """
     phase_bins(phase, bins)
     completed = results.runs[results.runs["status"] == "completed"]
@@ -216,6 +219,7 @@ def phase_table(
     if not any(column in t.columns for t in [*(t for _, t in references.values()), *(t for _, t in tables)]):
         raise ValueError(f"column: {column!r} is not recorded for task {task!r}")
     rows = []
+    unmeasured: list[str] = []
     for run, own in tables:
         row: dict[str, Any] = {
             "run_id": run["run_id"],
@@ -238,10 +242,19 @@ def phase_table(
             row.update(high=result.high, low=result.low, set_by="run" if result.set_by == "a" else "reference")
             row.update(value=result.mean_a, count=result.count_a)
             row.update(reference_run_id=reference_id, reference_value=result.mean_b, reference_count=result.count_b)
-            row.update(note=sparse_note(result, ("the run", "its reference")))
+            missing = [
+                name for name, t in (("the run", own), ("its reference", reference_table)) if not _records(t, column)
+            ]
+            if missing:  # e.g. gradient similarity to the multi-task gradient, which a single-task run has not
+                unmeasured.append(str(run["run_id"]))
+                row.update(note=f"{column} is not recorded by {' and '.join(missing)}: nothing to compare")
+            else:
+                row.update(note=sparse_note(result, ("the run", "its reference")))
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(PHASE_COLUMNS))
-    noted = int((frame["note"] != "").sum())
+    #: runs whose comparison is impossible because one side never records ``column`` (not a sparse phase)
+    frame.attrs["unmeasured"] = tuple(unmeasured)
+    noted = int((frame["note"] != "").sum()) - len(unmeasured)
     if noted:
         first, last = phase_bins(phase, bins)
         warnings.warn(
@@ -252,6 +265,11 @@ def phase_table(
             stacklevel=2,
         )
     return frame
+
+
+def _records(table: pd.DataFrame, column: str) -> bool:
+    """Whether a checkpoint table holds any value of ``column``."""
+    return column in table.columns and bool(table[column].notna().any())
 
 
 def sparse_note(comparison: PhaseComparison, names: tuple[str, str] = ("a", "b")) -> str:
@@ -292,7 +310,8 @@ def phase_notes(
                 table = phase_table(results, task, column, phase, reference_variant, bins)
         except (ValueError, KeyError):  # nothing to compare (no reference run, no such column, runs without seeds)
             return []
-        compared = table[table["reference_run_id"].notna()]  # runs whose seed the reference lacks compare nothing
+        # runs whose seed the reference lacks compare nothing; nor do pairs where one side never records ``column``
+        compared = table[table["reference_run_id"].notna() & ~table["run_id"].isin(table.attrs.get("unmeasured", ()))]
         sparse = compared[compared["note"] != ""]
         if sparse.empty:
             continue
