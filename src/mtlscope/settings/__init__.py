@@ -12,6 +12,7 @@ from mtlscope.settings import (  # noqa: F401  (registration)
     digits_attributes,
     digits_mtl,
     fashion_mtl,
+    glue,
     mnists,
     multi_mnist,
     synthetic,
