@@ -259,3 +259,6 @@ def multilenet(
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5,
 ) -> Encoder:
     return MultiLeNetEncoder(input_shape, channels, hidden, dropout)
+
+
+from mtlscope.models import recommender  # noqa: E402, F401  (registers the movielens encoder; imports from here)

@@ -13,6 +13,7 @@ from mtlscope.settings import (  # noqa: F401  (registration)
     digits_mtl,
     fashion_mtl,
     mnists,
+    movielens,
     multi_mnist,
     synthetic,
 )
