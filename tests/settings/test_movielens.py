@@ -158,6 +158,12 @@ def test_bad_encoding_is_one_error_line(root: Path) -> None:
     path.write_bytes(original.decode("latin-1").encode("utf-8"))  # re-saved as UTF-8
     with pytest.raises(ValueError, match=r"movies.dat line 4: UTF-8 encoded text; expected Latin-1"):
         settings.get("movielens")
+    path.write_bytes(original.replace("Cité".encode("latin-1"), "Citü Ā".encode()))  # continuation bytes 0xbc, 0x80
+    with pytest.raises(ValueError, match=r"movies.dat line 4: UTF-8 encoded text; expected Latin-1"):
+        settings.get("movielens")
+    path.write_bytes(original.replace(b"Jumanji", b"Juma\x92nji"))  # Windows-1252's apostrophe
+    with pytest.raises(ValueError, match=r"movies.dat line 2: control byte 0x92; expected Latin-1 text"):
+        settings.get("movielens")
     path.write_bytes(original.replace(b"Jumanji", b"Juma\x00nji"))
     with pytest.raises(ValueError, match=r"movies.dat line 2: control byte 0x00; expected Latin-1 text"):
         settings.get("movielens")
@@ -221,3 +227,17 @@ def test_short_training_run_with_every_probe(root: Path, tmp_path: Path) -> None
     again = mtlscope.load(second.path.parent).records
     cols = [c for c in records.columns if c != "run_id" and "time" not in c and "elapsed" not in c]
     pd.testing.assert_frame_equal(records[cols].reset_index(drop=True), again[cols].reset_index(drop=True))
+
+
+def test_the_catalog_entry_names_the_official_archive() -> None:
+    from mtlscope.data.catalog import dataset_info
+
+    info = dataset_info("movielens-1m")
+    assert info.downloadable and [entry.paths[0] for entry in info.files] == [
+        "ml-1m/ratings.dat",
+        "ml-1m/users.dat",
+        "ml-1m/movies.dat",
+    ]
+    archive = info.archive("release")
+    assert archive.url == "https://files.grouplens.org/datasets/movielens/ml-1m.zip" and archive.format == "zip"
+    assert archive.md5 == "c4d9eecfca2ab87c1945afe126590906" and archive.into == ""

@@ -64,6 +64,7 @@ INFO = register_dataset(
 )
 
 _BAD_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
 
 
 @dataclass(frozen=True)
@@ -111,24 +112,24 @@ def read_lines(path: Path) -> list[str]:
         data = path.read_bytes()
     except OSError as error:
         raise ValueError(f"{path}: cannot read the file ({error.strerror or error})") from None
+    high = _NON_ASCII.search(data)
+    if high is not None:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass  # not UTF-8: Latin-1, as expected
+        else:
+            line = data[: high.start()].count(b"\n") + 1
+            raise ValueError(
+                f"{path} line {line}: UTF-8 encoded text; expected Latin-1 (the official files; re-encode it, "
+                "e.g. iconv -f utf-8 -t latin1)"
+            )
     bad = _BAD_BYTES.search(data)
     if bad is not None:
         line = data[: bad.start()].count(b"\n") + 1
         raise ValueError(
             f"{path} line {line}: control byte 0x{data[bad.start()]:02x}; expected Latin-1 text (the official files)"
         )
-    if any(byte >= 0x80 for byte in data):
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            pass  # not UTF-8: Latin-1, as expected
-        else:
-            first = next(i for i, byte in enumerate(data) if byte >= 0x80)
-            line = data[:first].count(b"\n") + 1
-            raise ValueError(
-                f"{path} line {line}: UTF-8 encoded text; expected Latin-1 (the official files; re-encode it, "
-                "e.g. iconv -f utf-8 -t latin1)"
-            )
     lines = data.decode("latin-1").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
