@@ -104,3 +104,18 @@ def test_a_function_loss_defaults_to_the_empirical_fisher_and_keeps_its_name() -
     assert (loss.name, loss.fisher) == ("huber", "empirical")
     value = loss(torch.tensor([0.0, 3.0]), torch.tensor([0.5, 0.0]))
     assert float(value) == pytest.approx((0.5 * 0.25 + (3.0 - 0.5)) / 2)
+
+
+def test_masked_mse_by_hand_and_its_fisher() -> None:
+    outputs = torch.tensor([[1.0], [5.0], [2.0]], requires_grad=True)
+    targets = torch.tensor([2.0, 0.0, 4.0])  # 0 = invalid (an unwatched pair's rating)
+    loss = losses.mse(invalid=0.0)
+    assert float(loss(outputs, targets).detach()) == pytest.approx((1 + 4) / 2)
+    total, count = loss.sum_and_count(outputs, targets)
+    assert (float(total.detach()), count) == (pytest.approx(5.0), 2)
+    loss(outputs, targets).backward()
+    assert outputs.grad is not None and float(outputs.grad[1, 0]) == 0.0  # the masked example has no gradient
+    assert loss.fisher == "empirical" and losses.mse(invalid=0.0, fisher="empirical").fisher == "empirical"
+    with pytest.raises(ValueError, match="fisher 'gaussian' cannot be used with invalid"):
+        losses.mse(invalid=0.0, fisher="gaussian")
+    assert float(losses.mse(invalid=0.0)(outputs[1:2], targets[1:2]).detach()) == 0.0  # nothing valid: 0, not NaN

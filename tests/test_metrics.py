@@ -138,7 +138,9 @@ BATCHED = [
     ("mcc", "classes"),
     ("miou", "classes"),
     ("f1", "binary"),
+    ("auc", "binary"),
     ("mae", "values"),
+    ("rounded_accuracy", "values"),
     ("rmse", "values"),
     ("r2", "values"),
     ("pearson", "values"),
@@ -178,7 +180,7 @@ def test_batched_equals_whole_set(name: str, kind: str) -> None:
     whole = metric(outputs, targets)
     assert accumulator.compute() == pytest.approx(whole, rel=1e-12, abs=1e-12)
     per_batch = [metric(outputs[a:b], targets[a:b]) for a, b in ((0, 7), (7, 50), (51, 101))]
-    if name in ("r2", "pearson", "spearman", "macro_f1", "mcc", "miou", "normal_median_angle"):
+    if name in ("r2", "pearson", "spearman", "macro_f1", "mcc", "miou", "normal_median_angle", "auc"):
         assert float(np.mean(per_batch)) != pytest.approx(whole, rel=1e-6)  # the naive mean would be wrong
 
 
@@ -229,3 +231,33 @@ def test_bad_function_metric_definitions_are_one_clear_line() -> None:
         vector(torch.zeros(3), torch.ones(3))
     worst = from_function(lambda o, t: (o - t).abs().max(), name="worst", higher_is_better=False)
     assert worst(torch.zeros(3), torch.tensor([1.0, -4.0, 2.0])) == 4.0  # a one-element tensor is a number
+
+
+def test_auc_by_hand_and_against_pair_counting() -> None:
+    # scores of positives 0.8, 0.4, 0.4; negatives 0.4, 0.1: of 6 pairs 4 ordered, 2 tied (one half each) -> 5/6
+    scores, labels = torch.tensor([0.8, 0.4, 0.4, 0.4, 0.1]), torch.tensor([1, 1, 1, 0, 0])
+    assert metrics.auc()(scores, labels) == pytest.approx(5 / 6)
+    two_class = torch.stack([torch.zeros(5), scores], dim=1)  # class scores: their difference is the score
+    assert metrics.auc()(two_class, labels) == pytest.approx(5 / 6)
+    generator = torch.Generator().manual_seed(1)
+    scores, labels = (
+        torch.randn(60, generator=generator).round(decimals=1),
+        torch.randint(0, 2, (60,), generator=generator),
+    )
+    positive, negative = scores[labels == 1], scores[labels == 0]
+    pairs = (positive[:, None] > negative[None, :]).double() + 0.5 * (positive[:, None] == negative[None, :]).double()
+    assert metrics.auc()(scores, labels) == pytest.approx(float(pairs.mean()))
+    assert math.isnan(metrics.auc()(scores, torch.ones(60)))  # one class only: undefined
+    with pytest.raises(ValueError, match="auc: targets must be binary labels 0 or 1"):
+        metrics.auc()(scores, labels * 2)
+
+
+def test_value_metrics_leave_out_invalid_targets() -> None:
+    outputs = torch.tensor([[1.0], [2.6], [9.0], [3.4]])
+    targets = torch.tensor([2.0, 3.0, 0.0, 3.0])  # 0 = invalid
+    assert metrics.rmse(invalid=0.0)(outputs, targets) == pytest.approx(math.sqrt((1 + 0.16 + 0.16) / 3))
+    assert metrics.mae(invalid=0.0)(outputs, targets) == pytest.approx((1 + 0.4 + 0.4) / 3)
+    assert metrics.rounded_accuracy(invalid=0.0)(outputs, targets) == pytest.approx(2 / 3)  # 1 -> 1 != 2
+    assert metrics.rmse()(outputs, targets) == pytest.approx(math.sqrt((1 + 0.16 + 81 + 0.16) / 4))
+    nan_targets = torch.tensor([2.0, 3.0, math.nan, 3.0])
+    assert metrics.mae(invalid=math.nan)(outputs, nan_targets) == pytest.approx((1 + 0.4 + 0.4) / 3)

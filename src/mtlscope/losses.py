@@ -16,7 +16,8 @@ Built in (``docs/losses.md`` has the reference entry of each):
   outputs work), targets equal to ``ignore_index`` left out; categorical;
 - ``binary_cross_entropy()``: ``F.binary_cross_entropy_with_logits`` on one logit per label (multi-label,
   attributes); Bernoulli;
-- ``mse(fisher="gaussian")``: ``F.mse_loss``; Gaussian with unit variance (or ``"empirical"``);
+- ``mse(fisher=None, invalid=None)``: ``F.mse_loss``; Gaussian with unit variance (or ``"empirical"``); with
+  ``invalid`` the mean over the valid elements (as ``l1``), and the empirical Fisher;
 - ``l1(invalid=None)``: mean absolute error over the valid elements (targets equal to ``invalid`` are masked
   out; NaN masks NaN targets); empirical;
 - ``cosine()``: ``1 - cos(outputs, targets)`` along dim 1 (surface normals), over the positions whose target
@@ -139,14 +140,25 @@ class BinaryCrossEntropy(Loss):
 class MeanSquaredError(Loss):
     name = "mse"
 
-    def __init__(self, fisher: FisherLabels = "gaussian") -> None:
-        self.fisher = fisher
+    def __init__(self, fisher: FisherLabels = "gaussian", invalid: float | None = None) -> None:
+        self.fisher, self.invalid = fisher, invalid
+
+    def _terms(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        mask = valid_mask(targets, self.invalid)
+        safe = torch.where(mask, targets, torch.zeros_like(targets))
+        return ((_shaped(outputs, targets) - safe).square() * mask).sum(), mask.sum()
 
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return F.mse_loss(_shaped(outputs, targets), targets)
+        if self.invalid is None:
+            return F.mse_loss(_shaped(outputs, targets), targets)
+        total, count = self._terms(outputs, targets)
+        return total / count.clamp(min=1)
 
     def sum_and_count(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, int]:
-        return F.mse_loss(_shaped(outputs, targets), targets, reduction="sum"), targets.numel()
+        if self.invalid is None:
+            return F.mse_loss(_shaped(outputs, targets), targets, reduction="sum"), targets.numel()
+        total, count = self._terms(outputs, targets)
+        return total, int(count)
 
 
 def valid_mask(targets: Tensor, invalid: float | None) -> Tensor:
@@ -239,9 +251,17 @@ def binary_cross_entropy() -> Loss:
     return BinaryCrossEntropy()
 
 
-@LOSSES.register("mse", "mean squared error; Gaussian with unit variance (or empirical)")
-def mse(*, fisher: Literal["gaussian", "empirical"] = "gaussian") -> Loss:
-    return MeanSquaredError(fisher)
+@LOSSES.register("mse", "mean squared error (over the targets not equal to `invalid`); Gaussian (or empirical)")
+def mse(*, fisher: Literal["gaussian", "empirical"] | None = None, invalid: float | None = None) -> Loss:
+    """``fisher`` defaults to ``"gaussian"``, and to ``"empirical"`` with ``invalid``: labels sampled from the model
+    cannot carry the mask, so the masked loss's Fisher is the empirical one (``"gaussian"`` with ``invalid`` is a
+    ``ValueError``)."""
+    if invalid is not None and fisher == "gaussian":
+        raise ValueError(
+            "loss mse: fisher 'gaussian' cannot be used with invalid (sampled labels carry no mask); "
+            "leave fisher out (empirical)"
+        )
+    return MeanSquaredError(fisher or ("gaussian" if invalid is None else "empirical"), invalid)
 
 
 @LOSSES.register("l1", "mean absolute error over the valid targets (not equal to `invalid`); empirical")

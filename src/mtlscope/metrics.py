@@ -18,9 +18,9 @@ targets and more than one entry on dim 1 are class scores (``argmax`` over dim 1
 target are logits of a binary label (``> 0``). Value metrics compare ``outputs`` reshaped to the targets.
 
 Built in (``docs/metrics.md`` has the reference entry of each): ``accuracy``, ``balanced_accuracy``, ``f1``
-(binary), ``macro_f1``, ``mcc`` (Matthews), ``mae``, ``rmse``, ``r2``, ``pearson``, ``spearman``, ``miou``,
-``pixel_accuracy``, ``depth_abs_error``, ``depth_rel_error``, ``normal_mean_angle``, ``normal_median_angle``,
-``normal_within`` (fraction of angles below ``degrees``; named ``normal_within_11.25``, ...).
+(binary), ``macro_f1``, ``mcc`` (Matthews), ``auc``, ``mae``, ``rmse``, ``rounded_accuracy``, ``r2``, ``pearson``,
+``spearman``, ``miou``, ``pixel_accuracy``, ``depth_abs_error``, ``depth_rel_error``, ``normal_mean_angle``,
+``normal_median_angle``, ``normal_within`` (fraction of angles below ``degrees``; named ``normal_within_11.25``, ...).
 """
 
 from __future__ import annotations
@@ -229,11 +229,23 @@ class MeanIoU(ConfusionMetric):
 # -- value metrics -----------------------------------------------------------------------------------------
 
 
+def _valid_values(outputs: Tensor, targets: Tensor, invalid: float | None) -> tuple[Tensor, Tensor]:
+    """``_values`` of the targets not equal to ``invalid`` (``mtlscope.losses.valid_mask``), flat."""
+    predicted, target = _values(outputs, targets)
+    if invalid is None:
+        return predicted.reshape(-1), target.reshape(-1)
+    keep = valid_mask(target, invalid)
+    return predicted[keep], target[keep]
+
+
 class MeanAbsoluteError(Metric):
     name, higher_is_better = "mae", False
 
+    def __init__(self, invalid: float | None = None) -> None:
+        self.invalid = invalid
+
     def statistics(self, outputs: Tensor, targets: Tensor) -> Stats:
-        predicted, target = _values(outputs, targets)
+        predicted, target = _valid_values(outputs, targets, self.invalid)
         return {"abs": (predicted - target).abs().sum(), "count": _count(target.numel())}
 
     def compute(self, stats: Stats) -> float:
@@ -243,12 +255,64 @@ class MeanAbsoluteError(Metric):
 class RootMeanSquaredError(Metric):
     name, higher_is_better = "rmse", False
 
+    def __init__(self, invalid: float | None = None) -> None:
+        self.invalid = invalid
+
     def statistics(self, outputs: Tensor, targets: Tensor) -> Stats:
-        predicted, target = _values(outputs, targets)
+        predicted, target = _valid_values(outputs, targets, self.invalid)
         return {"squares": ((predicted - target) ** 2).sum(), "count": _count(target.numel())}
 
     def compute(self, stats: Stats) -> float:
         return math.sqrt(float(stats["squares"] / stats["count"]))
+
+
+class RoundedAccuracy(Metric):
+    """Fraction of the valid targets equal to the output rounded to the nearest integer (halves to even)."""
+
+    name, higher_is_better = "rounded_accuracy", True
+
+    def __init__(self, invalid: float | None = None) -> None:
+        self.invalid = invalid
+
+    def statistics(self, outputs: Tensor, targets: Tensor) -> Stats:
+        predicted, target = _valid_values(outputs, targets, self.invalid)
+        return {"correct": _count(int((predicted.round() == target).sum())), "count": _count(target.numel())}
+
+    def compute(self, stats: Stats) -> float:
+        count = int(stats["count"])
+        return float(stats["correct"]) / count if count else math.nan
+
+
+class AreaUnderROC(Metric):
+    """ROC AUC of a binary task: the probability that a random positive scores above a random negative (ties
+    count one half), from the ranks of the scores (Mann-Whitney U); one score per target (a logit) or two class
+    scores (their difference). Keeps every score: memory grows with the set."""
+
+    name, higher_is_better = "auc", True
+
+    def statistics(self, outputs: Tensor, targets: Tensor) -> Stats:
+        if outputs.dim() == targets.dim() + 1 and outputs.shape[1] == 2:
+            scores = (outputs[:, 1] - outputs[:, 0]).reshape(-1)
+        elif outputs.numel() == targets.numel():
+            scores = outputs.reshape(-1)
+        else:
+            raise ValueError(
+                f"auc: outputs of shape {tuple(outputs.shape)} do not match targets of shape {tuple(targets.shape)}"
+            )
+        labels = targets.reshape(-1)
+        if labels.numel() and not bool(((labels == 0) | (labels == 1)).all()):
+            raise ValueError("auc: targets must be binary labels 0 or 1")
+        return {"values_scores": scores.to(torch.float64), "values_labels": labels.to(torch.float64)}
+
+    def compute(self, stats: Stats) -> float:
+        labels = stats["values_labels"]
+        positives = int(labels.sum())
+        negatives = labels.numel() - positives
+        if positives == 0 or negatives == 0:
+            return math.nan
+        ranks = average_ranks(stats["values_scores"])
+        rank_sum = float(ranks[labels == 1].sum())
+        return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
 def _moments(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -537,14 +601,24 @@ def pixel_accuracy(*, ignore_index: int | None = -100) -> Metric:
     return PixelAccuracy(ignore_index)
 
 
-@METRICS.register("mae", "mean absolute error")
-def mae() -> Metric:
-    return MeanAbsoluteError()
+@METRICS.register("mae", "mean absolute error (over the targets not equal to `invalid`)")
+def mae(*, invalid: float | None = None) -> Metric:
+    return MeanAbsoluteError(invalid)
 
 
-@METRICS.register("rmse", "root mean squared error")
-def rmse() -> Metric:
-    return RootMeanSquaredError()
+@METRICS.register("rmse", "root mean squared error (over the targets not equal to `invalid`)")
+def rmse(*, invalid: float | None = None) -> Metric:
+    return RootMeanSquaredError(invalid)
+
+
+@METRICS.register("rounded_accuracy", "fraction of outputs that round to their target (not equal to `invalid`)")
+def rounded_accuracy(*, invalid: float | None = None) -> Metric:
+    return RoundedAccuracy(invalid)
+
+
+@METRICS.register("auc", "area under the ROC curve of a binary task (ties count one half)")
+def auc() -> Metric:
+    return AreaUnderROC()
 
 
 @METRICS.register("r2", "coefficient of determination")

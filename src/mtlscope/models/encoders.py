@@ -10,6 +10,9 @@
   start of every stage after the first while the spatial size is at least 2), global average pooling. The
   defaults are ResNet-18 (about 11.2M parameters). ``stem="maxpool"`` adds a 3x3 stride-2 max-pool after the
   stem convolution: the variant for 64x64 images (CelebA), a quarter of the cost of the plain stem there.
+- ``lenet5``, ``multilenet``: below.
+- ``movielens``: embeddings of the ``movielens`` setting's pair features, concatenated, into ``Dense(50) ->
+  Dropout(0.05) -> Dense(10) -> Dropout(0.01)`` (Fifty et al. 2020, App. D.6; ``mtlscope.models.recommender``).
 """
 
 from __future__ import annotations
@@ -259,3 +262,6 @@ def multilenet(
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5,
 ) -> Encoder:
     return MultiLeNetEncoder(input_shape, channels, hidden, dropout)
+
+
+from mtlscope.models import recommender  # noqa: E402, F401  (registers the movielens encoder; imports from here)

@@ -14,6 +14,7 @@ from mtlscope.settings import (  # noqa: F401  (registration)
     fashion_mtl,
     glue,
     mnists,
+    movielens,
     multi_mnist,
     synthetic,
 )

@@ -3,4 +3,12 @@
 Importing this package registers every family's ``DatasetInfo`` in ``mtlscope.data.catalog``.
 """
 
-from mtlscope.data.sources import celeba, cifar, glue, mnist, multimnist, notmnist  # noqa: F401  (registration)
+from mtlscope.data.sources import (  # noqa: F401  (registration)
+    celeba,
+    cifar,
+    glue,
+    mnist,
+    movielens,
+    multimnist,
+    notmnist,
+)
