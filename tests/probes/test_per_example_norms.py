@@ -118,7 +118,7 @@ def test_linear_on_sequences_both_forms(fallback: list) -> None:
     assert fallback == []
 
 
-def test_embedding_and_layer_norm_go_through_per_example_gradients(fallback: list) -> None:
+def test_layer_norm_goes_through_per_example_gradients_and_embeddings_have_their_formula(fallback: list) -> None:
     torch.manual_seed(3)
 
     class Tokens(nn.Module):
@@ -137,8 +137,31 @@ def test_embedding_and_layer_norm_go_through_per_example_gradients(fallback: lis
     gen = torch.Generator().manual_seed(4)
     inputs, targets = torch.randint(0, 11, (12, 4), generator=gen), torch.randint(0, 3, (12,), generator=gen)
     _check(model, inputs, targets)
-    others = {id(p) for p in [model.embed.weight, *model.norm.parameters()]}
+    others = {id(p) for p in model.norm.parameters()}
     assert fallback and all({id(p) for p in call} == others for call in fallback)
+
+
+@pytest.mark.parametrize("padding_idx", [None, 0])
+def test_embeddings_with_repeated_indices_padding_and_several_tables(padding_idx: int | None, fallback: list) -> None:
+    # per-example norms of an embedding's gradient: lookups of the same index in one example add up before the
+    # norm (indices repeat here), the padding row gets no gradient, and a one-index-per-example table ([B])
+    torch.manual_seed(5)
+
+    class Pairs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.user, self.words = nn.Embedding(7, 4), nn.Embedding(5, 4, padding_idx=padding_idx)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(self.user(x[:, 0]) * self.words(x[:, 1:]).mean(1))
+
+    model = Pairs().double()
+    gen = torch.Generator().manual_seed(6)
+    inputs = torch.cat([torch.randint(0, 7, (10, 1), generator=gen), torch.randint(0, 5, (10, 6), generator=gen)], 1)
+    targets = torch.randint(0, 3, (10,), generator=gen)
+    _check(model, inputs, targets)
+    assert fallback == []
 
 
 def test_batch_statistics_couple_the_examples(fallback: list) -> None:

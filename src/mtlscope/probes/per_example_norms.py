@@ -14,9 +14,12 @@ the layer's parameters, of which only the squared norms are formed:
 - ``nn.Conv2d`` (any stride, padding, padding mode, dilation, groups): the input is unfolded into its ``[B,
   in/groups*kh*kw, L]`` patches and the same two forms apply over the ``L`` output positions, per group;
 - ``nn.BatchNorm1d/2d/3d`` in eval mode with running statistics (the probes' mode): ``sum_positions g * x_hat``
-  (weight) and ``sum_positions g`` (bias), ``x_hat`` normalized with the running statistics.
+  (weight) and ``sum_positions g`` (bias), ``x_hat`` normalized with the running statistics;
+- ``nn.Embedding`` (integer indices of any shape ``[B, ...]``, ``padding_idx`` honoured; not with ``max_norm``,
+  ``scale_grad_by_freq`` or sparse gradients): the output gradients of each example's lookups summed per distinct
+  index, and the squared norms of those row sums added.
 
-Every other selected parameter (Embedding, LayerNorm, user modules, a parameter owned by several modules, a
+Every other selected parameter (LayerNorm, user modules, a parameter owned by several modules, a
 layer called more than once per forward, a layer input modified in place) gets its per-example gradients from
 ``iter_per_example_gradients`` (torch.func ``vmap``, looped fallback), and their squared norms are added: the
 result is correct for any model whose output for one example does not depend on the other examples of the
@@ -179,6 +182,28 @@ def _batch_norm(module: _BatchNorm, x: Tensor, g: Tensor) -> dict[str, tuple[Ten
     return out
 
 
+def _embedding(module: nn.Embedding, x: Tensor, g: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    """Example n's weight gradient has, in row i, the sum of the output gradients of n's lookups of index i:
+    its squared norm is the sum over n's distinct indices of the squared norms of those sums."""
+    if module.max_norm is not None or module.scale_grad_by_freq or module.sparse:
+        raise _Unsupported("Embedding with max_norm, scale_grad_by_freq or sparse gradients")
+    if x.dim() < 1 or x.dtype not in (torch.int32, torch.int64):
+        raise _Unsupported("Embedding on an unbatched or non-integer input")
+    batch, rows = len(x), module.num_embeddings
+    indices = x.reshape(batch, -1).long()
+    grads = g.reshape(batch, indices.shape[1], -1)
+    if module.padding_idx is not None:  # the padding row receives no gradient
+        grads = grads.masked_fill((indices == module.padding_idx).unsqueeze(-1), 0.0)
+    flat_indices, flat_grads = indices.reshape(-1), grads.reshape(-1, grads.shape[-1])
+    examples = torch.arange(batch, device=x.device).repeat_interleave(indices.shape[1])
+    keys, inverse = torch.unique(examples * rows + flat_indices, return_inverse=True)
+    per_row = flat_grads.new_zeros(len(keys), flat_grads.shape[1]).index_add_(0, inverse, flat_grads)
+    norms = torch.zeros(batch, dtype=torch.float64, device=x.device)
+    norms.index_add_(0, keys // rows, per_row.double().pow(2).sum(1))
+    total = torch.zeros_like(module.weight).index_add_(0, flat_indices, flat_grads.to(module.weight.dtype))
+    return {"weight": (norms, total)}
+
+
 class _Unsupported(Exception):
     """A layer call the layer formulas do not cover (its parameters go through per-example gradients)."""
 
@@ -186,6 +211,7 @@ class _Unsupported(Exception):
 _FORMULAS: dict[type, Callable[..., dict[str, tuple[Tensor, Tensor]]]] = {
     nn.Linear: _linear,
     nn.Conv2d: _conv2d,
+    nn.Embedding: _embedding,
 }
 
 
