@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from mtlscope.data.catalog import DataFile, DatasetInfo, data_directory, register_dataset
+from mtlscope.data.catalog import data_directory
 from mtlscope.models.encoders import ENCODERS, Encoder, _check_sizes
 from mtlscope.models.heads import HEADS
 from mtlscope.options import PositiveInt, PositiveInts
@@ -47,21 +47,6 @@ BACKBONES: dict[str, tuple[int, ...]] = {"resnet50": (3, 4, 6, 3), "resnet101": 
 OutputStride = Literal[8, 16]
 #: Which stages (2, 3, 4) trade their stride for a dilation, per output stride.
 DILATE: dict[int, tuple[bool, bool, bool]] = {8: (False, True, True), 16: (False, False, True)}
-
-for _backbone, _file in (("resnet50", "resnet50-0676ba61.pth"), ("resnet101", "resnet101-63fe2227.pth")):
-    register_dataset(
-        DatasetInfo(
-            name=f"{_backbone}-imagenet",
-            description=f"ImageNet weights of a {_backbone.upper()} for the deeplabv3 encoder (torchvision state dict)",
-            source=(
-                f"torchvision's {_backbone} IMAGENET1K_V1 weights, https://download.pytorch.org/models/{_file}, saved "
-                f"as weights/{_backbone}-imagenet.pth (or any torchvision-named state dict, .pth or .safetensors); "
-                "`mtlscope data download` does not fetch model weights"
-            ),
-            reference="He et al. Deep Residual Learning for Image Recognition. CVPR 2016",
-            files=(DataFile("weights", (f"weights/{_backbone}-imagenet.pth", f"weights/{_file}")),),
-        )
-    )
 
 
 class Bottleneck(nn.Module):

@@ -3,4 +3,4 @@
 Importing this package registers every family's ``DatasetInfo`` in ``mtlscope.data.catalog``.
 """
 
-from mtlscope.data.sources import celeba, cifar, mnist, mtan, multimnist, notmnist  # noqa: F401  (registration)
+from mtlscope.data.sources import celeba, cifar, mnist, mtan, multimnist, notmnist, weights  # noqa: F401  (registration)
