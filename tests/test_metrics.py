@@ -110,6 +110,15 @@ def test_depth_errors_by_hand() -> None:
     assert metrics.depth_rel_error()(outputs, targets) == pytest.approx(1.25 / 3)
 
 
+def test_instance_offset_error_by_hand() -> None:
+    # two instance pixels with offsets (dy, dx) = (1, -2) and (0, 0.5); one pixel outside (250 on both channels)
+    targets = torch.tensor([[[[1.0, 0.0, 250.0]], [[-2.0, 0.5, 250.0]]]])
+    outputs = torch.tensor([[[[0.0, 0.0, 7.0]], [[-1.0, 1.5, -3.0]]]])
+    # errors 1, 0 (dy) and 1, 1 (dx) over the 4 valid values
+    assert metrics.instance_offset_error()(outputs, targets) == pytest.approx(3 / 4)
+    assert metrics.instance_offset_error().name == "instance_offset_error"
+
+
 def test_normal_angle_errors_by_hand() -> None:
     # four pixels of unit target (0, 0, 1); predictions at 0, 10, 20, 45 degrees; one pixel with no normal
     angles = [0.0, 10.0, 20.0, 45.0]
@@ -147,6 +156,7 @@ BATCHED = [
     ("spearman", "values"),
     ("depth_abs_error", "depth"),
     ("depth_rel_error", "depth"),
+    ("instance_offset_error", "instance"),
     ("normal_mean_angle", "normals"),
     ("normal_median_angle", "normals"),
     ("normal_within", "normals"),
@@ -166,6 +176,10 @@ def _data(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         targets = torch.rand(101, 1, 2, 2, generator=generator) + 0.5
         targets[targets < 0.7] = 0.0
         return torch.rand(101, 1, 2, 2, generator=generator) + 0.5, targets
+    if kind == "instance":
+        targets = torch.randn(101, 2, 2, 2, generator=generator) * 3
+        targets[:, :, 0] = 250.0  # pixels outside every instance
+        return torch.randn(101, 2, 2, 2, generator=generator), targets
     return torch.randn(101, 3, 2, 2, generator=generator), torch.randn(101, 3, 2, 2, generator=generator)
 
 
@@ -186,7 +200,10 @@ def test_batched_equals_whole_set(name: str, kind: str) -> None:
 
 def test_every_registered_metric_has_a_direction_and_is_tested() -> None:
     assert {name for name, _ in BATCHED} | {"pixel_accuracy"} == set(METRICS.available())
-    lower = {"mae", "rmse", "depth_abs_error", "depth_rel_error", "normal_mean_angle", "normal_median_angle"}
+    lower = {
+        "mae", "rmse", "depth_abs_error", "depth_rel_error", "instance_offset_error", "normal_mean_angle",
+        "normal_median_angle",
+    }  # fmt: skip
     for name in METRICS.available():
         assert METRICS.build(name).higher_is_better is (name not in lower), name
         assert metrics.higher_is_better(METRICS.build(name).name) is (name not in lower)

@@ -59,9 +59,9 @@ def test_full_presets_name_the_setting_they_wait_for(name: str) -> None:
     assert main(["reproduce", name, "--dry-run"]) == 2
 
 
-#: The full presets whose settings are real-data settings of the datasets issue (arriving on other branches):
-#: without their data files they stop with the catalog's one line. temperature-fig3 needs cityscapes (not yet).
-REAL_DATA_PRESETS = [name for name in PRESETS if not name.endswith("-mini") and name != "temperature-fig3"]
+#: The full presets whose settings are real-data settings: without their data files they stop with the catalog's
+#: one line (temperature-fig3 with cityscapes' line).
+REAL_DATA_PRESETS = [name for name in PRESETS if not name.endswith("-mini")]
 
 
 @pytest.mark.parametrize("name", REAL_DATA_PRESETS)

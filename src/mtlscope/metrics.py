@@ -19,7 +19,8 @@ target are logits of a binary label (``> 0``). Value metrics compare ``outputs``
 
 Built in (``docs/metrics.md`` has the reference entry of each): ``accuracy``, ``balanced_accuracy``, ``f1``
 (binary), ``macro_f1``, ``mcc`` (Matthews), ``auc``, ``mae``, ``rmse``, ``rounded_accuracy``, ``r2``, ``pearson``,
-``spearman``, ``miou``, ``pixel_accuracy``, ``depth_abs_error``, ``depth_rel_error``, ``normal_mean_angle``,
+``spearman``, ``miou``, ``pixel_accuracy``, ``depth_abs_error``, ``depth_rel_error``, ``instance_offset_error``,
+``normal_mean_angle``,
 ``normal_median_angle``, ``normal_within`` (fraction of angles below ``degrees``; named ``normal_within_11.25``, ...).
 """
 
@@ -442,6 +443,16 @@ class DepthError(Metric):
         return float(stats["sum"]) / count if count else math.nan
 
 
+class InstanceOffsetError(DepthError):
+    """Mean absolute error of the instance-centre offsets (Sener & Koltun 2018's instance proxy task: each pixel
+    of an instance regresses its ``(dy, dx)`` to the instance's centre of mass) over the valid values (target not
+    equal to ``invalid``, 250 in their preprocessing: pixels outside every instance)."""
+
+    def __init__(self, invalid: float | None = 250.0) -> None:
+        super().__init__(relative=False, invalid=invalid)
+        self.name = "instance_offset_error"
+
+
 def normal_angles(outputs: Tensor, targets: Tensor) -> Tensor:
     """Angles in degrees between predicted and target normals (dim 1), at the positions with a non-zero target."""
     if outputs.shape != targets.shape or outputs.dim() < 2:
@@ -644,6 +655,11 @@ def depth_abs_error(*, invalid: float | None = 0.0) -> Metric:
 @METRICS.register("depth_rel_error", "mean |predicted - true depth| / true depth over the valid pixels")
 def depth_rel_error(*, invalid: float | None = 0.0) -> Metric:
     return DepthError(True, invalid)
+
+
+@METRICS.register("instance_offset_error", "mean |predicted - true instance-centre offset| over instance pixels")
+def instance_offset_error(*, invalid: float | None = 250.0) -> Metric:
+    return InstanceOffsetError(invalid)
 
 
 @METRICS.register("normal_mean_angle", "mean angle (degrees) between predicted and true surface normals")

@@ -1,6 +1,6 @@
 """Models: shared encoders, task heads and the ``MultiTaskModel`` that joins them."""
 
-from mtlscope.models import text  # noqa: F401  (registers the roberta encoder)
+from mtlscope.models import deeplab, segnet, text  # noqa: F401  (registers the dense and text encoders, heads)
 from mtlscope.models.encoders import ENCODERS, Encoder
 from mtlscope.models.heads import HEADS
 from mtlscope.models.multitask import MAX_SEED, MultiTaskModel, build_model, derived_seed, is_seed

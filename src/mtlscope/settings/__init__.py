@@ -9,6 +9,7 @@ from mtlscope.data.datasets import DatasetSplit
 from mtlscope.settings import (  # noqa: F401  (registration)
     celeba,
     cifar100,
+    dense,
     digits_attributes,
     digits_mtl,
     fashion_mtl,

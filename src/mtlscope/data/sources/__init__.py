@@ -9,6 +9,8 @@ from mtlscope.data.sources import (  # noqa: F401  (registration)
     glue,
     mnist,
     movielens,
+    mtan,
     multimnist,
     notmnist,
+    weights,
 )

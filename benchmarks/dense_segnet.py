@@ -1,0 +1,138 @@
+"""Per-step and per-probe cost of the CPU dense model (``segnet`` + ``conv`` heads) on Cityscapes- and NYUv2-sized
+images.
+
+Writes synthetic files in MTAN's layout (``--train`` training and 4 validation samples at the real sizes,
+128x256 and 288x384; the cost does not depend on the values) to a temporary data directory, then runs the
+``cityscapes`` (semantic segmentation + depth) and ``nyuv2`` (semantic segmentation, depth, normals) settings
+with the default SegNet-style encoder (channels 16, 32, 64) and 1x1 conv heads, UMTG, Adam, batch size
+``--batch``, ``--steps`` steps, checkpoints at the start and the end with every probe on its ``--subset``
+training examples (``--iterations`` sharpness ascent steps). The trainer's own timing (a run's ``timing_s``:
+``train_s`` and ``probe_s/<name>``) gives the seconds per training step and per probe measurement (the
+measurements counted in the records); ``steps`` is a probe's time in training steps.
+
+    .venv/bin/python benchmarks/dense_segnet.py --out benchmarks/results
+    .venv/bin/python benchmarks/dense_segnet.py --settings cityscapes --steps 4 --subset 8 --iterations 5 \
+        --threads 2 --out benchmarks/results      # what docs/settings.md reports (busy 2-core machine)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import mtlscope
+
+
+def write_files(root: Path, name: str, size: tuple[int, int], train: int, val: int) -> None:
+    rng = np.random.default_rng(0)
+    fields = (
+        {"label_7": (), "label_19": (), "depth": (1,)}
+        if name == "cityscapes"
+        else {"label": (), "depth": (1,), "normal": (3,)}
+    )
+    for split, count in (("train", train), ("val", val)):
+        for index in range(count):
+            folder = root / name / split
+            (folder / "image").mkdir(parents=True, exist_ok=True)
+            np.save(folder / "image" / f"{index}.npy", rng.random((*size, 3), dtype=np.float32))
+            for field, channels in fields.items():
+                (folder / field).mkdir(exist_ok=True)
+                if field.startswith("label"):
+                    classes = {"label_7": 7, "label_19": 19, "label": 13}[field]
+                    array = rng.integers(-1, classes, size=size).astype(np.float32)
+                else:
+                    array = rng.random((*size, *channels), dtype=np.float32) + 0.1
+                np.save(folder / field / f"{index}.npy", array)
+
+
+def measure(name: str, steps: int, batch: int, subset: int, iterations: int, out: Path) -> dict[str, float | str]:
+    probes = {
+        "min_train_loss": {},
+        "sharpness": {"subset": subset, "batch_size": min(subset, 8), "iterations": iterations},
+        "fim_trace": {"subset": subset, "batch_size": min(subset, 16)},
+        "grad_cov_trace": {"subset": subset, "large_batch": subset, "small_batch": max(1, subset // 4)},
+        "grad_similarity": {"batches": 1},
+    }
+    config = {
+        "setting": {"name": name, "options": {"val_size": 2, "validation": "held_out"}},
+        "model": {"encoder": {"name": "segnet"}, "head": {"name": "conv"}},
+        "optimizer": {"name": "adam", "lr": 0.001},
+        "training": {"steps": steps, "eval_every": steps, "batch_size": batch, "train_eval_limit": 4},
+        "probes": {**probes, "affinity": {"every_steps": steps}},
+        "seed": 0,
+    }
+    run = mtlscope.execute(mtlscope.validate_config(config), out / name)
+    results = mtlscope.load(run.path.parent)
+    timing = results.runs["timing_s"].iloc[0]
+    probed = results.records[results.records["split"] == "probe"]
+    step = timing["train_s"] / steps
+    row: dict[str, float | str] = {"setting": name, "batch": batch, "subset": subset, "step_s": step}
+    for key, seconds in timing.items():
+        if key.startswith("probe_s/"):
+            probe = key.split("/", 1)[1]
+            prefix = {"grad_cov_trace": "grad_cov", "grad_similarity": "grad_sim"}.get(probe, probe)
+            measurements = probed[probed["metric"].str.startswith(prefix)]["step"].nunique()
+            row[f"{probe}_s"] = seconds / max(1, measurements)
+            row[f"{probe}_steps"] = seconds / max(1, measurements) / step
+    return row
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """One row per setting and probe: seconds per measurement and its cost in training steps."""
+    lines = [
+        "| setting | batch | probe subset | what | seconds | training steps |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in table.to_dict("records"):
+        lines.append(
+            f"| {row['setting']} | {row['batch']} | {row['subset']} | training step | {row['step_s']:.3g} | 1 |"
+        )
+        for key in row:
+            if key.endswith("_steps"):
+                probe = key[: -len("_steps")]
+                lines.append(
+                    f"| {row['setting']} | {row['batch']} | {row['subset']} | {probe} | {row[probe + '_s']:.3g} | "
+                    f"{row[key]:.3g} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--train", type=int, default=24)
+    parser.add_argument("--subset", type=int, default=16)
+    parser.add_argument("--iterations", type=int, default=20, help="sharpness ascent iterations (the default: 20)")
+    parser.add_argument("--settings", default="cityscapes,nyuv2")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as temporary:
+        root = Path(temporary)
+        os.environ["MTLSCOPE_DATA"] = str(root / "data")
+        os.environ["MTLSCOPE_CACHE"] = str(root / "cache")
+        sizes = {"cityscapes": (128, 256), "nyuv2": (288, 384)}
+        for name in args.settings.split(","):
+            write_files(root / "data", name, sizes[name], args.train, 4)
+            rows.append(measure(name, args.steps, args.batch, args.subset, args.iterations, root / "runs"))
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False), file=sys.stdout)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out / "dense_segnet.csv", index=False)
+        (args.out / "dense_segnet.md").write_text(markdown(table))
+
+
+if __name__ == "__main__":
+    main()
