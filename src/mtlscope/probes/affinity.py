@@ -230,6 +230,10 @@ class AffinityProbe(Probe):
             update_heads=self.update_heads,
             jacobian_mode=self.jacobian_mode,
         )
+        self.add(result)
+
+    def add(self, result: AffinityResult) -> None:
+        """Count one step's matrices into the means (also for loops other than the trainer's: ``mtlscope.rl``)."""
         for kind in self.kinds:
             matrix = result.exact if kind == "exact" else result.first_order
             assert matrix is not None
@@ -237,7 +241,10 @@ class AffinityProbe(Probe):
             self.overall[kind].add(matrix)
 
     def __call__(self, context: ProbeContext) -> ProbeValues:
-        names = context.setting.task_names
+        return self.report(context.setting.task_names)
+
+    def report(self, names: Sequence[str]) -> ProbeValues:
+        """The mean matrices since the last report and overall, as records by target task; starts a new window."""
         values: ProbeValues = {}
         for kind in self.kinds:
             suffix = "" if kind == "exact" else "_first_order"

@@ -60,6 +60,7 @@ from mtlscope.models.heads import HEADS
 from mtlscope.models.multitask import MAX_SEED
 from mtlscope.probes.base import PROBES
 from mtlscope.registry import OptionError, Registry
+from mtlscope.rl.config import ENVIRONMENT_SETTINGS, RLConfig
 from mtlscope.safe_yaml import YAMLInputError, YAMLRefusedError, parse_yaml
 from mtlscope.settings.registry import SETTINGS
 
@@ -165,9 +166,10 @@ class SettingConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str | None) -> str | None:
-        if name is None or name in SETTINGS.available() or _LENIENT.get():
+        if name is None or name in SETTINGS.available() or name in ENVIRONMENT_SETTINGS or _LENIENT.get():
             return name
-        raise ValueError(f"unknown setting {name!r}; available: {', '.join(SETTINGS.available())}")
+        available = sorted([*SETTINGS.available(), *ENVIRONMENT_SETTINGS])
+        raise ValueError(f"unknown setting {name!r}; available: {', '.join(available)}")
 
     @model_validator(mode="after")
     def _options(self) -> SettingConfig:
@@ -177,7 +179,10 @@ class SettingConfig(_Strict):
                 "expected exactly one of name (a registered setting) or factory (an import path 'pkg.mod:fn')"
                 + (f", got {' and '.join(given)}" if given else "")
             )
-        if self.name is not None and not (_LENIENT.get() and self.name not in SETTINGS.available()):
+        if self.is_environment:
+            if self.options:
+                raise ValueError(f"the {self.name} setting takes no options (its run options are the rl section)")
+        elif self.name is not None and not (_LENIENT.get() and self.name not in SETTINGS.available()):
             _check_component(SETTINGS, self.name, self.options, prefix="options.")
         if self.factory is not None:
             _factory(self.factory, "setting", self.options)
@@ -186,6 +191,11 @@ class SettingConfig(_Strict):
         if self.tasks is not None and not self.tasks:
             raise ValueError("tasks must name at least one task (or be left out for all tasks)")
         return self
+
+    @property
+    def is_environment(self) -> bool:
+        """Whether the setting is an environment trained by reinforcement learning (``mtlscope.rl``), not data."""
+        return self.name in ENVIRONMENT_SETTINGS
 
     @property
     def label(self) -> str:
@@ -331,6 +341,10 @@ class TrainingConfig(_Strict):
         return data
 
 
+#: The sections of a supervised run, which a run on an environment setting neither takes nor dumps.
+_SUPERVISED_SECTIONS: tuple[str, ...] = ("model", "method", "optimizer", "training", "probes")
+
+
 class RunConfig(_Strict):
     """A whole run. ``name`` labels the variant (default: its tasks joined by '+', plus the method)."""
 
@@ -353,6 +367,25 @@ class RunConfig(_Strict):
     #: every run of a command). Where the data are is not what they are: the key is left out of the run id (the
     #: data fingerprint in ``identity`` covers the data), and out of the dumped config when not given.
     data_dir: str | None = None
+    #: The options of a run on an environment setting (``mtlscope.rl.config``; filled in with its defaults there,
+    #: refused elsewhere). Such a run takes no model, method, optimizer, training or probes sections.
+    rl: RLConfig | None = None
+
+    @model_validator(mode="after")
+    def _environment(self) -> RunConfig:
+        if not self.setting.is_environment:
+            if self.rl is not None:
+                raise ValueError(f"rl: applies to environment settings ({', '.join(ENVIRONMENT_SETTINGS)}) only")
+            return self
+        unused = [key for key in _SUPERVISED_SECTIONS if key in self.model_fields_set]
+        if unused:
+            raise ValueError(
+                f"{unused[0]}: not used by the {self.setting.name} setting (a reinforcement-learning run takes its "
+                "options from the rl section)"
+            )
+        if self.rl is None:
+            object.__setattr__(self, "rl", RLConfig())
+        return self
 
     @field_validator("data_dir")
     @classmethod
@@ -370,6 +403,11 @@ class RunConfig(_Strict):
             data.pop("identity", None)
         if self.data_dir is None:
             data.pop("data_dir", None)
+        if self.rl is None:  # supervised configs keep the run ids they had before the rl section
+            data.pop("rl", None)
+        else:
+            for key in _SUPERVISED_SECTIONS:
+                data.pop(key, None)
         return data
 
     @field_validator("method", mode="before")
@@ -761,6 +799,10 @@ def resolve(config: RunConfig, source: str = "config", *, objects: Mapping[str, 
     value), or when ``training.batch_size`` is larger than the smallest training set of the run's tasks (a batch
     draws each example at most once).
     """
+    if config.setting.is_environment:
+        from mtlscope.rl.run import resolve_environment
+
+        return resolve_environment(config, source)
     return resolve_with_setting(config, source, objects=objects)[0]
 
 

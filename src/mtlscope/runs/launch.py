@@ -85,12 +85,20 @@ class Prepared:
     device: torch.device
     best: BestCheckpoint | None = None  # keeps the best validation checkpoint (``training.keep_best``)
 
+    def trainer(self, sink: RecordSink, state_sink: StateSink | None, on_step: Callable[[int], None] | None) -> Trainer:
+        """The training loop of this run (an environment run's ``EnvironmentRun.trainer`` is its own loop)."""
+        return _trainer(self, sink, state_sink, on_step)
+
 
 def prepare(config: RunConfig, source: str = "config", *, objects: Mapping[str, Any] | None = None) -> Prepared:
     """Resolve ``config`` and build its setting, model, method, optimizer and probes (writes nothing).
 
     ``objects``: the Python setting, encoder and head of a config made by ``with_objects`` (``execute``'s
     ``setting=``, ``encoder=``, ``head=``)."""
+    if config.setting.is_environment:  # the one place where runs of environments and of data part ways
+        from mtlscope.rl.run import prepare_environment_run
+
+        return prepare_environment_run(config, source)  # type: ignore[return-value]
     objects = dict(objects or {})
     resolved, setting = resolve_with_setting(config, source, objects=objects)
     device = resolve_device(resolved.training.device)
@@ -237,7 +245,7 @@ def _unfit_state(prepared: Prepared, state: SavedState) -> str | None:
         return f"{STATE_FILE} is at step {state.step}, not before the last step {prepared.schedule.steps}"
     try:
         _check_scores(state.trainer.get("scores"))
-        _trainer(prepared, _Discard(), None, None).load_state_dict(state.trainer)
+        prepared.trainer(_Discard(), None, None).load_state_dict(state.trainer)
     except Exception as error:  # any mismatch (keys, shapes, types) means the state is not this run's
         return f"{STATE_FILE} does not fit this run ({brief(error)})"
     return None
@@ -438,7 +446,7 @@ def _train(
         "task_declarations": {task.name: task.declaration() for task in prepared.setting.tasks},
     }
     try:
-        trainer = _trainer(prepared, sink, directory, on_step)
+        trainer = prepared.trainer(sink, directory, on_step)
         if state is not None:
             trainer.load_state_dict(state.trainer)
         outcome = trainer.run()
