@@ -13,6 +13,7 @@ import yaml
 from mtlscope.cli import main
 from mtlscope.reproduce import OUTPUTS, available_presets, load_preset, reproduce
 from mtlscope.reproduce.runner import check_data, check_settings, select_runs
+from mtlscope.rl.config import ENVIRONMENT_SETTINGS
 from mtlscope.runs import ConfigError
 from mtlscope.runs.results import RunResults
 from mtlscope.settings import SETTINGS_REGISTRY
@@ -37,7 +38,7 @@ def test_every_figure_family_has_a_mini_and_a_full_preset() -> None:
 @pytest.mark.parametrize("name", MINIS)
 def test_mini_presets_expand_on_the_embedded_settings(name: str) -> None:
     preset = load_preset(name)
-    assert set(preset.settings) <= set(SETTINGS_REGISTRY.available())
+    assert set(preset.settings) <= {*SETTINGS_REGISTRY.available(), *ENVIRONMENT_SETTINGS}
     check_settings(preset)  # runnable here
     if preset.has_protocol:
         plan = protocol.plan_protocol(preset.sweep, preset.source, preset.base_dir)
@@ -51,7 +52,8 @@ def test_mini_presets_expand_on_the_embedded_settings(name: str) -> None:
 @pytest.mark.parametrize("name", [name for name in PRESETS if not name.endswith("-mini")])
 def test_full_presets_name_the_setting_they_wait_for(name: str) -> None:
     preset = load_preset(name)
-    missing = [setting for setting in preset.settings if setting not in SETTINGS_REGISTRY.available()]
+    available = {*SETTINGS_REGISTRY.available(), *ENVIRONMENT_SETTINGS}
+    missing = [setting for setting in preset.settings if setting not in available]
     if not missing:
         pytest.skip(f"{name}: its settings exist")
     with pytest.raises(ConfigError, match=rf"needs the setting '{missing[0]}'.*run {preset.mini} for its analogue"):
@@ -71,7 +73,8 @@ def test_full_presets_without_data_stop_with_one_line_before_writing(
     """Passes once the settings are merged (skipped before): an empty data directory gives the catalog's
     MissingDataError as one line (expected path, `mtlscope data`), exit code 2, and no output directory."""
     preset = load_preset(name)
-    missing = [setting for setting in preset.settings if setting not in SETTINGS_REGISTRY.available()]
+    available = {*SETTINGS_REGISTRY.available(), *ENVIRONMENT_SETTINGS}
+    missing = [setting for setting in preset.settings if setting not in available]
     if missing:
         pytest.skip(f"{name}: needs {', '.join(missing)} (the real-data settings)")
     monkeypatch.setenv("MTLSCOPE_DATA", str(tmp_path / "no-data"))
@@ -299,6 +302,9 @@ def test_every_mini_preset_produces_every_output(name: str, tmp_path: Path) -> N
     }
     probes = load_preset(name).sweep["base"].get("probes") or {}
     overrides = ["training.epochs=2", *(f"probes.{p}.{o}" for p in probes if p in cheap for o in cheap[p])]
+    if load_preset(name).sweep["base"]["setting"]["name"] in ENVIRONMENT_SETTINGS:  # a few environment steps
+        tiny = "iterations=2 samples_per_iteration=20 gradient_steps=3 batch_size=8 episode_steps=10 hidden=[16] eval_episodes=1"
+        overrides = [f"rl.{option}" for option in tiny.split()] + ["rl.transference.every_steps=1"]
     result = reproduce(name, tmp_path / name, overrides=overrides, progress=False)
     assert set(result.counts) == {"completed"}, result.counts
     assert not result.failed_outputs, [(o.spec.name, o.error) for o in result.failed_outputs]

@@ -68,9 +68,10 @@ class ReproduceResult:
 def check_settings(preset: Preset) -> None:
     """One-line ``ConfigError`` when the preset needs a setting this installation does not have (not
     registered: e.g. one of a plugin that is not imported)."""
+    from mtlscope.rl.config import ENVIRONMENT_SETTINGS
     from mtlscope.settings import SETTINGS_REGISTRY
 
-    available = SETTINGS_REGISTRY.available()
+    available = [*SETTINGS_REGISTRY.available(), *ENVIRONMENT_SETTINGS]
     for name in preset.settings:
         if name not in available:
             analogue = f"; run {preset.mini} for its analogue on the embedded data" if preset.mini else ""
@@ -98,7 +99,8 @@ def check_data(preset: Preset, overrides: Sequence[str] = ()) -> None:
             configs = list(expand(preset.sweep, preset.source, preset.base_dir, overrides).configs)
         specs = {config.setting.model_dump_json(exclude={"tasks"}): config.setting for config in configs}
         for spec in specs.values():
-            build_setting(spec, preset.name)
+            if not spec.is_environment:  # an environment has no data files (resolving it checks its package)
+                build_setting(spec, preset.name)
     except (MissingDataError, DataNotFoundError) as error:
         line = error.detail if isinstance(error, DataNotFoundError) else str(error)
         message = line.strip().splitlines()[0] if line.strip() else type(error).__name__

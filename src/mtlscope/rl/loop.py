@@ -15,7 +15,7 @@ or to first order. The matrices are averaged and recorded by the affinity probe'
 runs store them as supervised runs do (split ``probe``, ``affinity/<source>`` with the target in ``task``). The
 measurement draws no random numbers and moves nothing: a run trains the same with or without it.
 
-Records at a checkpoint, per task: split ``test``, the deterministic policy's ``success_rate`` (an episode
+Records at a checkpoint, per task: split ``val``, the deterministic policy's ``success_rate`` (an episode
 succeeds when ``info['success']`` is set at any of its steps) and ``return`` over ``eval_episodes`` episodes (the
 same episodes at every checkpoint); split ``train``, the means over the gradient steps since the previous
 checkpoint of ``loss`` (the critic loss), ``critic_loss``, ``actor_loss``, ``entropy`` and the temperature
@@ -221,7 +221,7 @@ class SACTrainer:
         return ""
 
     def _evaluate(self) -> Scores:
-        """The deterministic policy's success rate and mean return per task (split ``test``)."""
+        """The deterministic policy's success rate and mean return per task (split ``val``)."""
         scores: Scores = {}
         for task, env in enumerate(self.environments):
             generator = episode_generator(self.seed, "evaluate", env.name)
@@ -238,7 +238,7 @@ class SACTrainer:
                         break
                 returns.append(total)
                 successes.append(float(succeeded))
-            scores[(env.name, "test")] = {"success_rate": float(np.mean(successes)), "return": float(np.mean(returns))}
+            scores[(env.name, "val")] = {"success_rate": float(np.mean(successes)), "return": float(np.mean(returns))}
         return scores
 
     def _window_scores(self) -> Scores:
