@@ -303,8 +303,9 @@ def test_every_mini_preset_produces_every_output(name: str, tmp_path: Path) -> N
     probes = load_preset(name).sweep["base"].get("probes") or {}
     overrides = ["training.epochs=2", *(f"probes.{p}.{o}" for p in probes if p in cheap for o in cheap[p])]
     if load_preset(name).sweep["base"]["setting"]["name"] in ENVIRONMENT_SETTINGS:  # a few environment steps
-        tiny = "iterations=2 samples_per_iteration=20 gradient_steps=3 batch_size=8 episode_steps=10 hidden=[16] eval_episodes=1"
-        overrides = [f"rl.{option}" for option in tiny.split()] + ["rl.transference.every_steps=1"]
+        tiny = "iterations=2 samples_per_iteration=20 gradient_steps=3 batch_size=8 episode_steps=10 hidden=[16]"
+        tiny += " eval_episodes=1 transference.every_steps=1"
+        overrides = [f"rl.{option}" for option in tiny.split()]
     result = reproduce(name, tmp_path / name, overrides=overrides, progress=False)
     assert set(result.counts) == {"completed"}, result.counts
     assert not result.failed_outputs, [(o.spec.name, o.error) for o in result.failed_outputs]
