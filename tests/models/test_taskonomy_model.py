@@ -69,7 +69,7 @@ def test_gradient_scale_scales_only_the_gradient_into_the_encoder() -> None:
         loss.backward()
         models.append((encoder, head, loss))
     (enc1, head1, loss1), (enc2, head2, loss2) = models
-    assert float(loss1) == float(loss2)  # the forward value is unchanged, exactly
+    assert float(loss1.detach()) == float(loss2.detach())  # the forward value is unchanged, exactly
     for p1, p2 in zip(enc1.parameters(), enc2.parameters(), strict=True):
         torch.testing.assert_close(p2.grad, 0.25 * p1.grad)
     for p1, p2 in zip(head1.parameters(), head2.parameters(), strict=True):
