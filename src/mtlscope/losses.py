@@ -18,8 +18,9 @@ Built in (``docs/losses.md`` has the reference entry of each):
   attributes); Bernoulli;
 - ``mse(fisher=None, invalid=None)``: ``F.mse_loss``; Gaussian with unit variance (or ``"empirical"``); with
   ``invalid`` the mean over the valid elements (as ``l1``), and the empirical Fisher;
-- ``l1(invalid=None)``: mean absolute error over the valid elements (targets equal to ``invalid`` are masked
-  out; NaN masks NaN targets); empirical;
+- ``l1(invalid=None, mean_over="valid")``: mean absolute error over the valid elements (targets equal to
+  ``invalid`` are masked out; NaN masks NaN targets); with ``mean_over="all"`` the masked elements count as zero
+  terms of a mean over every element (``(|o - t| * mask).mean()``, Standley et al.'s Taskonomy losses); empirical;
 - ``cosine()``: ``1 - cos(outputs, targets)`` along dim 1 (surface normals), over the positions whose target
   is not the zero vector; empirical.
 
@@ -40,6 +41,8 @@ from torch import Tensor
 from mtlscope.registry import Registry
 
 FisherLabels = Literal["categorical", "bernoulli", "gaussian", "empirical"]
+#: What the masked ``l1`` divides by: the number of valid elements, or of all elements (masked ones count as 0).
+MeanOver = Literal["valid", "all"]
 FISHER_LABELS: tuple[str, ...] = get_args(FisherLabels)
 
 __all__ = [
@@ -188,13 +191,16 @@ class _MaskedLoss(Loss):
 class MaskedL1(_MaskedLoss):
     name, fisher = "l1", "empirical"
 
-    def __init__(self, invalid: float | None = None) -> None:
-        self.invalid = invalid
+    def __init__(self, invalid: float | None = None, mean_over: MeanOver = "valid") -> None:
+        self.invalid, self.mean_over = invalid, mean_over
 
     def _terms(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         mask = valid_mask(targets, self.invalid)
         safe = torch.where(mask, targets, torch.zeros_like(targets))
-        return ((_shaped(outputs, targets) - safe).abs() * mask).sum(), mask.sum()
+        total = ((_shaped(outputs, targets) - safe).abs() * mask).sum()
+        if self.mean_over == "all":
+            return total, torch.tensor(targets.numel())
+        return total, mask.sum()
 
 
 class Cosine(_MaskedLoss):
@@ -265,8 +271,10 @@ def mse(*, fisher: Literal["gaussian", "empirical"] | None = None, invalid: floa
 
 
 @LOSSES.register("l1", "mean absolute error over the valid targets (not equal to `invalid`); empirical")
-def l1(*, invalid: float | None = None) -> Loss:
-    return MaskedL1(invalid)
+def l1(*, invalid: float | None = None, mean_over: MeanOver = "valid") -> Loss:
+    """``mean_over="all"``: the masked elements are zero terms of a mean over every element, as Standley et
+    al.'s Taskonomy losses ``(l1 * mask).mean()`` (the ``taskonomy`` setting's depth and normals)."""
+    return MaskedL1(invalid, mean_over)
 
 
 @LOSSES.register("cosine", "1 - cosine similarity along dim 1 (unit normals), zero targets left out; empirical")

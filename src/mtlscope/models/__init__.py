@@ -1,6 +1,7 @@
 """Models: shared encoders, task heads and the ``MultiTaskModel`` that joins them."""
 
-from mtlscope.models import deeplab, segnet, text  # noqa: F401  (registers the dense and text encoders, heads)
+# (registration) the dense, Taskonomy and text encoders and heads
+from mtlscope.models import deeplab, segnet, taskonomy, text  # noqa: F401
 from mtlscope.models.encoders import ENCODERS, Encoder
 from mtlscope.models.heads import HEADS
 from mtlscope.models.multitask import MAX_SEED, MultiTaskModel, build_model, derived_seed, is_seed

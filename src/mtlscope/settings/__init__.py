@@ -18,6 +18,7 @@ from mtlscope.settings import (  # noqa: F401  (registration)
     movielens,
     multi_mnist,
     synthetic,
+    taskonomy,
 )
 from mtlscope.settings.constructors import TaskSpec, from_arrays, from_datasets
 from mtlscope.settings.registry import SETTINGS as SETTINGS_REGISTRY

@@ -12,5 +12,6 @@ from mtlscope.data.sources import (  # noqa: F401  (registration)
     mtan,
     multimnist,
     notmnist,
+    taskonomy,
     weights,
 )
