@@ -5,7 +5,10 @@ The GLUE setting of Mueller et al. (TMLR 2025, §2.2 and App. A): CoLA, SST-2, M
 RoBERTa-base with linear task heads on the first token's representation. Seven classification tasks trained with
 cross-entropy and STS-B a regression (1 output, mean squared error on the 0-5 score).
 
-Data: the original GLUE task folders (``mtlscope.data.sources.glue`` for the files and their formats). Splits as
+Data: the original GLUE task folders (``mtlscope.data.sources.glue`` for the files and their formats) or a copy
+saved with the ``datasets`` library, one saved ``DatasetDict`` per task (``mtlscope.data.sources.glue_datasets``):
+``data_format`` ``"tsv"`` or ``"datasets"`` picks one, the default (None) the TSV folders when they are there and
+the saved copy otherwise. Both give the same texts, labels and splits (the same rows give identical tensors). Splits as
 the paper: a validation slice held out from each task's official training file (``val_fraction`` of it, drawn
 with ``split_seed``), the rest for training, and the official dev set (MNLI: ``dev_matched``) as the test set —
 GLUE's test labels are not public. The paper does not give the slice's size; 10% is our default. ``train_size``,
@@ -25,13 +28,15 @@ and Spearman correlation for STS-B.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
 
-from mtlscope.data.catalog import locate
+from mtlscope.data.catalog import MissingDataError, data_directory, locate
 from mtlscope.data.sources import glue as source
+from mtlscope.data.sources import glue_datasets
 from mtlscope.data.tokens import TokenDataset, load_tokenizer, tokenize
 from mtlscope.metrics import resolve_metric
 from mtlscope.options import NonNegativeInt, PositiveInt
@@ -81,6 +86,42 @@ def held_out(count: int, val_fraction: float, seed: int, task: str) -> tuple[np.
     return order[size:], order[:size]
 
 
+def task_reader(
+    data_format: Literal["tsv", "datasets"] | None, data_dir: str | None
+) -> Callable[[str], tuple[source.TaskFile, source.TaskFile]]:
+    """``read(task) -> (train file, dev file)`` from the TSV folders (``"tsv"``), the saved copy (``"datasets"``)
+    or, with None, the TSV folders when they are found and the saved copy otherwise; the catalog's one line when
+    the chosen files are missing (with None: the TSV line, naming the saved copy's folder as the alternative)."""
+    if data_format is None:
+        try:
+            locate("glue", data_dir)
+            data_format = "tsv"
+        except MissingDataError as tsv_missing:
+            try:
+                locate("glue-datasets", data_dir)
+            except MissingDataError:
+                saved = data_directory(data_dir) / glue_datasets.FOLDER
+                alternative = f" (or a copy saved with the datasets library in {saved}/<task>); get it from"
+                message = str(tsv_missing).replace("; get it from", alternative, 1)
+                raise MissingDataError(message) from None
+            data_format = "datasets"
+    if data_format == "tsv":
+        paths = locate("glue", data_dir)
+
+        def read_tsv(task: str) -> tuple[source.TaskFile, source.TaskFile]:
+            train = source.read_task(paths[source.file_key(task, "train")], task)
+            return train, source.read_task(paths[source.file_key(task, "dev")], task)
+
+        return read_tsv
+    folders = locate("glue-datasets", data_dir)
+
+    def read_saved(task: str) -> tuple[source.TaskFile, source.TaskFile]:
+        files = glue_datasets.read_saved_task(folders[task], task)
+        return files["train"], files["dev"]
+
+    return read_saved
+
+
 @register("glue", "GLUE: 8 text tasks (no WNLI), RoBERTa encoder; validation held out from train, dev as test")
 def glue(
     *,
@@ -91,9 +132,10 @@ def glue(
     train_size: PositiveInt | None = None,
     val_size: PositiveInt | None = None,
     test_size: PositiveInt | None = None,
+    data_format: Literal["tsv", "datasets"] | None = None,
     data_dir: str | None = None,
 ) -> Setting:
-    paths = locate("glue", data_dir)
+    read_files = task_reader(data_format, data_dir)
     # lazily: mtlscope imports without the text extra; the default model lives in the data directory too
     from mtlscope.models.text import default_model_directory
 
@@ -103,8 +145,7 @@ def glue(
     specs = []
     for task in TASKS:
         fmt = source.FORMATS[task]
-        train_file = source.read_task(paths[source.file_key(task, "train")], task)
-        dev_file = source.read_task(paths[source.file_key(task, "dev")], task)
+        train_file, dev_file = read_files(task)
         train_rows, val_rows = held_out(len(train_file), val_fraction, split_seed, task)
         chosen = {
             "train": (train_file, train_rows[:train_size]),
@@ -145,6 +186,7 @@ def glue(
             "train_size": train_size,
             "val_size": val_size,
             "test_size": test_size,
+            "data_format": data_format,
             "data_dir": data_dir,
         },
     )
