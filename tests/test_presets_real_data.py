@@ -73,6 +73,7 @@ def _configs(sweep: dict[str, Any], name: str, overrides: tuple[str, ...]) -> li
 def test_the_sweeps_expand_into_valid_configs(name: str, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every variant with the grid's extremes (the largest batch included) is a valid run config; nothing runs."""
     monkeypatch.setenv("MTLSCOPE_DATA", str(tiny_data))
+    monkeypatch.setenv("MTLSCOPE_CACHE", str(tiny_data.parent / "cache"))
     sweep = copy.deepcopy(load_preset(name).sweep)
     sweep["protocol"]["select"] = {"optimizer.lr": [PAPER_LRS[0], PAPER_LRS[-1]], "training.batch_size": [4, 256]}
     overrides = () if "glue" in name else CITYSCAPES_OVERRIDES
@@ -94,6 +95,7 @@ def test_a_short_run_of_the_glue_preset_config(
     import mtlscope
 
     monkeypatch.setenv("MTLSCOPE_DATA", str(tiny_data))
+    monkeypatch.setenv("MTLSCOPE_CACHE", str(tiny_data.parent / "cache"))
     sweep = copy.deepcopy(load_preset("main-table1-glue").sweep)
     sweep["protocol"]["select"] = {"optimizer.lr": [0.001], "training.batch_size": [4]}
     config = next(c for c in _configs(sweep, "main-table1-glue", ()) if len(c.setting.tasks or ()) == 8)

@@ -56,6 +56,7 @@ def _build(root: Path, monkeypatch: pytest.MonkeyPatch, **options: object) -> ob
     from mtlscope import settings
 
     monkeypatch.setenv("MTLSCOPE_DATA", str(root))
+    monkeypatch.setenv("MTLSCOPE_CACHE", str(root / "cache"))  # each copy its own token cache
     return settings.get("glue", max_length=16, **options)
 
 
@@ -72,6 +73,25 @@ def test_the_saved_copy_gives_identical_tensors(roots: dict[str, Path], monkeypa
             assert torch.equal(theirs.tokens.rows(rows), ours.tokens.rows(rows))
             assert torch.equal(theirs.targets, ours.targets) and theirs.targets.dtype == ours.targets.dtype
     assert from_saved.fingerprint() == from_tsv.fingerprint() == explicit.fingerprint()
+
+
+def test_token_rows_are_cached(roots: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtlscope.data import token_cache
+
+    monkeypatch.setenv("MTLSCOPE_DATA", str(roots["tsv"]))
+    monkeypatch.setenv("MTLSCOPE_CACHE", str(tmp_path / "cache"))
+    from mtlscope import settings
+
+    first = settings.get("glue", max_length=12, train_size=5)
+    assert len(list((tmp_path / "cache").glob("glue-*.npz"))) == 3 * len(TASKS)  # a split of a task per entry
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(token_cache, "tokenize", fail)
+    assert settings.get("glue", max_length=12, train_size=5).fingerprint() == first.fingerprint()
+    with pytest.raises(AssertionError, match="tokenized again"):
+        settings.get("glue", max_length=12, train_size=5, cache_tokens=False)
 
 
 def test_plain_integer_labels_read_as_class_labels(tmp_path: Path, roots: dict[str, Path]) -> None:

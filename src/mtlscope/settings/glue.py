@@ -20,8 +20,11 @@ Text: tokenized at build with the tokenizer of ``model_dir`` (a local model dire
 the ``roberta-base`` folder of the data directory), sentence pairs as the tokenizer joins them, truncated to
 ``max_length`` tokens (default 128), each example one row ``[input_ids | attention_mask]``
 (``mtlscope.data.tokens``): the ``roberta`` encoder trims a batch to its longest sequence (dynamic padding).
-Tokenization is not cached: it runs each time the setting is built (a few hundred thousand examples a minute on a
-CPU core with a fast tokenizer; a progress line shows it for large files). Metrics: accuracy for every classifier
+Token rows are cached (``mtlscope.data.token_cache``, in ``cache_directory()``: ``$MTLSCOPE_CACHE``, else
+``~/.cache/mtlscope``), keyed by the texts, the tokenizer and ``max_length``: each split of each task is
+tokenized once (a few hundred thousand examples a minute on a CPU core with a fast tokenizer; a progress line
+shows it for large files) and read back on every later build; ``cache_tokens=False`` tokenizes without the
+cache. Metrics: accuracy for every classifier
 (primary), F1 of the positive class for MRPC and QQP, Matthews correlation for CoLA (primary), Pearson (primary)
 and Spearman correlation for STS-B.
 """
@@ -34,10 +37,11 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from mtlscope.data.catalog import MissingDataError, data_directory, locate
+from mtlscope.data.catalog import MissingDataError, cache_directory, data_directory, locate
 from mtlscope.data.sources import glue as source
 from mtlscope.data.sources import glue_datasets
-from mtlscope.data.tokens import TokenDataset, load_tokenizer, tokenize
+from mtlscope.data.token_cache import cached_tokenize
+from mtlscope.data.tokens import TokenDataset, load_tokenizer, tokenizer_identity
 from mtlscope.metrics import resolve_metric
 from mtlscope.options import NonNegativeInt, PositiveInt
 from mtlscope.settings.constructors import TaskSpec, from_datasets
@@ -133,6 +137,7 @@ def glue(
     val_size: PositiveInt | None = None,
     test_size: PositiveInt | None = None,
     data_format: Literal["tsv", "datasets"] | None = None,
+    cache_tokens: bool = True,
     data_dir: str | None = None,
 ) -> Setting:
     read_files = task_reader(data_format, data_dir)
@@ -141,6 +146,7 @@ def glue(
 
     folder = model_dir if model_dir is not None else default_model_directory()
     tokenizer = load_tokenizer(folder)
+    tokenizer_id = tokenizer_identity(tokenizer) if cache_tokens else None
     data: dict[str, dict[str, TokenDataset]] = {}
     specs = []
     for task in TASKS:
@@ -155,8 +161,15 @@ def glue(
         data[task] = {}
         for split, (read, rows) in chosen.items():
             texts = tuple(tuple(column[i] for i in rows) for column in read.texts)
-            tokens = tokenize(
-                tokenizer, texts, max_length, what=f"glue {task} {split}", show_progress=len(rows) > 50_000
+            tokens = cached_tokenize(
+                tokenizer,
+                texts,
+                max_length,
+                cache_directory() if cache_tokens else None,
+                name=f"glue-{task}-{split}",
+                what=f"glue {task} {split}",
+                show_progress=len(rows) > 50_000,
+                tokenizer_id=tokenizer_id,
             )
             data[task][split] = TokenDataset(tokens, read.labels[rows])
         loss = "cross_entropy" if fmt.labels is not None else "mse"
@@ -187,6 +200,7 @@ def glue(
             "val_size": val_size,
             "test_size": test_size,
             "data_format": data_format,
+            "cache_tokens": cache_tokens,
             "data_dir": data_dir,
         },
     )
