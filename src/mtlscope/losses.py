@@ -13,7 +13,8 @@ sample from: only the empirical Fisher, with the true targets, applies).
 Built in (``docs/losses.md`` has the reference entry of each):
 
 - ``cross_entropy(ignore_index=-100)``: ``F.cross_entropy`` over the class dimension 1 (dense ``[N, C, ...]``
-  outputs work), targets equal to ``ignore_index`` left out; categorical;
+  outputs work), targets equal to ``ignore_index`` left out; categorical, one class drawn per position, and the
+  positions whose true target is ``ignore_index`` left out of the sampled targets too (``mask_sampled``);
 - ``binary_cross_entropy()``: ``F.binary_cross_entropy_with_logits`` on one logit per label (multi-label,
   attributes); Bernoulli;
 - ``mse(fisher=None, invalid=None)``: ``F.mse_loss``; Gaussian with unit variance (or ``"empirical"``); with
@@ -78,6 +79,11 @@ class Loss:
         """Targets drawn from the model's own distribution given ``outputs`` (no grad), as ``fisher`` declares."""
         return sample_targets(self.fisher, outputs, generator)
 
+    def mask_sampled(self, sampled: Tensor, targets: Tensor) -> Tensor:
+        """``sampled`` targets with the positions this loss leaves out of ``targets`` left out the same way, so a
+        loss on sampled targets covers what the loss on the true ones covers (default: nothing is left out)."""
+        return sampled
+
     def describe(self) -> dict[str, str]:
         return {"name": self.name, "fisher": self.fisher}
 
@@ -126,6 +132,15 @@ class CrossEntropy(Loss):
     def sum_and_count(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, int]:
         total = F.cross_entropy(outputs, targets, ignore_index=self.ignore_index, reduction="sum")
         return total, int((targets != self.ignore_index).sum())
+
+    def mask_sampled(self, sampled: Tensor, targets: Tensor) -> Tensor:
+        """Sampled classes with ``ignore_index`` where the true targets have it (ignored pixels stay ignored)."""
+        if sampled.shape != targets.shape:
+            raise ValueError(
+                f"sampled targets of shape {tuple(sampled.shape)} do not match targets of shape {tuple(targets.shape)}"
+            )
+        ignored = targets.to(sampled.device) == self.ignore_index
+        return torch.where(ignored, torch.full_like(sampled, self.ignore_index), sampled)
 
 
 class BinaryCrossEntropy(Loss):

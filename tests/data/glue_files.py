@@ -147,3 +147,34 @@ def write_model(path: Path, *, layers: int = 2, hidden: int = 32, max_positions:
     tokenizer.save_pretrained(path)
     model.save_pretrained(path)
     return path
+
+
+def write_saved(root: Path, tsv_root: Path, *, class_labels: bool = True) -> Path:
+    """Save the tasks written by ``write_glue(tsv_root)`` with the ``datasets`` library, as
+    ``load_dataset('glue', task).save_to_disk(root / 'glue_datasets' / task)`` would: the library's column names,
+    ``idx``, ``ClassLabel`` labels (plain integers with ``class_labels=False``) and a ``test`` split of -1 labels."""
+    import datasets
+
+    from mtlscope.data.sources import glue as source
+    from mtlscope.data.sources.glue_datasets import CLASS_NAMES, TEXT_COLUMNS, split_name
+
+    for task, folder in FOLDERS.items():
+        splits = {}
+        for which in ("train", "dev"):
+            name = "dev_matched.tsv" if (folder == "MNLI" and which == "dev") else f"{which}.tsv"
+            read = source.read_task(tsv_root / "glue_data" / folder / name, task)
+            columns: dict[str, list] = {column: list(texts) for column, texts in zip(TEXT_COLUMNS[task], read.texts)}
+            columns["label"] = read.labels.tolist()
+            columns["idx"] = list(range(len(read)))
+            splits[split_name(task, which)] = datasets.Dataset.from_dict(columns)
+        test = dict(splits[split_name(task, "dev")].to_dict())
+        test["label"] = [-1] * len(test["label"])
+        splits["test_matched" if task == "mnli" else "test"] = datasets.Dataset.from_dict(test)
+        if task in CLASS_NAMES and class_labels:
+            feature = datasets.ClassLabel(names=list(CLASS_NAMES[task]))
+            splits = {
+                split: data.cast_column("label", feature) if not split.startswith("test") else data
+                for split, data in splits.items()
+            }
+        datasets.DatasetDict(splits).save_to_disk(str(root / "glue_datasets" / task))
+    return root / "glue_datasets"

@@ -35,6 +35,7 @@ def model_dir(files: dict) -> Path:
 @pytest.fixture
 def data_env(files: dict, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MTLSCOPE_DATA", str(files["root"]))
+    monkeypatch.setenv("MTLSCOPE_CACHE", str(files["root"].parent / "cache"))  # the token cache
     return files["root"]
 
 
@@ -185,6 +186,7 @@ def built(files: dict, model_dir: Path) -> object:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MTLSCOPE_DATA", str(files["root"]))
+        patch.setenv("MTLSCOPE_CACHE", str(files["root"].parent / "cache"))
         return settings.get("glue", max_length=16)
 
 

@@ -18,6 +18,7 @@ compactly (uint16 ids when the vocabulary allows, int32 otherwise; lengths inste
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,9 +83,17 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
 
 
 def tokenizer_identity(tokenizer: Any) -> str:
-    """sha256 of what decides a tokenizer's output: its class, vocabulary, special tokens and settings."""
+    """sha256 of what decides a tokenizer's output: its class, vocabulary, special tokens and settings. The
+    truncation and padding state a fast tokenizer keeps from its last call (``max_length``, set per call) is left
+    out, so the identity is the same before and after the tokenizer is used."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    described = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        described = json.dumps(state, sort_keys=True)
+    else:
+        described = repr(sorted(tokenizer.get_vocab().items()))
     return combine(
         {
             "class": type(tokenizer).__name__,

@@ -16,6 +16,10 @@ per-example gradients of different examples are uncorrelated given the inputs an
 The trace is of the loss's gradients: for MSE, which is twice the unit-variance Gaussian negative
 log-likelihood, it is 4 Tr F.
 
+Positions the loss leaves out of the true targets are left out of the sampled ones (``Loss.mask_sampled``):
+with a per-pixel cross-entropy, pixels whose target is ``ignore_index`` get ``ignore_index`` instead of a draw,
+so the trace covers the pixels the training loss covers (when ``targets`` are given, as the probe gives them).
+
 Where the loss declares no distribution (``empirical``: L1, cosine, plain functions) or with ``empirical=True``,
 the true targets are used (empirical Fisher). The result says which labels were used (``labels``:
 ``categorical``, ``bernoulli``, ``gaussian`` or ``empirical``); the probe records ``fim_empirical`` (1 for the
@@ -149,6 +153,8 @@ def fim_trace(
         else:
             with torch.no_grad():
                 labels = component.sample_targets(model(inputs), _default_generator(generator))
+            if targets is not None:  # positions the loss leaves out (ignore_index) stay out
+                labels = component.mask_sampled(labels, targets)
         per_example_total = 0.0 if per_example else math.nan
         if per_example:
             for norms in iter_per_example_squared_norms(

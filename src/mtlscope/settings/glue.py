@@ -5,7 +5,10 @@ The GLUE setting of Mueller et al. (TMLR 2025, §2.2 and App. A): CoLA, SST-2, M
 RoBERTa-base with linear task heads on the first token's representation. Seven classification tasks trained with
 cross-entropy and STS-B a regression (1 output, mean squared error on the 0-5 score).
 
-Data: the original GLUE task folders (``mtlscope.data.sources.glue`` for the files and their formats). Splits as
+Data: the original GLUE task folders (``mtlscope.data.sources.glue`` for the files and their formats) or a copy
+saved with the ``datasets`` library, one saved ``DatasetDict`` per task (``mtlscope.data.sources.glue_datasets``):
+``data_format`` ``"tsv"`` or ``"datasets"`` picks one, the default (None) the TSV folders when they are there and
+the saved copy otherwise. Both give the same texts, labels and splits (the same rows give identical tensors). Splits as
 the paper: a validation slice held out from each task's official training file (``val_fraction`` of it, drawn
 with ``split_seed``), the rest for training, and the official dev set (MNLI: ``dev_matched``) as the test set —
 GLUE's test labels are not public. The paper does not give the slice's size; 10% is our default. ``train_size``,
@@ -17,22 +20,28 @@ Text: tokenized at build with the tokenizer of ``model_dir`` (a local model dire
 the ``roberta-base`` folder of the data directory), sentence pairs as the tokenizer joins them, truncated to
 ``max_length`` tokens (default 128), each example one row ``[input_ids | attention_mask]``
 (``mtlscope.data.tokens``): the ``roberta`` encoder trims a batch to its longest sequence (dynamic padding).
-Tokenization is not cached: it runs each time the setting is built (a few hundred thousand examples a minute on a
-CPU core with a fast tokenizer; a progress line shows it for large files). Metrics: accuracy for every classifier
+Token rows are cached (``mtlscope.data.token_cache``, in ``cache_directory()``: ``$MTLSCOPE_CACHE``, else
+``~/.cache/mtlscope``), keyed by the texts, the tokenizer and ``max_length``: each split of each task is
+tokenized once (a few hundred thousand examples a minute on a CPU core with a fast tokenizer; a progress line
+shows it for large files) and read back on every later build; ``cache_tokens=False`` tokenizes without the
+cache. Metrics: accuracy for every classifier
 (primary), F1 of the positive class for MRPC and QQP, Matthews correlation for CoLA (primary), Pearson (primary)
 and Spearman correlation for STS-B.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
 
-from mtlscope.data.catalog import locate
+from mtlscope.data.catalog import MissingDataError, cache_directory, data_directory, locate
 from mtlscope.data.sources import glue as source
-from mtlscope.data.tokens import TokenDataset, load_tokenizer, tokenize
+from mtlscope.data.sources import glue_datasets
+from mtlscope.data.token_cache import cached_tokenize
+from mtlscope.data.tokens import TokenDataset, load_tokenizer, tokenizer_identity
 from mtlscope.metrics import resolve_metric
 from mtlscope.options import NonNegativeInt, PositiveInt
 from mtlscope.settings.constructors import TaskSpec, from_datasets
@@ -81,6 +90,42 @@ def held_out(count: int, val_fraction: float, seed: int, task: str) -> tuple[np.
     return order[size:], order[:size]
 
 
+def task_reader(
+    data_format: Literal["tsv", "datasets"] | None, data_dir: str | None
+) -> Callable[[str], tuple[source.TaskFile, source.TaskFile]]:
+    """``read(task) -> (train file, dev file)`` from the TSV folders (``"tsv"``), the saved copy (``"datasets"``)
+    or, with None, the TSV folders when they are found and the saved copy otherwise; the catalog's one line when
+    the chosen files are missing (with None: the TSV line, naming the saved copy's folder as the alternative)."""
+    if data_format is None:
+        try:
+            locate("glue", data_dir)
+            data_format = "tsv"
+        except MissingDataError as tsv_missing:
+            try:
+                locate("glue-datasets", data_dir)
+            except MissingDataError:
+                saved = data_directory(data_dir) / glue_datasets.FOLDER
+                alternative = f" (or a copy saved with the datasets library in {saved}/<task>); get it from"
+                message = str(tsv_missing).replace("; get it from", alternative, 1)
+                raise MissingDataError(message) from None
+            data_format = "datasets"
+    if data_format == "tsv":
+        paths = locate("glue", data_dir)
+
+        def read_tsv(task: str) -> tuple[source.TaskFile, source.TaskFile]:
+            train = source.read_task(paths[source.file_key(task, "train")], task)
+            return train, source.read_task(paths[source.file_key(task, "dev")], task)
+
+        return read_tsv
+    folders = locate("glue-datasets", data_dir)
+
+    def read_saved(task: str) -> tuple[source.TaskFile, source.TaskFile]:
+        files = glue_datasets.read_saved_task(folders[task], task)
+        return files["train"], files["dev"]
+
+    return read_saved
+
+
 @register("glue", "GLUE: 8 text tasks (no WNLI), RoBERTa encoder; validation held out from train, dev as test")
 def glue(
     *,
@@ -91,20 +136,22 @@ def glue(
     train_size: PositiveInt | None = None,
     val_size: PositiveInt | None = None,
     test_size: PositiveInt | None = None,
+    data_format: Literal["tsv", "datasets"] | None = None,
+    cache_tokens: bool = True,
     data_dir: str | None = None,
 ) -> Setting:
-    paths = locate("glue", data_dir)
+    read_files = task_reader(data_format, data_dir)
     # lazily: mtlscope imports without the text extra; the default model lives in the data directory too
     from mtlscope.models.text import default_model_directory
 
     folder = model_dir if model_dir is not None else default_model_directory()
     tokenizer = load_tokenizer(folder)
+    tokenizer_id = tokenizer_identity(tokenizer) if cache_tokens else None
     data: dict[str, dict[str, TokenDataset]] = {}
     specs = []
     for task in TASKS:
         fmt = source.FORMATS[task]
-        train_file = source.read_task(paths[source.file_key(task, "train")], task)
-        dev_file = source.read_task(paths[source.file_key(task, "dev")], task)
+        train_file, dev_file = read_files(task)
         train_rows, val_rows = held_out(len(train_file), val_fraction, split_seed, task)
         chosen = {
             "train": (train_file, train_rows[:train_size]),
@@ -114,8 +161,15 @@ def glue(
         data[task] = {}
         for split, (read, rows) in chosen.items():
             texts = tuple(tuple(column[i] for i in rows) for column in read.texts)
-            tokens = tokenize(
-                tokenizer, texts, max_length, what=f"glue {task} {split}", show_progress=len(rows) > 50_000
+            tokens = cached_tokenize(
+                tokenizer,
+                texts,
+                max_length,
+                cache_directory() if cache_tokens else None,
+                name=f"glue-{task}-{split}",
+                what=f"glue {task} {split}",
+                show_progress=len(rows) > 50_000,
+                tokenizer_id=tokenizer_id,
             )
             data[task][split] = TokenDataset(tokens, read.labels[rows])
         loss = "cross_entropy" if fmt.labels is not None else "mse"
@@ -145,6 +199,8 @@ def glue(
             "train_size": train_size,
             "val_size": val_size,
             "test_size": test_size,
+            "data_format": data_format,
+            "cache_tokens": cache_tokens,
             "data_dir": data_dir,
         },
     )

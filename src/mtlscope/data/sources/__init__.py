@@ -7,6 +7,7 @@ from mtlscope.data.sources import (  # noqa: F401  (registration)
     celeba,
     cifar,
     glue,
+    glue_datasets,
     mnist,
     movielens,
     mtan,
