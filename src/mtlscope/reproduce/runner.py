@@ -370,52 +370,15 @@ def reproduce(
             preset, out / RUNS_DIRECTORY, workers=workers, overrides=overrides, progress=progress, **execution
         )
         outputs = make_outputs(preset, results, out)
-        made_from = {output.spec.name: (output, results) for output in outputs}
-        analysed = [results]
-        stages: list[StageResult] = []
+        stages, later, analysed = _later_stages(
+            preset, out, outputs, results, workers=workers, overrides=overrides, progress=progress, **execution
+        )
+        outputs += later
         totals = Counter(counts)
-        logs = [log]
-        for stage in preset.stages:
-            source, source_results = made_from[stage.source]
-            ran: tuple[StageResult, RunResults, list[dict[str, Any]]] | None = None
-            if source.produced is None:
-                error = f"its source output {stage.source!r} was not produced ({source.error})"
-            else:
-                try:
-                    ran = run_stage(
-                        preset,
-                        stage,
-                        source.spec,
-                        source_results,
-                        out,
-                        workers=workers,
-                        overrides=overrides,
-                        progress=progress,
-                        **execution,
-                    )
-                except ValueError as problem:
-                    error = str(problem.args[0] if problem.args else problem)
-            if ran is None:
-                from mtlscope.reproduce.stages import stage_directory
-
-                stages.append(StageResult(stage, stage_directory(out, stage), error=error))
-                logs.append(f"stage {stage.name}: did not run: {error}")
-                reason = f"stage {stage.name!r} did not run: {error}"
-                made = [OutputResult(spec, None, reason, stage=stage.name) for spec in stage.outputs]
-                made_from.update(
-                    {output.spec.name: (output, RunResults(results.runs[:0], results.records[:0])) for output in made}
-                )
-                outputs += made
-                continue
-            done, stage_runs, budgets = ran
-            stages.append(done)
+        for done in stages:
             totals.update(done.counts)
-            logs.append(done.log)
-            analysed.append(stage_runs)
-            made = _make_outputs(stage.outputs, stage_runs, out, stage.name, budgets)
-            made_from.update({output.spec.name: (output, stage_runs) for output in made})
-            outputs += made
-        combined = _combined(analysed)
+        logs = [log, *(done.log for done in stages)]
+        combined = _combined([results, *analysed])
         files = [path for done in stages for path in done.files]
         files += [path for output in outputs if output.produced for path in output.produced.files]
         if not combined.runs.empty:
@@ -428,6 +391,65 @@ def reproduce(
         write_atomic(summary, format_summary(result, command))
     files.append(summary)
     return result
+
+
+def _later_stages(
+    preset: Preset,
+    out: Path,
+    outputs: Sequence[OutputResult],
+    results: RunResults,
+    *,
+    workers: int,
+    overrides: Sequence[str],
+    progress: bool,
+    **execution: Any,
+) -> tuple[list[StageResult], list[OutputResult], list[RunResults]]:
+    """Run the preset's later stages in order after the first stage's ``outputs`` (from ``results``): each
+    stage's result, the outputs of all of them and the runs each analysed. A stage whose source output was not
+    produced, or whose grouping cannot be derived, does not run: its outputs say why."""
+    from mtlscope.reproduce.stages import stage_directory
+
+    made_from = {output.spec.name: (output, results) for output in outputs}
+    none = RunResults(results.runs[:0], results.records[:0])
+    stages: list[StageResult] = []
+    made_all: list[OutputResult] = []
+    analysed: list[RunResults] = []
+    for stage in preset.stages:
+        source, source_results = made_from[stage.source]
+        error = ""
+        if source.produced is None:
+            error = f"its source output {stage.source!r} was not produced ({source.error})"
+        else:
+            try:
+                done, stage_runs, budgets = run_stage(
+                    preset,
+                    stage,
+                    source.spec,
+                    source_results,
+                    out,
+                    workers=workers,
+                    overrides=overrides,
+                    progress=progress,
+                    **execution,
+                )
+            except ValueError as problem:
+                error = str(problem.args[0] if problem.args else problem)
+        if error:
+            stages.append(
+                StageResult(
+                    stage, stage_directory(out, stage), log=f"stage {stage.name}: did not run: {error}", error=error
+                )
+            )
+            reason = f"stage {stage.name!r} did not run: {error}"
+            made = [OutputResult(spec, None, reason, stage=stage.name) for spec in stage.outputs]
+            made_from.update({output.spec.name: (output, none) for output in made})
+        else:
+            stages.append(done)
+            analysed.append(stage_runs)
+            made = _make_outputs(stage.outputs, stage_runs, out, stage.name, budgets)
+            made_from.update({output.spec.name: (output, stage_runs) for output in made})
+        made_all += made
+    return stages, made_all, analysed
 
 
 def _combined(parts: Sequence[RunResults]) -> RunResults:
