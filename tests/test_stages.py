@@ -28,6 +28,7 @@ from mtlscope.runs.results import RunResults, load
 from mtlscope.sweeps.spec import expand, load_sweep
 
 TASKS = ["digits1", "digits2", "noisy-digits"]
+OPTIONS = {"digits1_size": 64, "val_size": 100, "test_size": 100}
 STAGED: dict[str, Any] = {
     "name": "staged",
     "title": "A staged preset for the tests",
@@ -35,7 +36,7 @@ STAGED: dict[str, Any] = {
     "description": "Three digits-mtl tasks with the affinity probe, then the groups of 1 and 2 splits.",
     "sweep": {
         "base": {
-            "setting": {"name": "digits-mtl", "tasks": TASKS, "options": {"digits1_size": 64, "val_size": 100, "test_size": 100}},
+            "setting": {"name": "digits-mtl", "tasks": TASKS, "options": OPTIONS},
             "model": {"encoder": {"name": "mlp", "hidden": [8]}},
             "training": {"batch_size": 32, "steps": 4, "eval_every": 2},
             "probes": {"affinity": {"every_steps": 2}},
