@@ -363,7 +363,7 @@ def _cmd_sweep_status(args: argparse.Namespace) -> int:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from mtlscope.reproduce.preset import available_presets, load_preset
-    from mtlscope.reproduce.runner import check_data, check_settings, reproduce
+    from mtlscope.reproduce.runner import check_data, check_settings, check_stages, reproduce
 
     if args.list:
         from mtlscope.runs.config import ConfigError
@@ -390,6 +390,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from mtlscope.runs.locking import hold_directory
 
     _expand_preset(preset, overrides)  # a bad override is one line before anything (the lock file) is written
+    check_stages(preset, overrides)  # and so is a later stage whose sweep would not expand
     execution = _execution(args, preset.name)
     command = " ".join(["mtlscope reproduce", args.name, *args.overrides, "--out", str(out)])
     if args.workers > 1:
@@ -438,11 +439,23 @@ def _expand_preset(preset: Preset, overrides: Sequence[str]) -> tuple[str, list[
 
 
 def _dry_run_preset(preset: Preset, out: Path, overrides: Sequence[str]) -> int:
+    from mtlscope.reproduce.runner import check_stages
+    from mtlscope.reproduce.stages import stage_directory
+
     counts, run_ids = _expand_preset(preset, overrides)
+    check_stages(preset, overrides)
     print(f"{preset.name}: {counts} -> {out / 'runs'}")
     for run_id in run_ids:
         print(run_id)
     print("outputs: " + ", ".join(f"{spec.name} ({spec.kind})" for spec in preset.outputs))
+    for stage in preset.stages:
+        budgets = ", ".join(str(count) for count in stage.splits)
+        extra = f" and the baselines {', '.join(stage.baselines)}" if stage.baselines else ""
+        print(
+            f"then stage {stage.name}: one set of runs per distinct group of output {stage.source} (split budgets "
+            f"{budgets}){extra} -> {stage_directory(out, stage) / 'runs'}"
+        )
+        print("  outputs: " + ", ".join(f"{spec.name} ({spec.kind})" for spec in stage.outputs))
     return 0
 
 

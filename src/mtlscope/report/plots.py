@@ -12,6 +12,8 @@ input raises ``ValueError``.
   from ``analysis.temperature.temperature_table``.
 - ``affinity_heatmap``: ``A[source, target]`` (Fifty et al., 2020) from ``analysis.affinity.affinity_matrix``.
 - ``grouping_diagram``: the groups of ``analysis.grouping.group_tasks`` and which group serves each task.
+- ``grouping_bars``: Fifty et al.'s Fig. 4 — each split budget's value (e.g. the total test loss) as bars, one
+  per grouping (measured, reference numbers), from ``analysis.grouping_evaluation.evaluate_groupings``.
 """
 
 from __future__ import annotations
@@ -407,6 +409,60 @@ def grouping_diagram(grouping: Grouping, path: str | Path) -> list[Path]:
             f"Task grouping: {rows} group{plural}, score {grouping.score:.3g}\n"
             f"(score: mean over tasks of their scores; {grouping.method} search)"
         )
+        return _save(figure, path)
+
+
+def grouping_bars(table: pd.DataFrame, path: str | Path, ylabel: str, title: str | None = None) -> list[Path]:
+    """Fig. 4 of Fifty et al.: one group of bars per split budget (``splits``, ascending), one bar per
+    ``grouping`` (colors in the table's order: the measured grouping, its baselines, then the references), the
+    mean ``value`` with ±1 ``std`` error bars where there is one (a reference number has none), the value written
+    above each bar. The baselines sit at their own budgets (all tasks: 1, single-task: the number of tasks).
+    """
+    _require(table, ("grouping", "splits", "value"), "table", "grouping_evaluation")
+    if table.empty:
+        raise ValueError("table is empty: no grouping to draw")
+    budgets = sorted({int(s) for s in table["splits"]})
+    labels = _distinct(table, "grouping")
+    colors = _colors(labels)
+    width = 0.8 / max(1, max(int((table["splits"] == b).sum()) for b in budgets))
+    with plt.rc_context(STYLE):  # type: ignore[arg-type]
+        figure, axes = plt.subplots(figsize=(max(6.0, 1.2 * len(budgets) * max(1, len(labels)) * 0.6 + 3), 4.6))
+        drawn: set[str] = set()
+        for position, budget in enumerate(budgets):
+            rows = table[table["splits"].astype(int) == budget].to_dict("records")
+            start = position - width * (len(rows) - 1) / 2
+            for offset, row in enumerate(rows):
+                label = str(row["grouping"])
+                value = float(row["value"])
+                std = row.get("std")
+                error = float(std) if isinstance(std, (int, float)) and math.isfinite(float(std)) else None
+                axes.bar(
+                    start + offset * width,
+                    value,
+                    width=width * 0.92,
+                    color=colors[label],
+                    yerr=error,
+                    capsize=3 if error is not None else 0,
+                    label=label if label not in drawn else None,
+                )
+                drawn.add(label)
+                axes.annotate(
+                    f"{value:.4g}",
+                    (start + offset * width, value + (error or 0.0)),
+                    textcoords="offset points",
+                    xytext=(0, 3),
+                    ha="center",
+                    fontsize=7,
+                )
+        axes.set_xticks(range(len(budgets)), [f"{b} split{'s' if b != 1 else ''}" for b in budgets])
+        axes.set_xlabel("split budget (number of networks)")
+        axes.set_ylabel(ylabel)
+        low = float(table["value"].min())
+        high = float(table["value"].max())
+        pad = 0.15 * (high - low) or 0.05 * abs(high) or 1.0
+        axes.set_ylim(max(0.0, low - pad) if low >= 0 else low - pad, high + pad)
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
+        axes.set_title(title or f"Groupings by split budget: {ylabel}")
         return _save(figure, path)
 
 

@@ -20,6 +20,9 @@ Kinds (paper figure or table → analysis function; docs/experiments.md):
 - ``temperature_table``, ``best_temperatures``, ``method_vs_baseline_by_temperature`` and
   ``temperature_curves`` (temperature paper Figs. 2–4);
 - ``affinity_matrix`` (+ heatmap) and ``task_grouping`` (Fifty et al., Fig. 4 and Table 6);
+  ``grouping_evaluation`` (Fig. 4's bars: the trained groups of every split budget, each task served by one
+  group, with the single-task and all-task baselines and reference rows; in a derived stage of a preset,
+  ``mtlscope.reproduce.stages``);
 - ``generalization_table`` (Fifty et al., Tables 2 and 5) and ``candidate_wins`` (which IT-MTL candidate won).
 """
 
@@ -29,12 +32,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pandas as pd
+from pydantic import Field
 
 from mtlscope.registry import Registry
 from mtlscope.runs.results import RunResults
+
+if TYPE_CHECKING:
+    from mtlscope.analysis.grouping import Grouping
 
 
 @dataclass(frozen=True)
@@ -372,6 +379,18 @@ def affinity_matrix(
     return Produced(title, files, table)
 
 
+def task_groupings(
+    results: RunResults, splits: Sequence[int], affinity: str = "affinity_overall", singleton: str | float = 0.0
+) -> tuple[pd.DataFrame, dict[int, Grouping]]:
+    """The affinity matrix of the multi-task runs of ``results`` (NaN as 0) and ``group_tasks``' best grouping
+    for each split budget: what ``task_grouping`` shows and what a derived stage trains
+    (``mtlscope.reproduce.stages``)."""
+    from mtlscope.analysis.grouping import group_tasks
+
+    matrix = _affinity(results, affinity).fillna(0.0)
+    return matrix, {int(count): group_tasks(matrix, int(count), singleton=singleton) for count in splits}
+
+
 @OUTPUTS.register("task_grouping", "Fifty et al. §5.1, Fig. 4 and Table 6: the best task grouping per split count")
 def task_grouping(
     results: RunResults,
@@ -382,18 +401,16 @@ def task_grouping(
     affinity: str = "affinity_overall",
     singleton: str | float = 0.0,
 ) -> Produced:
-    from mtlscope.analysis.grouping import group_tasks
     from mtlscope.report.plots import grouping_diagram
 
-    matrix = _affinity(results, affinity).fillna(0.0)
+    _, groupings = task_groupings(results, splits, affinity, singleton)
     rows = []
     files: list[Path] = []
-    for count in splits:
-        grouping = group_tasks(matrix, int(count), singleton=singleton)
+    for count, grouping in groupings.items():
         files += grouping_diagram(grouping, _figure_path(directory, f"{name}-{count}"))
         rows.append(
             {
-                "splits": int(count),
+                "splits": count,
                 "groups": " ".join("{" + ", ".join(group) + "}" for group in grouping.groups),
                 "score": grouping.score,
             }
@@ -401,6 +418,61 @@ def task_grouping(
     table = pd.DataFrame(rows)
     title = "Best grouping of the tasks into at most `splits` groups by total inter-task affinity"
     files += _table(directory, name, table, title)
+    return Produced(title, files, table)
+
+
+@OUTPUTS.register(
+    "grouping_evaluation", "Fifty et al. Fig. 4, Tables 6-7: each budget's trained groups, each task served by one"
+)
+def grouping_evaluation(
+    results: RunResults,
+    directory: Path,
+    name: str,
+    *,
+    groupings: list[dict[str, Any]] | None = None,
+    metric: str = "loss",
+    aggregate: Literal["sum", "mean"] = "sum",
+    serve: Literal["validation", "grouping"] = "validation",
+    top: Annotated[int, Field(ge=1)] = 1,
+    label: str = "transference",
+    reference: dict[str, dict[int, float]] | None = None,
+) -> Produced:
+    """``groupings``: ``[{splits, groups, served_by}]``; in a derived stage, the stage's grouping fills it."""
+    from mtlscope.analysis.grouping_evaluation import (
+        budget_groupings,
+        evaluate_groupings,
+        reference_rows,
+        run_task_values,
+    )
+    from mtlscope.analysis.transfer import metric_direction
+    from mtlscope.report.plots import grouping_bars
+
+    if groupings is None:
+        raise ValueError("groupings: no groups to evaluate (give them, or use the output in a stage with from:)")
+    budgets = budget_groupings(groupings)
+    values = run_task_values(results, metric, top)
+    if values.empty:
+        raise ValueError(f"no completed run has validation and test {metric!r} records")
+    first = values.iloc[0]
+    higher = metric_direction(results, str(first["run_id"]), str(first["task"]), metric)
+    table, served = evaluate_groupings(
+        values, budgets, higher_is_better=higher, aggregate=aggregate, serve=serve, label=label
+    )
+    table.insert(1, "source", "measured")
+    if reference:
+        references = reference_rows(reference, [budget.splits for budget in budgets])
+        references.insert(1, "source", "reference")
+        table = pd.concat([table, references], ignore_index=True)
+    measure = f"{'total' if aggregate == 'sum' else 'mean'} test {metric} over the tasks"
+    checkpoints = "the best validation checkpoint" if top == 1 else f"the {top} best validation checkpoints"
+    title = (
+        f"Trained groupings per split budget: {measure} ({checkpoints} of each run, mean ± std over seeds), each task "
+        f"served by {'its best group on validation' if serve == 'validation' else 'the group the selection assigned'}"
+    )
+    files = grouping_bars(table, _figure_path(directory, name), measure, title=f"{label}: {measure}")
+    files += _table(directory, name, table, title)
+    served_title = f"Which group serves each task, per split budget: validation and test {metric} (means over seeds)"
+    files += _table(directory, f"{name}-served", served, served_title)
     return Produced(title, files, table)
 
 
