@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -19,6 +20,7 @@ from mtlscope.data.sources.taskonomy import DEPTH_INVALID, label_name
 from mtlscope.losses import resolve_loss
 from mtlscope.metrics import LossMetric
 from mtlscope.reproduce import load_preset, reproduce
+from mtlscope.reproduce.stages import read_grouping
 from tests.data.taskonomy_files import NATIVE, TRAIN_BUILDINGS, VAL_BUILDINGS, file_name, write_taskonomy
 
 TINY = {"image_size": list(NATIVE), "eval_per_building": 2}
@@ -295,3 +297,14 @@ def test_the_preset_runs_on_generated_files_and_groups_the_five_tasks(data: Path
     for row in grouping["groups"]:
         groups = [set(group.split(", ")) for group in re.findall(r"\{([^}]*)\}", row)]
         assert groups and all(group <= set(TASKS) for group in groups)
+    # stage 2 (Figure 4 right): the chosen groups and the five single-task models trained, the total test loss per
+    # split budget next to Table 7's rows
+    out = tmp_path / "out"
+    trained = {tuple(group) for group in read_grouping(out / "stages" / "groups" / "grouping.json")["groups"]}
+    assert {(task,) for task in TASKS} <= trained
+    table = pd.read_csv(out / "tables" / "total-test-loss.csv")
+    measured = table[table["source"] == "measured"]
+    assert set(measured["splits"]) >= {2, 3, 4} and np.isfinite(measured["value"]).all()
+    reference = table[table["source"] == "reference"].set_index(["grouping", "splits"])["value"]
+    assert reference[("HOA (paper)", 2)] == 0.54 and reference[("Optimal (paper)", 4)] == 0.4802
+    assert (out / "tables" / "total-test-loss-first-order.csv").exists()
