@@ -18,10 +18,12 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from mtlscope.engine.probe_budget import FORWARD
 from mtlscope.options import PositiveFloat, PositiveInt
 from mtlscope.probes.base import PROBES, Probe, ProbeContext, probe_mode
 from mtlscope.probes.per_example import check_examples, check_model, loss_function
 from mtlscope.probes.predictor import DEFAULT_SUBSET, ParameterChoice, TaskProbe, TaskView
+from mtlscope.settings.setting import Setting
 
 __all__ = ["SharpnessProbe", "SharpnessResult", "checkpoints", "sharpness"]
 
@@ -269,6 +271,13 @@ class SharpnessProbe(TaskProbe):
             parameters=view.parameters,
         )
         return {"sharpness": result.sharpness}
+
+    def cost(self, setting: Setting, batch_size: int) -> float:
+        """Per example: ``iterations`` forward+backward passes and at most ``len(checkpoints(iterations))`` forwards
+        (the last iteration's loss and the restarts; see ``sharpness``)."""
+        del batch_size
+        per_example = self.iterations + FORWARD * len(checkpoints(self.iterations))
+        return float(sum(self.subset_sizes(setting))) * per_example
 
 
 @PROBES.register("sharpness", "adaptive worst-case l_inf sharpness of each task predictor (Mueller et al. 2025, eq. 3)")
