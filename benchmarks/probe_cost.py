@@ -61,12 +61,13 @@ import torch
 import mtlscope
 from mtlscope import methods
 from mtlscope.engine.optimizers import build_optimizer
+from mtlscope.engine.probe_budget import checkpoint_measurements, plan_probe_schedule, step_observations
 from mtlscope.engine.sampling import BatchSampler
 from mtlscope.engine.step import TrainingStep
 from mtlscope.engine.trainer import Schedule
 from mtlscope.losses import cross_entropy
 from mtlscope.models import build_model
-from mtlscope.probes import PROBES, ProbeContext, StepContext
+from mtlscope.probes import PROBES, ProbeContext, StepContext, build_probe
 from mtlscope.probes.base import probe_mode
 from mtlscope.probes.per_example import loss_function
 from mtlscope.probes.per_example_norms import per_example_squared_norms
@@ -318,8 +319,16 @@ def per_example_pass(model: torch.nn.Module, setting: Setting, examples: int, re
     return times
 
 
-def measure_run(name: str, repeats: int, subset: int | None, batches: int | None, threads: int | None) -> dict:
-    """Costs (seconds, training steps) of every probe on the run ``name`` at the measured sizes."""
+def measure_run(
+    name: str,
+    repeats: int,
+    subset: int | None,
+    batches: int | None,
+    threads: int | None,
+    only: set[str] | None = None,
+) -> dict:
+    """Costs (seconds, training steps) of every probe (or those in ``only``) on the run ``name`` at the measured
+    sizes."""
     if threads:
         torch.set_num_threads(threads)
     spec = RUNS[name]
@@ -343,6 +352,8 @@ def measure_run(name: str, repeats: int, subset: int | None, batches: int | None
     variants: list[tuple[str, dict[str, Any]]] = [(p, {}) for p in RUN_PROBES]
     variants.insert(3, ("fim_trace", {"per_example_method": "vmap"}))
     for probe_name, extra in variants:
+        if only and probe_name not in only:
+            continue
         options: dict[str, Any] = dict(extra)
         if probe_name in ("sharpness", "fim_trace", "grad_cov_trace"):
             options["subset"] = measured_subset
@@ -363,6 +374,8 @@ def measure_run(name: str, repeats: int, subset: int | None, batches: int | None
         model.train()
         rows.append({"run": name, "probe": probe_name, "options": options, "seconds": seconds, "steps": seconds / unit})
         print(json.dumps(rows[-1]), flush=True)
+    if only and "fim_trace" not in only:
+        return {"rows": rows, "sizes": sizes}
     unit = step_seconds()
     passes = per_example_pass(model, setting, measured_subset, repeats)
     for what, seconds in passes.items():
@@ -396,29 +409,68 @@ def _scaled_steps(row: dict, options: dict[str, Any], train_size: int) -> float:
     return float(row["steps"])
 
 
-def run_overheads(name: str, result: dict, cifar_epochs: int = 75) -> tuple[pd.DataFrame, pd.DataFrame]:
+def plan_setting(spec: RunSpec) -> Setting:
+    """A setting with the run's number of tasks and training examples per task (tiny inputs): what the
+    cost-aware schedule reads (task count, layout, training-set sizes)."""
+
+    def split(size: int) -> Split:
+        return Split(torch.zeros(size, 1), torch.zeros(size, dtype=torch.long))
+
+    tasks = tuple(
+        Task(f"t{k}", spec.classes, split(spec.train_size), split(2), split(2), loss=cross_entropy())
+        for k in range(spec.tasks)
+    )
+    return Setting("plan", tasks, "multi-input", (1,), {"encoder": {"name": "mlp"}})
+
+
+def run_schedule(name: str, cifar_epochs: int = 75) -> Schedule:
+    spec = RUNS[name]
+    if spec.eval_every is None and spec.checkpoints_per_decade is None:  # a checkpoint per epoch
+        steps_per_epoch = -(-spec.train_size // spec.batch_size)
+        return Schedule(cifar_epochs * steps_per_epoch, steps_per_epoch, eval_every=steps_per_epoch)
+    return Schedule(spec.steps, 1, spec.eval_every, spec.checkpoints_per_decade)
+
+
+def planned_options(name: str, probes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``probes`` with the spacing the trainer's cost-aware plan gives the run ``name`` where none is set."""
+    spec = RUNS[name]
+    schedule = run_schedule(name)
+    built = [build_probe(probe, options) for probe, options in probes.items()]
+    plan = plan_probe_schedule(
+        built,
+        steps=schedule.steps,
+        regular_checkpoints=schedule.regular_checkpoints(),
+        setting=plan_setting(spec),
+        batch_size=spec.batch_size,
+    )
+    key = {"checkpoints": "every", "steps": "every_steps"}
+    return {p.name: probes[p.name] | {key[p.unit]: p.spacing} for p in plan}
+
+
+def run_overheads(name: str, result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-probe costs at the run's probe sizes and the share of training time of its probe schedules."""
     spec = RUNS[name]
     train_size = result["sizes"]["train_size"]
-    if spec.eval_every is None and spec.checkpoints_per_decade is None:  # a checkpoint per epoch
-        steps_per_epoch = -(-train_size // spec.batch_size)
-        schedule = Schedule(cifar_epochs * steps_per_epoch, steps_per_epoch, eval_every=steps_per_epoch)
-    else:
-        schedule = Schedule(spec.steps, 1, spec.eval_every, spec.checkpoints_per_decade)
-    checkpoints = schedule.checkpoint_steps()
-
-    def measurements(every: int) -> int:
-        return sum(1 for s in checkpoints if schedule.checkpoint_index(s) % every == 0 or s == schedule.steps)
-
+    schedule = run_schedule(name)
+    regular = schedule.regular_checkpoints()
     by_probe = {
         row["probe"] + (" (vmap)" if row.get("options", {}).get("per_example_method") == "vmap" else ""): row
         for row in result["rows"]
     }
+    previous = {"min_train_loss": {"every": 1}, "affinity": {"every_steps": 50}} | {
+        p: {"every": 10} for p in ("sharpness", "fim_trace", "grad_cov_trace", "grad_similarity")
+    }
+    everything = {p: {} for p in RUN_PROBES}
+    preset = {"min_train_loss": {}} | spec.preset_probes
     schedules = {
-        "default, Fisher per-example norms (auto)": {p: {} for p in RUN_PROBES},
-        "default, Fisher per-example gradients (vmap)": {p: {} for p in RUN_PROBES},
-        "default without affinity": {p: {} for p in RUN_PROBES if p != "affinity"},
-        "preset's probes": {"min_train_loss": {}} | spec.preset_probes,
+        "previous default (every 10; affinity every 50 steps)": {p: previous[p] for p in RUN_PROBES},
+        "previous default, Fisher per-example gradients (vmap)": {p: previous[p] for p in RUN_PROBES},
+        "default: cost-aware plan": planned_options(name, everything),
+        "default plan without affinity": planned_options(name, {p: {} for p in RUN_PROBES if p != "affinity"}),
+        "preset's probes, previous default": {
+            p: {"every": 10} | options if p != "min_train_loss" else options for p, options in preset.items()
+        },
+        "preset's probes, cost-aware plan": planned_options(name, preset),
         "reduced (below)": REDUCED,
     }
     costs, overheads = [], []
@@ -429,30 +481,92 @@ def run_overheads(name: str, result: dict, cifar_epochs: int = 75) -> tuple[pd.D
             key = probe + (" (vmap)" if probe == "fim_trace" and "vmap" in schedule_name else "")
             row = by_probe[key]
             steps = _scaled_steps(row, options, train_size)
-            every = options.get("every", PROBES.build(probe).every)
             if probe == "affinity":  # K lookahead updates, each scored on the K tasks: K^2 per measurement
                 steps *= spec.tasks / 2
-                count = schedule.steps // options.get("every_steps", 50)
+                every = options.get("every_steps", 50)
+                count = step_observations(schedule.steps, every)
             else:
-                count = measurements(every)
+                every = options.get("every", PROBES.build(probe).every)
+                count = checkpoint_measurements(regular, every)
             share = steps * count / schedule.steps
             total += share
-            shares.append(f"{probe} {100 * share:.1f}%")
-            if schedule_name.startswith("default, Fisher per-example norms") or (
-                schedule_name.startswith("default, Fisher per-example gradients") and probe == "fim_trace"
+            shares.append(f"{probe} {100 * share:.1f}% ({count}x)")
+            if schedule_name.startswith(("previous default (", "default: cost-aware")) or (
+                schedule_name.startswith("previous default, Fisher") and probe == "fim_trace"
             ):
-                costs.append({"run": name, "probe": key, "steps per measurement": steps, "measurements": count})
+                label = "plan" if schedule_name.startswith("default") else "previous"
+                costs.append(
+                    {
+                        "run": name,
+                        "probe": key,
+                        "steps per measurement": steps,
+                        "schedule": label,
+                        "every": every,
+                        "measurements": count,
+                        "share": share,
+                    }
+                )
         overheads.append(
             {
                 "run": name,
                 "schedule": schedule_name,
                 "training steps": schedule.steps,
-                "checkpoints": len(checkpoints),
+                "checkpoints": len(schedule.checkpoint_steps()),
                 "probe time / training time": total,
-                "by probe": ", ".join(shares),
+                "by probe (measurements)": ", ".join(shares),
             }
         )
     return pd.DataFrame(costs), pd.DataFrame(overheads)
+
+
+def read_runs(path: Path) -> dict[str, dict]:
+    """Measured rows of ``probe_cost_runs.csv`` by run, as ``measure_run`` returns them."""
+    results: dict[str, dict] = {}
+    for row in pd.read_csv(path).to_dict("records"):
+        entry = results.setdefault(row["run"], {"rows": [], "sizes": {"train_size": RUNS[row["run"]].train_size}})
+        entry["rows"].append(row | {"options": json.loads(row["options"]) if isinstance(row["options"], str) else {}})
+    return results
+
+
+def run_tables(args: argparse.Namespace) -> None:
+    """``--runs``: measure the runs' probes (``--only``: those probes, replacing their rows in
+    OUT/probe_cost_runs.csv; ``--recompute``: none) and write the costs and the schedules' shares."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = f"mtlscope {mtlscope.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU"
+    only = set(filter(None, args.only.split(","))) or None
+    existing = args.out / "probe_cost_runs.csv"
+    results = read_runs(existing) if (args.recompute or only) and existing.exists() else {}
+    for name in [] if args.recompute else args.runs.split(","):
+        small = name == "cifar-resnet18"
+        result = measure_run(
+            name,
+            args.repeats,
+            args.cifar_subset if small else None,
+            args.cifar_batches if small else None,
+            args.threads,
+            only,
+        )
+        print(json.dumps(result["sizes"]), flush=True)
+        if only and name in results:  # replace the re-measured probes' rows (and the training step's)
+            fresh = {row["probe"] for row in result["rows"]}
+            kept = [row for row in results[name]["rows"] if row["probe"] not in fresh]
+            result = {"rows": result["rows"][:1] + kept + result["rows"][1:], "sizes": result["sizes"]}
+        results[name] = result
+    measured, costs, overheads = [], [], []
+    for name, result in results.items():
+        measured += [row | {"options": json.dumps(row.get("options", {}))} for row in result["rows"]]
+        cost, overhead = run_overheads(name, result)
+        costs.append(cost)
+        overheads.append(overhead)
+    tables = {
+        "probe_cost_runs": pd.DataFrame(measured),
+        "probe_cost_runs_scaled": pd.concat(costs, ignore_index=True),
+        "probe_schedules_runs": pd.concat(overheads, ignore_index=True),
+    }
+    for stem, table in tables.items():
+        table.to_csv(args.out / f"{stem}.csv", index=False)
+        (args.out / f"{stem}.md").write_text(f"{stem} ({meta})\n\n{to_markdown(table, digits=3)}\n")
+        print(to_markdown(table, digits=3))
 
 
 def main() -> None:
@@ -474,35 +588,14 @@ def main() -> None:
     parser.add_argument("--runs", default="", help="fashion-lenet,cifar-resnet18: paper runs and their schedules")
     parser.add_argument("--cifar-subset", type=int, default=32, help="probe subset measured on cifar-resnet18")
     parser.add_argument("--cifar-batches", type=int, default=4, help="grad_similarity batches on cifar-resnet18")
+    parser.add_argument(
+        "--recompute",
+        action="store_true",
+        help="with --runs: no measuring; the schedules' shares from the rows in OUT/probe_cost_runs.csv",
+    )
     args = parser.parse_args()
     if args.runs:
-        args.out.mkdir(parents=True, exist_ok=True)
-        meta = f"mtlscope {mtlscope.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU"
-        measured, costs, overheads = [], [], []
-        for name in args.runs.split(","):
-            small = name == "cifar-resnet18"
-            result = measure_run(
-                name,
-                args.repeats,
-                args.cifar_subset if small else None,
-                args.cifar_batches if small else None,
-                args.threads,
-            )
-            print(json.dumps(result["sizes"]), flush=True)
-            (args.out / f"{name}.json").write_text(json.dumps(result))
-            measured += [row | {"options": json.dumps(row.get("options", {}))} for row in result["rows"]]
-            cost, overhead = run_overheads(name, result)
-            costs.append(cost)
-            overheads.append(overhead)
-        tables = {
-            "probe_cost_runs": pd.DataFrame(measured),
-            "probe_cost_runs_scaled": pd.concat(costs, ignore_index=True),
-            "probe_schedules_runs": pd.concat(overheads, ignore_index=True),
-        }
-        for stem, table in tables.items():
-            table.to_csv(args.out / f"{stem}.csv", index=False)
-            (args.out / f"{stem}.md").write_text(f"{stem} ({meta})\n\n{to_markdown(table, digits=3)}\n")
-            print(to_markdown(table, digits=3))
+        run_tables(args)
         return
     rows = []
     for model in args.models.split(","):

@@ -6,9 +6,9 @@ The contract lives next to the trainer so the engine depends on nothing above it
 
 A probe is called at checkpoints with a ``ProbeContext`` and returns ``{task: {metric: value}}``, stored as
 records with split ``probe``. It measures at every ``every``-th checkpoint (counted from step 0) and always at
-the last one (default: the probe's ``default_every``). Probes that also observe training steps set
-``observes_steps`` and get ``before_step`` with the step's batch, before the update; they report what they
-gathered at the next checkpoint they measure at.
+the last one (default: planned from its ``cost``, ``mtlscope.engine.probe_budget``). Probes that also observe
+training steps set ``observes_steps`` and get ``before_step`` with the step's batch, before the update; they
+report what they gathered at the next checkpoint they measure at.
 
 Probes must not change the model, its buffers, the optimizer state or the training random streams: each
 probe gets its own generator, seeded from the run seed and its name, and measures inside ``probe_mode``
@@ -79,20 +79,58 @@ class StepContext:
 
 
 class Probe(ABC):
-    """Base class of probes; ``name`` is the registry name."""
+    """Base class of probes; ``name`` is the registry name.
+
+    Spacing: ``every`` (checkpoints) and, for step-observing probes, ``every_steps`` (training steps) are the
+    value given explicitly (the option), else the one the trainer's cost-aware plan chose for the run
+    (``planned_every``, ``planned_every_steps``: ``mtlscope.engine.probe_budget``), else ``default_every`` /
+    ``default_every_steps``. ``cost`` estimates what one measurement costs, for that plan.
+    """
 
     name: str = ""
     default_every: int = 1
+    default_every_steps: int = 1
     observes_steps: bool = False
+    planned_every: int | None = None
+    planned_every_steps: int | None = None
 
     @property
     def every(self) -> int:
         """Measure at every ``every``-th checkpoint (and at the last)."""
-        return int(getattr(self, "_every", self.default_every))
+        explicit = getattr(self, "_every", None)
+        return int(explicit or self.planned_every or self.default_every)
 
     @every.setter
     def every(self, value: int) -> None:
         self._every = value
+
+    @property
+    def every_is_set(self) -> bool:
+        """Whether ``every`` was given explicitly (then no plan changes it)."""
+        return getattr(self, "_every", None) is not None
+
+    @property
+    def every_steps(self) -> int:
+        """Step-observing probes: observe every ``every_steps``-th training step (counted from step 0)."""
+        explicit = getattr(self, "_every_steps", None)
+        return int(explicit or self.planned_every_steps or self.default_every_steps)
+
+    @every_steps.setter
+    def every_steps(self, value: int) -> None:
+        self._every_steps = value
+
+    @property
+    def every_steps_is_set(self) -> bool:
+        return getattr(self, "_every_steps", None) is not None
+
+    def cost(self, setting: Setting, batch_size: int) -> float:
+        """Estimated cost of one measurement on ``setting`` (training ``batch_size``) in example forward+backward
+        units: one example's forward and backward through a task's predictor is 1, a forward alone
+        ``FORWARD`` = 1/3 (``mtlscope.engine.probe_budget``). For a step-observing probe, one observed step
+        (its checkpoint reports are taken as free). From the options only, so the same on every machine;
+        0 (the default): nothing beyond the checkpoint's evaluation."""
+        del setting, batch_size
+        return 0.0
 
     @abstractmethod
     def __call__(self, context: ProbeContext) -> ProbeValues:

@@ -27,6 +27,9 @@ at the start of training; all of them are part of the saved state.
 A non-finite task loss (at a step or at a checkpoint) ends the run with status ``diverged``; the records
 written so far stay. The loop never branches on the method or the probes it runs.
 
+Probes without an explicit ``every`` (``every_steps``) get a cost-aware spacing that keeps the probes within
+about 25% of the training work (``mtlscope.engine.probe_budget``); the plan is in ``probe_plan`` and the outcome.
+
 The trainer also times its parts (``timing``: seconds in training steps, checkpoint evaluation and each
 probe), reported in the run summary so the cost of a probe schedule can be read off any run.
 """
@@ -45,6 +48,7 @@ from mtlscope.engine.evaluation import Scores, evaluate
 from mtlscope.engine.gramian import DEFAULT_JACOBIAN_BUDGET_MB
 from mtlscope.engine.hooks import Probe, ProbeContext, StepContext
 from mtlscope.engine.precision import TrainingAutocast
+from mtlscope.engine.probe_budget import plan_probe_schedule
 from mtlscope.engine.sampling import Batch, BatchSampler
 from mtlscope.engine.step import TrainingStep
 from mtlscope.methods.base import Method
@@ -151,6 +155,10 @@ class Schedule:
             return self._log_steps[step]
         return step // self.eval_every
 
+    def regular_checkpoints(self) -> int:
+        """The number of checkpoint indices before the last checkpoint (they are 0, 1, ..., this - 1)."""
+        return len({self.checkpoint_index(step) for step in self.checkpoint_steps() if step != self.steps})
+
     def checkpoint_steps(self) -> tuple[int, ...]:
         """Every checkpoint step, in order."""
         if self.eval_every is None:
@@ -168,6 +176,7 @@ class TrainingOutcome:
     message: str = ""
     final_scores: Scores = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    probe_schedule: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 class Trainer:
@@ -208,6 +217,14 @@ class Trainer:
         self.seed = seed
         self.sink = sink
         self.probes = list(probes)
+        # probes without an explicit spacing get the cost-aware one (mtlscope.engine.probe_budget)
+        self.probe_plan = plan_probe_schedule(
+            self.probes,
+            steps=schedule.steps,
+            regular_checkpoints=schedule.regular_checkpoints(),
+            setting=setting,
+            batch_size=batch_size,
+        )
         self.step_probes = [probe for probe in self.probes if probe.observes_steps]
         self.train_eval_limit = train_eval_limit
         self.on_step = on_step
@@ -328,7 +345,8 @@ class Trainer:
         self, status: Literal["completed", "diverged"], step: int, message: str, scores: Scores
     ) -> TrainingOutcome:
         timing = {part: round(seconds, 4) for part, seconds in self.timing.items()}
-        return TrainingOutcome(status, step, message, scores, timing)
+        plan = {planned.name: planned.as_dict() for planned in self.probe_plan}
+        return TrainingOutcome(status, step, message, scores, timing, plan)
 
     def _observe_step(self, batch: Batch, step: int) -> None:
         """Let step-observing probes see the batch and the state before the update (model in eval mode)."""

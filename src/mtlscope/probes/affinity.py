@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from mtlscope.engine.backward import ClosureLookahead
 from mtlscope.engine.gradients import JacobianMode, forward, shared_jacobian
 from mtlscope.engine.lookahead import ModelLookahead, optimizer_update
+from mtlscope.engine.probe_budget import FORWARD, jacobian_units, training_units_per_step
 from mtlscope.engine.sampling import Batch
 from mtlscope.models.multitask import MultiTaskModel
 from mtlscope.options import PositiveInt
@@ -200,19 +201,17 @@ class AffinityProbe(Probe):
 
     name = "affinity"
     observes_steps = True
+    default_every_steps = 50
 
-    def __init__(self, every_steps: int, mode: str, update_heads: bool, jacobian_mode: str) -> None:
-        if every_steps < 1 or mode not in AFFINITY_MODES:
+    def __init__(self, every_steps: int | None, mode: str, update_heads: bool, jacobian_mode: str) -> None:
+        if (every_steps is not None and every_steps < 1) or mode not in AFFINITY_MODES:
             raise ValueError(
                 f"affinity: every_steps must be >= 1 and mode one of {', '.join(AFFINITY_MODES)}, "
                 f"got every_steps={every_steps}, mode={mode!r}"
             )
-        self.every_steps, self.mode, self.update_heads, self.jacobian_mode = (
-            every_steps,
-            mode,
-            update_heads,
-            jacobian_mode,
-        )
+        if every_steps is not None:
+            self.every_steps = every_steps
+        self.mode, self.update_heads, self.jacobian_mode = mode, update_heads, jacobian_mode
         self.kinds = [kind for kind in ("exact", "first_order") if mode in (kind, "both")]
         self.window = {kind: _Mean() for kind in self.kinds}
         self.overall = {kind: _Mean() for kind in self.kinds}
@@ -261,6 +260,13 @@ class AffinityProbe(Probe):
             self.window[kind] = _Mean()
         return values
 
+    def cost(self, setting: Setting, batch_size: int) -> float:
+        """One observed step: the task gradients on the step's batch and, for the exact matrix, K + 1 forwards
+        of the batch (the loss before and after each task's lookahead update)."""
+        exact = "exact" in self.kinds
+        forwards = (len(setting.tasks) + 1) * FORWARD * training_units_per_step(setting, batch_size) if exact else 0.0
+        return jacobian_units(setting, batch_size) + forwards
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "window": {kind: mean.state_dict() for kind, mean in self.window.items()},
@@ -276,7 +282,7 @@ class AffinityProbe(Probe):
 @PROBES.register("affinity", "inter-task affinity matrices, exact lookahead and first-order (Fifty et al., eq. 1)")
 def build_probe(
     *,
-    every_steps: PositiveInt = 50,
+    every_steps: PositiveInt | None = None,
     mode: AffinityMode = "both",
     update_heads: bool = False,
     jacobian_mode: JacobianMode = "auto",

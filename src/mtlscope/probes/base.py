@@ -4,8 +4,10 @@ A probe is built once per run (``build_probe(name, options)``) and called by the
 contract it implements — ``Probe``, ``ProbeContext``, ``StepContext``, ``ProbeValues`` and ``probe_mode`` —
 lives next to the trainer in ``mtlscope.engine.hooks`` and is re-exported here. Every probe takes the common
 option ``every``: it measures at every ``every``-th checkpoint (counted from step 0) and always at the last
-one. The default is the probe's ``default_every``: 1 for the free ``min_train_loss``, 10 for the probes that
-cost hundreds of training steps per measurement (docs/probes.md, "Cost").
+one. Without it, the trainer plans the spacing from the probe's estimated ``cost`` so that the probes stay
+within about 25% of the training (``mtlscope.engine.probe_budget``), never below ``default_every``: 1 for the
+free ``min_train_loss``, 10 for the probes that cost hundreds of training steps per measurement
+(docs/probes.md, "Schedule" and "Cost").
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from mtlscope.registry import Registry
 
 __all__ = ["PROBES", "Probe", "ProbeContext", "ProbeValues", "StepContext", "build_probe", "probe_mode"]
 
-#: Probes by name. Every probe also takes the common option ``every`` (default: its ``default_every``).
+#: Probes by name. Every probe also takes the common option ``every`` (default: planned by the trainer).
 PROBES: Registry[Probe] = Registry("probe", common={"every": (PositiveInt | None, None)})
 
 

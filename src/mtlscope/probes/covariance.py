@@ -46,6 +46,7 @@ from mtlscope.probes.per_example import (
     selected_parameters,
 )
 from mtlscope.probes.predictor import DEFAULT_SUBSET, ParameterChoice, TaskProbe, TaskView
+from mtlscope.settings.setting import Setting
 
 __all__ = ["CovarianceProbe", "CovarianceResult", "grad_cov_trace"]
 
@@ -137,6 +138,14 @@ class CovarianceProbe(TaskProbe):
             "grad_norm_sq": result.grad_norm_sq,
             "noise_scale": result.noise_scale,
         }
+
+    def cost(self, setting: Setting, batch_size: int) -> float:
+        """Per task: forward+backward over the large batch (``min(large_batch, subset)`` rounded down to small
+        batches)."""
+        del batch_size
+        return float(
+            sum(min(self.large_batch, n) // self.small_batch * self.small_batch for n in self.subset_sizes(setting))
+        )
 
 
 @PROBES.register("grad_cov_trace", "gradient-covariance trace, gradient norm and noise scale per task (eq. 4)")

@@ -49,6 +49,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from mtlscope.engine.probe_budget import FORWARD
 from mtlscope.losses import FisherLabels, Loss, LossLike, cross_entropy, from_function, mse
 from mtlscope.losses import sample_targets as _sample_targets
 from mtlscope.options import PositiveInt
@@ -63,6 +64,7 @@ from mtlscope.probes.per_example import (
 )
 from mtlscope.probes.per_example_norms import NormMethod, iter_per_example_squared_norms
 from mtlscope.probes.predictor import DEFAULT_SUBSET, ParameterChoice, TaskProbe, TaskView
+from mtlscope.settings.setting import Setting
 
 Kind = Literal["classification", "regression"]
 
@@ -216,6 +218,12 @@ def expected_per_example_trace(
     return total.mean().item()
 
 
+#: The per-example pass in forward+backward units per example, for the schedule's cost estimate: the layer
+#: formulas measured 1.7-2.0x a batched forward+backward, per-example gradients (vmap, loop) 4.8-5.7x
+#: (docs/probes.md, "The papers' runs").
+PER_EXAMPLE_COST: dict[str, float] = {"auto": 2.0, "vmap": 5.0, "loop": 5.0}
+
+
 class FisherProbe(TaskProbe):
     """``fim_trace`` of every task's predictor on its probe subset, at each checkpoint (Mueller et al. 2025, eq. 5).
     Labels come from the distribution the task's loss declares (``Loss.fisher``). Records ``fim_trace``,
@@ -256,6 +264,17 @@ class FisherProbe(TaskProbe):
         if self.per_example:
             values["fim_trace_per_example"] = result.fim_trace_per_example
         return values
+
+    def cost(self, setting: Setting, batch_size: int) -> float:
+        """Per task: a forward over the subset (labels), forward+backward over its full minibatches, and the
+        per-example pass (``PER_EXAMPLE_COST`` times a forward+backward over the subset)."""
+        del batch_size
+        total = 0.0
+        for n in self.subset_sizes(setting):
+            minibatches = n if n < self.batch_size else n // self.batch_size * self.batch_size
+            per_example = PER_EXAMPLE_COST[self.per_example_method] * n if self.per_example else 0.0
+            total += FORWARD * n + minibatches + per_example
+        return total
 
 
 @PROBES.register("fim_trace", "Fisher-information trace of each task predictor, minibatch and per-example (eq. 5)")

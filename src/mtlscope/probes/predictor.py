@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from mtlscope.models.multitask import MultiTaskModel
 from mtlscope.probes.base import Probe, ProbeContext, ProbeValues
+from mtlscope.settings.setting import Setting
 from mtlscope.settings.task import Split, Task
 
 ParameterChoice = Literal["predictor", "shared"]
@@ -75,6 +76,10 @@ class TaskProbe(Probe):
                 f"got subset={subset}, parameters={parameters!r}"
             )
         self.subset, self.parameters = subset, parameters
+
+    def subset_sizes(self, setting: Setting) -> list[int]:
+        """The number of examples each task's probe subset holds (for ``cost``)."""
+        return [min(self.subset, len(task.train)) for task in setting.tasks]
 
     def views(self, context: ProbeContext) -> Iterator[TaskView]:
         for task in context.setting.tasks:

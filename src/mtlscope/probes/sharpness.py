@@ -18,10 +18,12 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from mtlscope.engine.probe_budget import FORWARD
 from mtlscope.options import PositiveFloat, PositiveInt
 from mtlscope.probes.base import PROBES, Probe, ProbeContext, probe_mode
 from mtlscope.probes.per_example import check_examples, check_model, loss_function
 from mtlscope.probes.predictor import DEFAULT_SUBSET, ParameterChoice, TaskProbe, TaskView
+from mtlscope.settings.setting import Setting
 
 __all__ = ["SharpnessProbe", "SharpnessResult", "checkpoints", "sharpness"]
 
@@ -95,8 +97,9 @@ def sharpness(
           one (eps_{t-2}; the reference's ``prev_delta_dict``), with eps_{-1} = eps_0 = 0. Both terms lie in the
           box, so eps_new does too. Step size starts at 2 * rho. A zero gradient component (sign 0) or a zero
           parameter (box [0, 0]) is never moved.
-        - After each iteration the loss at theta + eps_new is evaluated without grad; it *improves* the worst
-          loss only if strictly larger. The worst loss starts at L_b(theta) (eps = 0), so every S_b >= 0.
+        - After each iteration the loss at theta + eps_new is evaluated (by the forward that also gives the next
+          iteration's gradient); it *improves* the worst loss only if strictly larger. The worst loss starts at
+          L_b(theta) (eps = 0), so every S_b >= 0.
         - Checkpoints are counts of completed iterations (``checkpoints(iterations)``); at a checkpoint the step
           is halved if the number of improvements since the previous checkpoint (or since the start) is below
           0.75 times the iterations since then, or if the step was not halved at the previous checkpoint and
@@ -111,7 +114,10 @@ def sharpness(
           other parameters and clones of the buffers; gradients come from ``torch.autograd.grad`` w.r.t. the
           perturbed copies. The model's parameters, buffers and ``.grad`` fields are never written.
 
-    Cost per batch: 1 forward (L_b(theta)) + ``iterations`` x (forward + backward) + ``iterations`` forwards.
+    Cost per batch: ``iterations`` x (forward + backward) + 1 forward, plus 1 forward per restart that moves eps
+    to an earlier worst point (at most ``len(checkpoints(iterations)) - 1``, 7 for 20 iterations); the loss at each
+    new eps comes from the forward that computes the next gradient (before, every iteration also ran a separate
+    no-grad forward: 2 x ``iterations`` + 1 forwards).
     """
     del generator  # deterministic; see docstring
     if rho < 0 or not math.isfinite(rho):
@@ -163,6 +169,13 @@ def _worst_case(
     """One batch: (L_b(theta), worst loss found, worst perturbation eps by parameter name).
 
     The model must already be in the mode the measurement wants (``sharpness`` sets eval mode).
+
+    Passes: the forward that gives iteration t+1 its gradient (at eps_t, with graph) also gives the loss at eps_t
+    that iteration t's worst-loss bookkeeping needs, so each iteration costs one forward and one backward. Only
+    two cases need an extra pass: a restart that moves eps to a worst point other than eps_t (the graph at eps_t
+    is dropped without its backward and a forward with graph runs at the worst point), and the last iteration,
+    whose loss is a no-grad forward. The values are those of a separate no-grad evaluation after every iteration
+    (tested bit for bit against that reference in tests/probes/test_sharpness.py).
     """
     chosen = set(names)
     theta = {name: p.detach() for name, p in model.named_parameters() if name in chosen}
@@ -174,12 +187,23 @@ def _worst_case(
         params = {name: theta[name] + eps[name] for name in names}
         return loss_fn(functional_call(model, {**fixed, **params}, (x,)), y)
 
-    def value_at(eps: dict[str, torch.Tensor]) -> float:
-        with torch.no_grad():
-            return float(loss_at(eps).item())
+    def graph_at(eps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss at eps with its graph, and the leaves the gradient is taken with respect to."""
+        with torch.enable_grad():
+            leaves = {name: e.detach().requires_grad_(True) for name, e in eps.items()}
+            return loss_at(leaves), leaves
+
+    def gradient(loss: torch.Tensor, leaves: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+        return torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
 
     zeros = {name: torch.zeros_like(t) for name, t in theta.items()}
-    initial = value_at(zeros)
+    if iterations == 0:
+        with torch.no_grad():
+            initial = float(loss_at(zeros).item())
+        return initial, initial, dict(zeros)
+    loss, leaves = graph_at(zeros)
+    initial = float(loss.detach().item())
+    grads = gradient(loss, leaves)
     eps, eps_prev = dict(zeros), dict(zeros)
     worst, worst_eps = initial, dict(zeros)
     step = 2.0 * rho
@@ -188,9 +212,6 @@ def _worst_case(
     prev_step, prev_worst = step, worst
 
     for t in range(1, iterations + 1):
-        with torch.enable_grad():
-            leaves = {name: e.detach().requires_grad_(True) for name, e in eps.items()}
-            grads = torch.autograd.grad(loss_at(leaves), [leaves[n] for n in names], allow_unused=True)
         with torch.no_grad():
             new_eps: dict[str, torch.Tensor] = {}
             for name, grad in zip(names, grads):
@@ -203,7 +224,13 @@ def _worst_case(
                 # Already in the box mathematically; the clip only removes a possible last-bit rounding excess.
                 new_eps[name] = torch.maximum(torch.minimum(mixed, bound[name]), -bound[name])
             eps_prev, eps = eps, new_eps
-        current = value_at(eps)
+        last = t == iterations
+        if last:  # nothing follows: the loss alone, without graph
+            with torch.no_grad():
+                current = float(loss_at(eps).item())
+        else:  # the next iteration's gradient forward, whose loss is this iteration's value
+            loss, leaves = graph_at(eps)
+            current = float(loss.detach().item())
         if current > worst:
             worst, worst_eps = current, dict(eps)
             updates += 1
@@ -213,7 +240,12 @@ def _worst_case(
             prev_step, prev_worst, last_mark, updates = step, worst, t, 0
             if too_few or stalled:
                 step *= 0.5
+                moved = any(worst_eps[name] is not eps[name] for name in names)
                 eps, eps_prev = dict(worst_eps), dict(worst_eps)
+                if moved and not last:  # the graph at eps_t is not where the next gradient is taken
+                    loss, leaves = graph_at(eps)
+        if not last:
+            grads = gradient(loss, leaves)
     return initial, worst, worst_eps
 
 
@@ -239,6 +271,13 @@ class SharpnessProbe(TaskProbe):
             parameters=view.parameters,
         )
         return {"sharpness": result.sharpness}
+
+    def cost(self, setting: Setting, batch_size: int) -> float:
+        """Per example: ``iterations`` forward+backward passes and at most ``len(checkpoints(iterations))`` forwards
+        (the last iteration's loss and the restarts; see ``sharpness``)."""
+        del batch_size
+        per_example = self.iterations + FORWARD * len(checkpoints(self.iterations))
+        return float(sum(self.subset_sizes(setting))) * per_example
 
 
 @PROBES.register("sharpness", "adaptive worst-case l_inf sharpness of each task predictor (Mueller et al. 2025, eq. 3)")

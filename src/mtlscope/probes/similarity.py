@@ -24,9 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from mtlscope.engine.gradients import JacobianMode, shared_jacobian
+from mtlscope.engine.probe_budget import jacobian_units
 from mtlscope.engine.sampling import random_batch
 from mtlscope.options import PositiveInt
 from mtlscope.probes.base import PROBES, Probe, ProbeContext, ProbeValues, probe_mode
+from mtlscope.settings.setting import Setting
 
 
 def task_gradients(
@@ -108,6 +110,12 @@ class GradSimilarityProbe(Probe):
                 counts += finite.double()
         means = torch.where(counts > 0, totals / counts.clamp_min(1), torch.full_like(totals, math.nan))
         return {name: {"grad_similarity": float(value)} for name, value in zip(names, means)}
+
+    def cost(self, setting: Setting, batch_size: int) -> float:
+        """The task gradients of ``batches`` batches (none for a single task)."""
+        if len(setting.tasks) < 2:
+            return 0.0
+        return self.batches * jacobian_units(setting, self.batch_size or batch_size)
 
 
 @PROBES.register("grad_similarity", "cosine of each task gradient with the UMTG, mean over random batches (eq. 6)")

@@ -470,6 +470,7 @@ def _train(
         "wall_time_s": round(time.monotonic() - started, 3),
         "message": outcome.message,
         "timing_s": outcome.timing,
+        "probe_schedule": outcome.probe_schedule,
         "final": {
             task: {split: metrics for (name, split), metrics in outcome.final_scores.items() if name == task}
             for task in prepared.setting.task_names
