@@ -1,6 +1,7 @@
 """Every probe runs the model in eval mode itself and restores the caller's mode: called on a model in train
-mode, it moves no BatchNorm statistics, draws nothing from the global torch RNG and gives the values of eval
-mode."""
+mode, it moves no BatchNorm statistics, draws nothing from the global torch RNG and gives the values it gives on a
+model in eval mode (the affinity lookahead with BatchNorm on the batch's statistics, its default: see
+test_affinity_batchnorm.py)."""
 
 from __future__ import annotations
 

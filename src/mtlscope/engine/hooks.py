@@ -13,7 +13,10 @@ report what they gathered at the next checkpoint they measure at.
 Probes must not change the model, its buffers, the optimizer state or the training random streams: each
 probe gets its own generator, seeded from the run seed and its name, and measures inside ``probe_mode``
 (eval mode: BatchNorm running statistics used, not updated; no dropout, so no draw from the global RNG),
-which restores every submodule's mode afterwards, whatever mode the caller left the model in.
+which restores every submodule's mode afterwards, whatever mode the caller left the model in. A probe that
+measures what the training step sees (the affinity lookahead) may ask ``probe_mode(model, batchnorm="batch")``:
+eval mode except that the normalization layers with running statistics normalize with the statistics of the
+batch, as in training; their running statistics and every other buffer are restored exactly afterwards.
 """
 
 from __future__ import annotations
@@ -22,31 +25,67 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from mtlscope.engine.evaluation import Scores
 from mtlscope.engine.sampling import Batch
 from mtlscope.models.multitask import MultiTaskModel
 from mtlscope.settings.setting import Setting
 
-__all__ = ["Probe", "ProbeContext", "ProbeValues", "StepContext", "probe_mode"]
+__all__ = [
+    "BATCHNORM_STATISTICS",
+    "BatchNormStatistics",
+    "Probe",
+    "ProbeContext",
+    "ProbeValues",
+    "StepContext",
+    "probe_mode",
+]
 
 ProbeValues = dict[str, dict[str, float]]  # task -> metric -> value
 
 
+#: Which statistics BatchNorm layers normalize with inside ``probe_mode``: ``"running"`` (eval mode) or
+#: ``"batch"`` (the batch's own mean and variance, as in a training step).
+BatchNormStatistics = Literal["running", "batch"]
+BATCHNORM_STATISTICS: tuple[str, ...] = get_args(BatchNormStatistics)
+
+
 @contextmanager
-def probe_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration of a probe; every submodule's ``training`` flag is restored afterwards."""
+def probe_mode(model: nn.Module, batchnorm: str = "running") -> Iterator[None]:
+    """Eval mode for the duration of a probe; every submodule's ``training`` flag is restored afterwards.
+
+    ``batchnorm="batch"``: the normalization layers with running statistics (``BatchNorm1d/2d/3d``,
+    ``SyncBatchNorm``, ``InstanceNorm`` with ``track_running_stats``) normalize with the statistics of each batch
+    they see, as in a training step, and do not update their running statistics; every buffer of ``model`` is
+    restored bit for bit afterwards all the same. Dropout stays off either way (no draw from the random streams).
+    """
+    if batchnorm not in BATCHNORM_STATISTICS:
+        raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_STATISTICS)}, got {batchnorm!r}")
     modes = [(module, module.training) for module in model.modules()]
+    norms = [m for m in model.modules() if isinstance(m, _NormBase)] if batchnorm == "batch" else []
+    tracking = [(norm, norm.track_running_stats) for norm in norms]
+    with torch.no_grad():
+        saved = [(buffer, buffer.clone()) for buffer in model.buffers()] if norms else []
     model.eval()
+    for norm in norms:
+        # training mode without tracking: the batch's statistics, running statistics neither read nor written
+        norm.train()
+        norm.track_running_stats = False
     try:
         yield
     finally:
+        for norm, tracks in tracking:
+            norm.track_running_stats = tracks
         for module, training in modes:
             module.training = training
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,11 @@ dampening, Nesterov), ``Adam`` and ``AdamW``. IT-MTL and the inter-task affinity
 
 ``ModelLookahead`` adds the second half: task losses on a batch after a simulated shared-parameter
 update, with the heads unchanged. It evaluates through ``torch.func.functional_call`` on copies of the
-buffers, under a forked RNG, so neither BatchNorm statistics nor the training random stream move.
+buffers (the encoder's and the heads'), under a forked RNG, so neither BatchNorm statistics nor the training
+random stream move. It runs the model in the mode the caller left it in: in a training step (IT-MTL) that is
+train mode, BatchNorm on the batch's statistics and dropout on (its masks drawn from the forked stream), as in
+Fifty et al.'s code, whose lookahead runs inside the training step; the affinity probe chooses its own mode
+(``mtlscope.probes.affinity``, option ``batchnorm``).
 """
 
 from __future__ import annotations
@@ -140,11 +144,13 @@ class ModelLookahead:
             for task in self.setting.tasks:
                 head = self.model.heads[task.name]
                 inputs = representation[self.batch.rows[task.name]]
+                buffers = {name: b.clone() for name, b in head.named_buffers()}  # a head's BatchNorm stays put too
                 if head_deltas is not None and task.name in head_deltas:
                     named = list(head.named_parameters())
                     state = {name: p + d for (name, p), d in zip(named, head_deltas[task.name], strict=True)}
-                    state.update({name: b.clone() for name, b in head.named_buffers()})
-                    outputs = functional_call(head, state, (inputs,))
+                    outputs = functional_call(head, {**state, **buffers}, (inputs,))
+                elif buffers:
+                    outputs = functional_call(head, {**dict(head.named_parameters()), **buffers}, (inputs,))
                 else:
                     outputs = head(inputs)
                 losses.append(task.loss(outputs, self.batch.targets[task.name]))

@@ -19,11 +19,18 @@ moves head j by its own simulated update first, as in Fifty et al.'s eq. 1.
   losses of one batch at the current parameters, ``shared`` are the shared parameters (a module or tensors);
   heads stay fixed.
 - The ``affinity`` probe does it on the training step's own batch, before the update, every
-  ``every_steps`` steps (in eval mode, like ``affinity``), and reports at checkpoints the mean matrices over the steps
+  ``every_steps`` steps, and reports at checkpoints the mean matrices over the steps
   since its previous report (``affinity/<source>``, per epoch with the default checkpoints) and over all of
   training so far (``affinity_overall/<source>``), plus the same with ``_first_order``. Records have the
   *target* task in the ``task`` column and the source in the metric name;
   ``mtlscope.analysis.affinity_matrix`` turns them back into ``A[source, target]``.
+
+Mode (option ``batchnorm``, all three): the forwards run in eval mode (no dropout) except for BatchNorm, which by
+default (``"batch"``) normalizes with the statistics of the batch, as the training step does and as Fifty et
+al.'s code computes the lookahead (in their training step: Taskonomy, ``model.train()``; CelebA, the moments of
+the batch); running statistics and every other buffer are restored exactly. ``"running"`` uses the running
+statistics (plain eval mode, like the other probes): early in training they are still near their
+initialization, and the shared gradient and the lookahead then say little about training.
 """
 
 from __future__ import annotations
@@ -35,9 +42,11 @@ from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from mtlscope.engine.backward import ClosureLookahead
-from mtlscope.engine.gradients import JacobianMode, forward, shared_jacobian
+from mtlscope.engine.gradients import JacobianMode, forward, resolve_mode, shared_jacobian
+from mtlscope.engine.hooks import BATCHNORM_STATISTICS, BatchNormStatistics
 from mtlscope.engine.lookahead import ModelLookahead, optimizer_update
 from mtlscope.engine.probe_budget import FORWARD, jacobian_units, training_units_per_step
 from mtlscope.engine.sampling import Batch
@@ -70,14 +79,19 @@ def affinity(
     first_order: bool = True,
     update_heads: bool = False,
     jacobian_mode: str = "auto",
+    batchnorm: str = "batch",
 ) -> AffinityResult:
     """Inter-task affinities on ``batch`` for the model's current parameters and the optimizer's state.
 
-    Runs the model in eval mode (``probe_mode``: BatchNorm statistics used, not updated; no dropout) and
-    restores its mode; leaves the model, its buffers, ``.grad``, the optimizer state and the global RNG
-    untouched. Exact costs K forward passes after the Jacobian; first-order costs nothing more.
+    Runs the model in eval mode (``probe_mode``: no dropout) with BatchNorm normalizing by the batch's
+    statistics as in training (``batchnorm="batch"``, the default) or by its running statistics
+    (``"running"``), and restores its mode; leaves the model, its buffers (running statistics included),
+    ``.grad``, the optimizer state and the global RNG untouched. Exact costs K forward passes after the
+    Jacobian; first-order costs nothing more.
     """
-    with probe_mode(model):
+    _check_batchnorm(batchnorm)
+    jacobian_mode = _one_graph_for_batch_statistics(model, setting, jacobian_mode, batchnorm)
+    with probe_mode(model, batchnorm):
         _, jacobian = shared_jacobian(model, setting, batch, jacobian_mode)
         jacobian = jacobian.detach()
         lookahead = ModelLookahead(model, setting, batch, optimizer)
@@ -108,6 +122,7 @@ def task_affinity(
     exact: bool = True,
     first_order: bool = True,
     modules: Sequence[nn.Module] = (),
+    batchnorm: str = "batch",
 ) -> AffinityResult:
     """Inter-task affinities (Fifty et al. 2020, eq. 1) for any model, on one batch.
 
@@ -116,9 +131,11 @@ def task_affinity(
     ``shared``, and once per source task without grad, with the shared parameters moved by ``Delta_i``, the
     update ``optimizer`` would make from task i's gradient alone (simulated from its state; SGD, Adam, AdamW).
     Task-specific parameters stay fixed. ``A[source, target]`` as for ``affinity``. ``shared`` (when a module)
-    and ``modules`` run in eval mode (``probe_mode``) and their buffers are restored; parameters, ``.grad``, the
-    optimizer state and the global RNG are left untouched.
+    and ``modules`` run in eval mode (``probe_mode``; no dropout) with their BatchNorm layers on the batch's
+    statistics (``batchnorm="batch"``, default) or on their running statistics (``"running"``), and their buffers
+    are restored; parameters, ``.grad``, the optimizer state and the global RNG are left untouched.
     """
+    _check_batchnorm(batchnorm)
     if not callable(losses):
         raise ValueError("losses must be a function returning the task losses of one batch (it is called again)")
     if not (exact or first_order):
@@ -134,7 +151,7 @@ def task_affinity(
     evaluated = [m for m in [shared, *modules] if isinstance(m, nn.Module)]
     with ExitStack() as stack:
         for module in evaluated:
-            stack.enter_context(probe_mode(module))
+            stack.enter_context(probe_mode(module, batchnorm))
         with torch.enable_grad():
             values = losses()
         names = list(values) if isinstance(values, Mapping) else None
@@ -150,6 +167,31 @@ def task_affinity(
     exact_matrix = 1.0 - torch.stack(moved) / base.unsqueeze(0) if exact else None
     first_order_matrix = -(deltas @ jacobian.T) / base.unsqueeze(0) if first_order else None
     return AffinityResult(exact_matrix, first_order_matrix, base)
+
+
+def _check_batchnorm(batchnorm: str) -> None:
+    if batchnorm not in BATCHNORM_STATISTICS:
+        raise ValueError(
+            f"affinity: batchnorm must be one of {', '.join(BATCHNORM_STATISTICS)} (the statistics BatchNorm "
+            f"normalizes with), got {batchnorm!r}"
+        )
+
+
+def _one_graph_for_batch_statistics(model: nn.Module, setting: Setting, jacobian_mode: str, batchnorm: str) -> str:
+    """The Jacobian mode to use: in the multi-input layout, ``per_task`` (what ``auto`` means there) passes each
+    task's examples through the encoder alone, so BatchNorm on batch statistics would normalize the gradients by
+    per-task statistics and the lookahead losses by those of the whole batch; one graph (``batched``) keeps the
+    two consistent. Models without such layers, and ``batchnorm="running"``, keep the mode."""
+    if batchnorm != "batch" or not any(isinstance(m, _NormBase) for m in model.modules()):
+        return jacobian_mode
+    if resolve_mode(jacobian_mode, setting) != "per_task":
+        return jacobian_mode
+    if jacobian_mode == "per_task":
+        raise ValueError(
+            "affinity: jacobian_mode 'per_task' normalizes each task's examples alone, the lookahead the whole "
+            "batch; with BatchNorm on batch statistics use jacobian_mode auto, batched or loop (or batchnorm running)"
+        )
+    return "batched"
 
 
 def _head_updates(
@@ -203,12 +245,16 @@ class AffinityProbe(Probe):
     observes_steps = True
     default_every_steps = 50
 
-    def __init__(self, every_steps: int | None, mode: str, update_heads: bool, jacobian_mode: str) -> None:
+    def __init__(
+        self, every_steps: int | None, mode: str, update_heads: bool, jacobian_mode: str, batchnorm: str = "batch"
+    ) -> None:
         if (every_steps is not None and every_steps < 1) or mode not in AFFINITY_MODES:
             raise ValueError(
                 f"affinity: every_steps must be >= 1 and mode one of {', '.join(AFFINITY_MODES)}, "
                 f"got every_steps={every_steps}, mode={mode!r}"
             )
+        _check_batchnorm(batchnorm)
+        self.batchnorm = batchnorm
         if every_steps is not None:
             self.every_steps = every_steps
         self.mode, self.update_heads, self.jacobian_mode = mode, update_heads, jacobian_mode
@@ -228,6 +274,7 @@ class AffinityProbe(Probe):
             first_order="first_order" in self.kinds,
             update_heads=self.update_heads,
             jacobian_mode=self.jacobian_mode,
+            batchnorm=self.batchnorm,
         )
         self.add(result)
 
@@ -286,5 +333,6 @@ def build_probe(
     mode: AffinityMode = "both",
     update_heads: bool = False,
     jacobian_mode: JacobianMode = "auto",
+    batchnorm: BatchNormStatistics = "batch",
 ) -> Probe:
-    return AffinityProbe(every_steps, mode, update_heads, jacobian_mode)
+    return AffinityProbe(every_steps, mode, update_heads, jacobian_mode, batchnorm)
