@@ -296,3 +296,63 @@ def test_multitask_backward_gramian_path_needs_a_module_and_a_capable_method() -
         MultiTaskBackward("mgda", shared=list(encoder.parameters()), gradient_path="gramian")
     with pytest.raises(ValueError, match="needs the task gradients themselves"):
         MultiTaskBackward("graddrop", shared=encoder, gradient_path="gramian")
+
+
+def _batchnorm_setting(layout: str, num_tasks: int):
+    """Multi-task images through a tiny ResNet (BatchNorm layers: the examples of a batch are coupled)."""
+    generator = torch.Generator().manual_seed(0)
+
+    shared = [torch.randn(16, 3, 8, 8, generator=generator) for _ in range(3)]
+
+    def split(index: int) -> settings.Split:
+        inputs = shared[index] if layout == "shared-input" else torch.randn(16, 3, 8, 8, generator=generator)
+        return settings.Split(inputs, torch.randint(0, 3, (16,), generator=generator))
+
+    tasks = tuple(
+        settings.Task(f"t{k}", 3, split(0), split(1), split(2), loss="cross_entropy") for k in range(num_tasks)
+    )
+    encoder = {"name": "resnet", "blocks": [1], "widths": [4]}
+    return settings.Setting("bn", tasks, layout, (3, 8, 8), {"encoder": encoder, "head": {"name": "linear"}})
+
+
+def _bn_step(path: str, budget_mb: float = 1024.0):
+    setting = _batchnorm_setting("multi-input", 3)
+    model = build_model(setting, dict(setting.default_model["encoder"]), {"name": "linear"}, 0).double()
+    method = methods.get("mgda")
+    method.setup(setting.task_names)
+    optimizer = build_optimizer(model.parameters(), "sgd", 0.1)
+    step = TrainingStep(
+        model, setting, method, optimizer, 1.0, torch.Generator(), gradient_path=path, jacobian_budget_mb=budget_mb
+    )
+    batch = BatchSampler(setting, 4, seed=0).next()
+    step(type(batch)(batch.inputs.double(), batch.targets, batch.rows), 0)
+    return step, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_auto_never_changes_the_update_of_a_multi_input_batchnorm_model() -> None:
+    # per-task graphs (BatchNorm statistics per task) and one concatenated graph are different updates here
+    _, on_jacobian = _bn_step("jacobian")
+    _, on_gramian = _bn_step("gramian")
+    assert not torch.allclose(on_jacobian, on_gramian, atol=1e-6)
+    # over the budget, auto keeps the per-task update instead of switching to the Gramian path
+    step, on_auto = _bn_step("auto", budget_mb=1e-6)
+    assert not step.engine.gramian_path
+    torch.testing.assert_close(on_auto, on_jacobian, rtol=0, atol=1e-12)
+
+
+def test_auto_takes_the_gramian_path_where_it_is_the_same_update() -> None:
+    setting, model = _setup("multi-input", 4)  # an MLP: no batch statistics, per-task and one graph agree
+    method = methods.get("mgda")
+    method.setup(setting.task_names)
+    optimizer = build_optimizer(model.parameters(), "sgd", 0.1)
+    step = TrainingStep(model, setting, method, optimizer, 1.0, torch.Generator(), jacobian_budget_mb=1e-6)
+    assert step.engine.gramian_path
+    setting = _batchnorm_setting("shared-input", 3)  # shared input: the Jacobian path is one graph too
+    model = build_model(setting, dict(setting.default_model["encoder"]), {"name": "linear"}, 0)
+    method = methods.get("mgda")
+    method.setup(setting.task_names)
+    optimizer = build_optimizer(model.parameters(), "sgd", 0.1)
+    step = TrainingStep(model, setting, method, optimizer, 1.0, torch.Generator(), jacobian_budget_mb=1e-6)
+    assert step.engine.gramian_path
+    assert resolve_gradient_path("auto", method, 4, 100, 8, 1e-6, per_task_differs=True) == "jacobian"
+    assert resolve_gradient_path("gramian", method, 4, 100, 8, 1e-6, per_task_differs=True) == "gramian"

@@ -111,7 +111,7 @@ class _ModuleTap:
         self.parameters = [p for p in module.parameters() if p.requires_grad]
         self.calls = 0
         self.received = 0
-        self.pending: Tensor | None = None
+        self.pending: list[Tensor] | None = None
         self.handle = module.register_forward_hook(self.hook)
 
     def hook(self, module: nn.Module, args: Any, output: Any) -> Any:
@@ -141,23 +141,25 @@ class _ModuleTap:
             )
         finally:
             self.engine.inside_block = False
-        block = torch.cat(
-            [
-                (g if g is not None else torch.zeros(count, *p.shape, dtype=p.dtype, device=p.device)).reshape(
-                    count, -1
-                )
-                for g, p in zip(parameter_grads, self.parameters)
-            ],
-            dim=1,
-        )
+        # the block [m, p] stays in pieces, one per parameter tensor: no concatenated copy of it
+        pieces = [
+            (g if g is not None else torch.zeros(count, *p.shape, dtype=p.dtype, device=p.device)).reshape(count, -1)
+            for g, p in zip(parameter_grads, self.parameters)
+        ]
         del parameter_grads
         self.received += 1
         if self.calls > 1:  # the module's gradient is the sum over its calls: square the sum
-            self.pending = block if self.pending is None else self.pending + block
+            if self.pending is not None:
+                pieces = [a + b for a, b in zip(self.pending, pieces)]
             if self.received < self.calls:
+                self.pending = pieces
                 return
-            block, self.pending = self.pending, None
-        self.engine.add(block @ block.T)
+            self.pending = None
+        gramian = pieces[0] @ pieces[0].T
+        for piece in pieces[1:]:
+            gramian += piece @ piece.T
+        del pieces
+        self.engine.add(gramian)
 
 
 def owning_modules(modules: Sequence[nn.Module]) -> list[tuple[str, nn.Module]]:
@@ -276,6 +278,13 @@ GRADIENT_PATHS: tuple[str, ...] = get_args(GradientPath)
 DEFAULT_JACOBIAN_BUDGET_MB = 1024.0
 
 
+def couples_examples(module: nn.Module) -> bool:
+    """Whether ``module`` holds a layer whose training-mode output for one example depends on the other
+    examples of the batch (BatchNorm's batch statistics): then one graph of a multi-input batch (the Gramian
+    path) and per-task graphs (the ``per_task`` Jacobian mode) give different updates."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
 def resolve_gradient_path(
     path: str,
     method: Method,
@@ -284,11 +293,16 @@ def resolve_gradient_path(
     itemsize: int,
     budget_mb: float = DEFAULT_JACOBIAN_BUDGET_MB,
     jacobian_mode: str = "auto",
+    per_task_differs: bool = False,
 ) -> str:
     """``"jacobian"`` or ``"gramian"``: how the task gradients of ``method`` on the shared parameters are
     computed (``training.gradient_path``). ``auto`` takes the Gramian path for a method that can use it
     (``accepts_gramian``, or needs only ``"gramian"``) when the [K, P] Jacobian would take more than
-    ``budget_mb`` MiB; a method that needs no shared task gradients gets ``"jacobian"`` (nothing is computed)."""
+    ``budget_mb`` MiB; a method that needs no shared task gradients gets ``"jacobian"`` (nothing is computed).
+
+    ``auto`` never changes what the update is: with ``per_task_differs`` (the Jacobian path runs per-task
+    graphs and the encoder has batch statistics, ``couples_examples``: the one-graph Gramian path would be a
+    different update) it stays on the Jacobian path whatever the budget; ``gramian`` can still be forced."""
     if path not in GRADIENT_PATHS:
         raise ValueError(f"training.gradient_path must be one of {', '.join(GRADIENT_PATHS)}, got {path!r}")
     if not (isinstance(budget_mb, int | float) and not isinstance(budget_mb, bool) and budget_mb > 0):
@@ -309,5 +323,5 @@ def resolve_gradient_path(
         )
     if path == "auto":
         too_large = num_tasks * num_parameters * itemsize > budget_mb * 2**20
-        return "gramian" if too_large and jacobian_mode != "loop" else "jacobian"
+        return "gramian" if too_large and jacobian_mode != "loop" and not per_task_differs else "jacobian"
     return path

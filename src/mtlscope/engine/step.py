@@ -44,7 +44,7 @@ from mtlscope.engine.gradients import (
     resolve_mode,
     task_losses,
 )
-from mtlscope.engine.gramian import DEFAULT_JACOBIAN_BUDGET_MB, resolve_gradient_path
+from mtlscope.engine.gramian import DEFAULT_JACOBIAN_BUDGET_MB, couples_examples, resolve_gradient_path
 from mtlscope.engine.lookahead import ModelLookahead, flatten
 from mtlscope.engine.sampling import Batch
 from mtlscope.methods.base import Combination, Method
@@ -101,6 +101,8 @@ class TrainingStep:
             self.shared[0].element_size() if self.shared else 4,
             jacobian_budget_mb,
             jacobian_mode,
+            # per-task graphs (multi-input) and one graph differ under BatchNorm: auto keeps the per-task update
+            per_task_differs=self.mode == "per_task" and couples_examples(model.encoder),
         )
         self.last_shared = last_shared_parameters(model) if "last_shared_jacobian" in needs else None
         # the combination and its gradients: the same public piece as a hand-written loop's
