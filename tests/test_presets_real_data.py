@@ -39,7 +39,14 @@ def test_the_presets_set_app_a_hyperparameters(name: str) -> None:
     assert sweep["protocol"]["seeds"] == 3  # §2.2
     assert base["optimizer"]["name"] == "adam" and "lr_schedule" not in base  # App. A: Adam, constant rate
     assert base["training"]["loss_scale"] == 1 and base["training"]["eval_every"] == "epoch"  # §2.2: C = 1
-    assert base["probes"] == {"min_train_loss": {}, "sharpness": {}, "fim_trace": {}, "grad_cov_trace": {}}
+    # App. B's probe options at every epoch (Table 1's aggregates average the last 20 measurements, footnote 6)
+    every_epoch = {"every": 1}
+    assert base["probes"] == {
+        "min_train_loss": {},
+        "sharpness": every_epoch,
+        "fim_trace": every_epoch,
+        "grad_cov_trace": every_epoch,
+    }
     if "glue" in name:
         assert base["model"] == {"encoder": {"name": "roberta"}, "head": {"name": "linear"}}
     else:

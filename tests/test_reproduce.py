@@ -62,8 +62,12 @@ def test_full_presets_name_the_setting_they_wait_for(name: str) -> None:
 
 
 #: The full presets whose settings are real-data settings: without their data files they stop with the catalog's
-#: one line (temperature-fig3 with cityscapes' line).
-REAL_DATA_PRESETS = [name for name in PRESETS if not name.endswith("-mini")]
+#: one line (temperature-fig3 with cityscapes' line). Environment settings (metaworld) read no data files.
+REAL_DATA_PRESETS = [
+    name
+    for name in PRESETS
+    if not name.endswith("-mini") and load_preset(name).sweep["base"]["setting"]["name"] not in ENVIRONMENT_SETTINGS
+]
 
 
 @pytest.mark.parametrize("name", REAL_DATA_PRESETS)
@@ -354,3 +358,31 @@ def test_fashion_cpu_preset_expands_on_the_real_fashion_mnist_files(
     configs = list(expand(preset.sweep, preset.source, preset.base_dir).configs)
     assert len({config.run_id() for config in configs}) == len(configs) == 9
     assert {config.training.eval_every for config in configs} == {"log"}
+
+
+def test_normalized_affinity_output_blanks_and_notes_a_nonpositive_self_affinity(tmp_path: Path) -> None:
+    """Fig. 6's normalization on a run whose task 'b' has a negative self-affinity: b's column is NaN with a note
+    naming b and its value (never divided by the negative number), the other columns divided by their diagonal."""
+    from mtlscope.reproduce.outputs import affinity_matrix
+
+    raw = {("a", "a"): 0.2, ("b", "a"): 0.1, ("a", "b"): -0.03, ("b", "b"): -0.01}
+    records = pd.DataFrame(
+        [
+            {"run_id": "r", "step": 4, "epoch": 1.0, "task": target, "split": "probe"}
+            | {"metric": f"affinity_overall/{source}", "value": value}
+            for (source, target), value in raw.items()
+        ]
+    )
+    runs = pd.DataFrame({"run_id": ["r"], "status": ["completed"], "num_tasks": [2]})
+    produced = affinity_matrix(RunResults(runs=runs, records=records), tmp_path, "normalized", normalize=True)
+    assert produced.table is not None
+    table = produced.table.set_index("source")
+    assert table["b"].isna().all()
+    assert table["a"].tolist() == [1.0, 0.5]
+    assert produced.notes == [
+        "target columns left blank (NaN): their self-affinity is <= 0, no scale to normalize by (b -0.01); "
+        "see the raw matrix"
+    ]
+    assert (tmp_path / "figures" / "normalized.png").is_file()
+    plain = affinity_matrix(RunResults(runs=runs, records=records), tmp_path, "raw")
+    assert plain.notes == [] and plain.table is not None and plain.table.set_index("source").loc["b", "b"] == -0.01

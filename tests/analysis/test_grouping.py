@@ -9,7 +9,12 @@ import pandas as pd
 import pytest
 
 from mtlscope.analysis import affinity_matrix
-from mtlscope.analysis.grouping import Grouping, group_tasks, normalize_by_self_affinity
+from mtlscope.analysis.grouping import (
+    Grouping,
+    group_tasks,
+    nonpositive_self_affinities,
+    normalize_by_self_affinity,
+)
 
 # Two blocks {a, b} and {c, d}: mutually helpful inside a block, harmful across (row = source, column =
 # target; the diagonal is unused with singleton=0.0).
@@ -231,15 +236,36 @@ def test_normalize_by_self_affinity() -> None:
 @pytest.mark.parametrize(
     ("matrix", "message"),
     [
-        (np.array([[0.0, 1.0], [1.0, 0.0]]), "task\\(s\\) 0, 1"),
-        (np.array([[np.nan, 1.0], [1.0, 2.0]]), "task\\(s\\) 0$"),
+        (np.array([[0.0, 1.0], [1.0, 0.0]]), "target task 0's self-affinity is 0 \\(<= 0\\)"),
+        (np.array([[np.nan, 1.0], [1.0, 2.0]]), "non-finite self-affinity \\(diagonal\\) for task\\(s\\) 0$"),
         (np.array([[1.0, 1.0], [1.0, np.inf]]), "task\\(s\\) 1$"),
         (np.ones((2, 3)), "square"),
     ],
 )
 def test_normalize_by_self_affinity_errors(matrix: np.ndarray, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as error:
         normalize_by_self_affinity(matrix)
+    assert "\n" not in str(error.value)
+
+
+def test_a_negative_self_affinity_is_refused_or_left_blank_never_sign_flipped() -> None:
+    """A task whose own step raises its loss (Z[t, t] < 0, as on a TD critic loss with Adam's momentum) gives no
+    scale: dividing by it would turn the sources that hurt it least into the most negative entries."""
+    tasks = ["reach", "push", "window"]
+    frame = pd.DataFrame(
+        [[0.2, -0.03, 0.1], [0.05, -0.01, 0.1], [0.1, -0.02, 0.4]], index=tasks, columns=tasks
+    )  # push's self-affinity -0.01 is its column's largest: push's own step hurts it least
+    with pytest.raises(ValueError, match=r"^affinity: target task push's self-affinity is -0\.01 \(<= 0\)"):
+        normalize_by_self_affinity(frame)
+    assert nonpositive_self_affinities(frame) == {"push": -0.01}
+    assert nonpositive_self_affinities(frame.to_numpy()) == {"1": -0.01}
+    blank = normalize_by_self_affinity(frame, nonpositive="blank")
+    assert blank["push"].isna().all()
+    np.testing.assert_allclose(blank[["reach", "window"]].to_numpy(), [[1.0, 0.25], [0.25, 0.25], [0.5, 1.0]])
+    array = normalize_by_self_affinity(frame.to_numpy(), nonpositive="blank")
+    assert np.isnan(array[:, 1]).all() and array[0, 0] == 1.0
+    with pytest.raises(ValueError, match="nonpositive must be one of raise, blank, got 'flip'"):
+        normalize_by_self_affinity(frame, nonpositive="flip")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

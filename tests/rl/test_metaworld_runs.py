@@ -3,6 +3,7 @@ records read back by the standard analysis, config errors."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,11 @@ def test_same_seed_same_run_and_transference_is_loadable(tmp_path: Path) -> None
     assert _files(other.path)["model.safetensors"] != _files(first.path)["model.safetensors"]
 
     results = mtlscope.load(tmp_path / "a")
+    # the run table's optimization columns come from the rl section, not the supervised defaults (umtg, 32, ...)
+    (row,) = results.runs.to_dict("records")
+    assert (row["method"], row["optimizer"], row["lr"], row["batch_size"]) == ("sac", "adam", 3e-4, 4)
+    assert all(math.isnan(row[column]) for column in ("temperature", "loss_scale", "momentum"))
+    assert row["num_tasks"] == 3 and row["tasks"] == "+".join(TASKS)
     matrix = affinity_matrix(results.records)
     assert list(matrix.index) == TASKS and list(matrix.columns) == TASKS
     assert matrix.notna().all().all()

@@ -136,3 +136,59 @@ def test_replay_buffer_grows_wraps_and_restores() -> None:
     assert all(torch.equal(a[key], b[key]) for key in a)
     with pytest.raises(ValueError, match="observation has shape"):
         ReplayBuffer(1500, 2, 1).load_state_dict(buffer.state_dict())
+
+
+def test_loop_transference_is_a_real_adam_step_on_the_steps_own_batch_and_targets() -> None:
+    """The exact transference the RL loop records for a gradient step equals ``1 - L_j(after) / L_j(before)`` with
+    ``after`` = a real ``torch.optim.Adam`` step (on a copy of the critic and its optimizer state) on source i's
+    critic loss alone, Adam's moments carried over from the earlier steps, every loss taken on that gradient step's
+    own batches against its own fixed soft targets (not targets drawn again)."""
+    from types import SimpleNamespace
+
+    from mtlscope.engine.trainer import Schedule
+    from mtlscope.rl.config import RLConfig
+    from mtlscope.rl.loop import SACTrainer
+
+    tasks = ["a", "b", "c"]
+    sac = MultiTaskSAC(tasks, 3, 2, SACOptions(hidden=(16,), lr=1e-2), seed=0)
+    config = RLConfig(
+        iterations=1, gradient_steps=4, batch_size=6, hidden=[16], lr=1e-2, transference={"every_steps": 3}
+    )
+    environments = [SimpleNamespace(name=name) for name in tasks]
+    trainer = SACTrainer(sac, environments, config, Schedule(4, 4, 4), seed=0, sink=None)  # type: ignore[arg-type]
+    fill = torch.Generator().manual_seed(5)
+    for k, buffer in enumerate(trainer.buffers):
+        for _ in range(10):
+            buffer.add(
+                torch.randn(3, generator=fill),
+                torch.rand(2, generator=fill) * 2 - 1,
+                float(k) + float(torch.rand(1, generator=fill)),  # tasks on different reward scales
+                torch.randn(3, generator=fill),
+                False,
+            )
+    for step in (1, 2, 4):  # Adam's moments filled by three multi-task steps, none a transference step (3 is)
+        trainer._gradient_step(step)
+    before = copy.deepcopy(sac)
+    replay, updates = (trainer.generators[name].get_state() for name in ("replay", "updates"))
+    assert trainer._gradient_step(3) == ""  # step 3: transference measured before the update
+    recorded = trainer.transference.overall["exact"].value()  # type: ignore[union-attr]
+    first_order = trainer.transference.overall["first_order"].value()  # type: ignore[union-attr]
+    assert recorded is not None and first_order is not None
+
+    generator = torch.Generator()
+    generator.set_state(replay)
+    batch = before.stack([buffer.sample(6, generator) for buffer in trainer.buffers])
+    generator.set_state(updates)
+    targets = before.critic_targets(batch, generator)
+    base = before.critic_losses(batch, targets).detach()
+    expected = torch.empty(3, 3, dtype=torch.float64)
+    for source in range(3):
+        moved = copy.deepcopy(before)
+        moved.critic_optimizer.zero_grad()
+        moved.critic_losses(batch, targets)[source].backward()
+        moved.critic_optimizer.step()
+        with torch.no_grad():
+            expected[source] = 1.0 - moved.critic_losses(batch, targets).double() / base.double()
+    torch.testing.assert_close(recorded, expected, rtol=1e-4, atol=1e-6)
+    # the first-order value -<g_j, Delta_i> / L_j is its linearization: same signs where the step is small
+    assert torch.equal(torch.sign(first_order.diagonal()), torch.sign(expected.diagonal()))

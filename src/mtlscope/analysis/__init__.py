@@ -6,7 +6,8 @@
   ``method_changes`` (SMTOs vs UMTG, Fig. 4);
 - conflict (Figs. 5–6): ``conflict_table``, ``conflict_correlations``, ``correlation``;
 - temperature: ``temperature_table``, ``best_temperatures``, ``method_vs_baseline_by_temperature``;
-- affinity and grouping: ``affinity_matrix``, ``normalize_by_self_affinity``, ``group_tasks``;
+- affinity and grouping: ``affinity_matrix``, ``normalize_by_self_affinity``,
+  ``nonpositive_self_affinities``, ``group_tasks``;
 - IT-MTL: ``candidate_wins``.
 """
 
@@ -21,7 +22,12 @@ from mtlscope.analysis.factors import (
     factor_values,
     method_changes,
 )
-from mtlscope.analysis.grouping import Grouping, group_tasks, normalize_by_self_affinity
+from mtlscope.analysis.grouping import (
+    Grouping,
+    group_tasks,
+    nonpositive_self_affinities,
+    normalize_by_self_affinity,
+)
 from mtlscope.analysis.itmtl import candidate_wins
 from mtlscope.analysis.phases import (
     PhaseComparison,
@@ -64,6 +70,7 @@ __all__ = [
     "group_tasks",
     "method_changes",
     "method_vs_baseline_by_temperature",
+    "nonpositive_self_affinities",
     "normalize_by_self_affinity",
     "phase_edges",
     "phase_notes",

@@ -54,7 +54,7 @@ import itertools
 import math
 import numbers
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +66,9 @@ BoolArray = npt.NDArray[np.bool_]
 Matrix = TypeVar("Matrix", np.ndarray, pd.DataFrame)
 
 METHODS: tuple[str, ...] = ("auto", "exhaustive", "branch_and_bound")
+#: What ``normalize_by_self_affinity`` does with a self-affinity <= 0: refuse, or leave the column NaN.
+NonPositiveRule = Literal["raise", "blank"]
+NONPOSITIVE_RULES: tuple[str, ...] = ("raise", "blank")
 MAX_TASKS = 15
 AUTO_EXHAUSTIVE_LIMIT = 3_000_000
 EXHAUSTIVE_LIMIT = 50_000_000
@@ -134,23 +137,47 @@ def group_tasks(
     return _grouping(scores, masks, chosen, names, method)
 
 
-def normalize_by_self_affinity(affinity: Matrix) -> Matrix:
+def normalize_by_self_affinity(affinity: Matrix, *, nonpositive: NonPositiveRule = "raise") -> Matrix:
     """``A[s, t] / A[t, t]``: each target's column divided by its self-affinity (the diagonal), so that
     affinities onto different tasks are on a comparable scale (1 = as much as the task's own step).
 
     Same type out as in (array or DataFrame with the same labels). Raises ``ValueError`` for a non-square
-    or mislabelled matrix, or a zero or non-finite diagonal entry. A negative self-affinity (the task's own
-    step raised its loss) flips the signs of its column: check the diagonal before reading the result.
+    or mislabelled matrix, or a non-finite diagonal entry. A self-affinity <= 0 (the task's own step did not
+    lower its loss, on average) is no scale: dividing by it would flip or blow up its column. ``nonpositive``
+    says what happens then: ``"raise"`` (default), a ``ValueError`` naming the first such target task and its
+    value; ``"blank"``, that target's column is NaN in the result (``nonpositive_self_affinities`` lists them).
     """
+    if nonpositive not in NONPOSITIVE_RULES:
+        raise ValueError(f"nonpositive must be one of {', '.join(NONPOSITIVE_RULES)}, got {nonpositive!r}")
     values, names = _square(affinity)
     diagonal = values.diagonal().copy()
-    bad = [names[t] for t in range(len(names)) if not math.isfinite(diagonal[t]) or diagonal[t] == 0.0]
+    bad = [names[t] for t in range(len(names)) if not math.isfinite(diagonal[t])]
     if bad:
-        raise ValueError(f"affinity has a zero or non-finite self-affinity (diagonal) for task(s) {', '.join(bad)}")
-    normalized = values / diagonal[None, :]
+        raise ValueError(f"affinity has a non-finite self-affinity (diagonal) for task(s) {', '.join(bad)}")
+    below = _nonpositive(diagonal, names)
+    if below and nonpositive == "raise":
+        name, value = next(iter(below.items()))
+        raise ValueError(
+            f"affinity: target task {name}'s self-affinity is {value:.4g} (<= 0), so normalizing by it would flip or "
+            "blow up its column; use nonpositive='blank' to leave such columns NaN"
+        )
+    scale = np.where(diagonal > 0.0, diagonal, np.nan)
+    normalized = values / scale[None, :]
     if isinstance(affinity, pd.DataFrame):
         return pd.DataFrame(normalized, index=affinity.index.copy(), columns=affinity.columns.copy())
     return normalized
+
+
+def nonpositive_self_affinities(affinity: Matrix) -> dict[str, float]:
+    """The target tasks whose self-affinity ``A[t, t]`` is <= 0, with that value, in matrix order (task names are
+    the DataFrame's labels, or ``"0"``, ``"1"``, ... for an array): the columns ``normalize_by_self_affinity``
+    refuses or blanks."""
+    values, names = _square(affinity)
+    return _nonpositive(values.diagonal(), names)
+
+
+def _nonpositive(diagonal: FloatArray, names: tuple[str, ...]) -> dict[str, float]:
+    return {names[t]: float(diagonal[t]) for t in range(len(names)) if diagonal[t] <= 0.0}
 
 
 def _square(affinity: np.ndarray | pd.DataFrame) -> tuple[FloatArray, tuple[str, ...]]:

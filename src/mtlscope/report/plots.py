@@ -299,13 +299,15 @@ def temperature_curves(table: pd.DataFrame, path: str | Path, task: str = MEAN_T
         return _save(figure, path)
 
 
-def affinity_heatmap(matrix: pd.DataFrame | np.ndarray, path: str | Path, title: str | None = None) -> list[Path]:
+def affinity_heatmap(
+    matrix: pd.DataFrame | np.ndarray, path: str | Path, title: str | None = None, nan_label: str = NOT_MEASURED_LABEL
+) -> list[Path]:
     """``A[source, target]`` (an ``affinity_matrix``: index = source tasks, columns = target tasks) as a heatmap
     with a diverging colormap centered at 0 (blue: a step on the source lowers the target's loss; red: raises
-    it), NaN cells grey with a legend below saying so (``NOT_MEASURED_LABEL``: no run trained both tasks with
-    the affinity probe), the diagonal (self-affinity) outlined, and the values written in the cells when there
-    are at most ``ANNOTATE_MAX_TASKS`` tasks. Very small or large affinities are shown scaled by a power of ten,
-    stated on the colorbar.
+    it), NaN cells grey with a legend below saying what they are (``nan_label``; by default
+    ``NOT_MEASURED_LABEL``: no run trained both tasks with the affinity probe), the diagonal (self-affinity)
+    outlined, and the values written in the cells when there are at most ``ANNOTATE_MAX_TASKS`` tasks. Very small
+    or large affinities are shown scaled by a power of ten, stated on the colorbar.
     """
     frame = matrix if isinstance(matrix, pd.DataFrame) else pd.DataFrame(np.asarray(matrix, dtype=float))
     if frame.size == 0:
@@ -350,7 +352,7 @@ def affinity_heatmap(matrix: pd.DataFrame | np.ndarray, path: str | Path, title:
             title or "Inter-task affinity A[source, target]\n(> 0: a step on the source lowers the target's loss)"
         )
         if not np.isfinite(values).all():  # below everything, so that rotated task names never cover it
-            grey = Patch(facecolor=_NOT_MEASURED, edgecolor="0.55", label=NOT_MEASURED_LABEL)
+            grey = Patch(facecolor=_NOT_MEASURED, edgecolor="0.55", label=nan_label)
             figure.tight_layout(rect=(0, 0.07, 1, 1))
             figure.legend(handles=[grey], loc="lower center", fontsize="small", frameon=False)
             return _save(figure, path, layout=False)

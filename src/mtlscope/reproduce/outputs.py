@@ -364,19 +364,30 @@ def affinity_matrix(
     affinity: str = "affinity_overall",
     normalize: bool = False,
 ) -> Produced:
-    from mtlscope.analysis.grouping import normalize_by_self_affinity
-    from mtlscope.report.plots import affinity_heatmap
+    from mtlscope.analysis.grouping import nonpositive_self_affinities, normalize_by_self_affinity
+    from mtlscope.report.plots import NOT_MEASURED_LABEL, affinity_heatmap
 
     matrix = _affinity(results, affinity)
+    label, notes, nan_label = "raw", [], NOT_MEASURED_LABEL
     if normalize:
-        matrix = normalize_by_self_affinity(matrix)
-    label = "normalized by the target's self-affinity" if normalize else "raw"
-    files = affinity_heatmap(matrix, _figure_path(directory, name), title=f"Inter-task affinity ({affinity}, {label})")
+        blank = nonpositive_self_affinities(matrix)
+        matrix = normalize_by_self_affinity(matrix, nonpositive="blank")
+        label = "normalized by the target's self-affinity"
+        if blank:
+            values = ", ".join(f"{task} {value:.3g}" for task, value in blank.items())
+            notes.append(
+                f"target columns left blank (NaN): their self-affinity is <= 0, no scale to normalize by ({values}); "
+                "see the raw matrix"
+            )
+            nan_label = "grey: not measured, or the target's self-affinity is <= 0 (not normalized)"
+    files = affinity_heatmap(
+        matrix, _figure_path(directory, name), title=f"Inter-task affinity ({affinity}, {label})", nan_label=nan_label
+    )
     table = matrix.reset_index()
     table.columns.name = None
     title = f"Inter-task affinity A[source, target] ({affinity}, {label}), mean over training and runs"
     files += _table(directory, name, table, title)
-    return Produced(title, files, table)
+    return Produced(title, files, table, notes)
 
 
 def task_groupings(

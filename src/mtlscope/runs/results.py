@@ -8,7 +8,9 @@
   wall_time_s, timing_s``, ``task_declarations`` (what each task declared: loss, Fisher labels, primary metric
   and every metric's direction; empty for runs stored before tasks declared them, or still running) and
   ``config`` (the resolved config as a dict). ``loss_scale`` is C as a number; ``tasks`` is the task
-  list joined by '+'.
+  list joined by '+'. A run on an environment setting (Meta-World) takes ``method`` ``sac``, ``optimizer``
+  ``adam``, ``lr`` and ``batch_size`` (per task) from its ``rl`` section; its ``temperature``, ``loss_scale`` and
+  ``momentum`` are empty (NaN): the supervised sections they come from do not apply to it.
 - ``records``: the long table ``run_id, step, epoch, task, split, metric, value`` of all runs.
 - ``skipped``: ``(path, reason)`` of every damaged run directory that was left out.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import warnings
 from collections.abc import Collection, Mapping
@@ -74,6 +77,9 @@ RUN_COLUMNS: tuple[str, ...] = (
     "task_declarations",
     "config",
 )
+
+#: The ``method`` column of a run on an environment setting (``mtlscope.rl``: multi-task soft actor-critic).
+RL_METHOD = "sac"
 
 RECORDS_HEADER = ",".join(RECORD_COLUMNS)
 _RECORD_DTYPES: dict[str, Any] = {
@@ -331,10 +337,35 @@ def read_run(path: Path) -> StoredRun:
     return StoredRun(_run_row(path, status, config, summary), records)
 
 
-def _run_row(path: Path, status: Mapping[str, Any], config: RunConfig, summary: Mapping[str, Any]) -> dict[str, Any]:
-    tasks = list(config.setting.tasks or [])
+def _training_columns(config: RunConfig, tasks: int) -> dict[str, Any]:
+    """The run table's optimization columns: from the supervised sections, or for a run on an environment
+    setting from its ``rl`` section (method ``sac``, its Adam's ``lr``, ``batch_size`` per task) with the columns
+    that have no meaning there (temperature, loss_scale, momentum) empty (NaN)."""
+    if config.rl is not None:
+        return {
+            "method": RL_METHOD,
+            "optimizer": "adam",
+            "lr": config.rl.lr,
+            "batch_size": config.rl.batch_size,
+            "temperature": math.nan,
+            "loss_scale": math.nan,
+            "momentum": math.nan,
+        }
     lr = config.optimizer.lr
     batch_size = config.training.batch_size
+    return {
+        "method": config.method["name"],
+        "optimizer": config.optimizer.name,
+        "lr": lr,
+        "batch_size": batch_size,
+        "temperature": lr / batch_size,
+        "loss_scale": resolve_loss_scale(config.training.loss_scale, max(tasks, 1)),
+        "momentum": config.optimizer.momentum,
+    }
+
+
+def _run_row(path: Path, status: Mapping[str, Any], config: RunConfig, summary: Mapping[str, Any]) -> dict[str, Any]:
+    tasks = list(config.setting.tasks or [])
     return {
         "run_id": path.name,
         "path": str(path),
@@ -343,13 +374,7 @@ def _run_row(path: Path, status: Mapping[str, Any], config: RunConfig, summary: 
         "setting": config.setting.label,
         "tasks": "+".join(tasks),
         "num_tasks": len(tasks),
-        "method": config.method["name"],
-        "optimizer": config.optimizer.name,
-        "lr": lr,
-        "batch_size": batch_size,
-        "temperature": lr / batch_size,
-        "loss_scale": resolve_loss_scale(config.training.loss_scale, max(len(tasks), 1)),
-        "momentum": config.optimizer.momentum,
+        **_training_columns(config, len(tasks)),
         "seed": config.seed,
         "steps": status.get("steps", summary.get("steps")),
         "planned_steps": summary.get("planned_steps"),
