@@ -112,6 +112,30 @@ def test_probe_cost_estimates_hand_computed() -> None:
     assert training_units_per_step(setting, batch) == 16 and training_units_per_step(shared, batch) == 8
 
 
+def test_a_probe_thinned_to_two_measurements_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    setting = make_setting(tasks=2, train=1000)
+    schedule = Schedule(4000, 1, checkpoints_per_decade=10)
+
+    def plan(options: dict) -> list:
+        probes = [build_probe("sharpness", options), build_probe("min_train_loss", {})]
+        with caplog.at_level("WARNING", logger="mtlscope.engine.probe_budget"):
+            caplog.clear()
+            return plan_probe_schedule(
+                probes, steps=4000, regular_checkpoints=schedule.regular_checkpoints(), setting=setting, batch_size=128
+            )
+
+    # 2 x 1000 x (100 + 8/3) units per measurement against 4000 x 256 of training: 20% each, over the budget even
+    # at the sparsest schedule (2 measurements)
+    assert plan({"iterations": 100})[0].measurements == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "probe sharpness: the cost-aware default schedule measures it only at step 0 and the last checkpoint (one "
+        "measurement costs 20% of the training); set probes.sharpness.every for a trajectory"
+    ]
+    # a cheap probe keeps every 10th checkpoint, an explicit spacing is the user's choice: no warning
+    assert plan({})[0].measurements > 2 and not caplog.records
+    assert plan({"iterations": 100, "every": 40})[0].measurements == 2 and not caplog.records
+
+
 def test_plan_of_the_fashion_preset_shape() -> None:
     """All probes at their option defaults on FashionMTL's shape (2 tasks of 1,000 images, B = 128, 4,000 steps,
     36 log-spaced checkpoints): the expensive probes spaced out to step 0 and the last checkpoint, the explicit

@@ -29,6 +29,7 @@ The chosen spacing of every probe, its measurements and estimated share are reco
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ PROBE_BUDGET = 0.2
 FORWARD = 1.0 / 3.0
 
 Unit = Literal["checkpoints", "steps"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -240,4 +243,19 @@ def plan_probe_schedule(
                 share=item.share(spacing),
             )
         )
+    _warn_sparsest(plan, regular_checkpoints)
     return plan
+
+
+def _warn_sparsest(plan: Sequence[PlannedProbe], regular_checkpoints: int) -> None:
+    """One warning per planned checkpoint probe that the budget thinned to step 0 and the last checkpoint, where
+    the run has more checkpoints: its trajectory then has two points, which is easy to miss."""
+    for entry in plan:
+        if entry.chosen == "planned" and entry.unit == "checkpoints" and entry.measurements <= 2 < regular_checkpoints:
+            logger.warning(
+                "probe %s: the cost-aware default schedule measures it only at step 0 and the last checkpoint "
+                "(one measurement costs %.0f%% of the training); set probes.%s.every for a trajectory",
+                entry.name,
+                100 * entry.share / max(entry.measurements, 1),
+                entry.name,
+            )
