@@ -17,12 +17,16 @@ module by module:
   rule sees the whole batch of cotangents), computes that module's block [m, p_m] by a batched
   vector-Jacobian product of its own output on its own parameters (the module's part of the graph, kept
   from the forward), adds ``block @ blockᵀ`` into the Gramian and frees the block. A module called several
-  times in one forward gets the sum of its calls' blocks before the product (the cross terms count).
+  times in one forward gets the sum of its calls' blocks before the product (the cross terms count);
+- a plain ``nn.Linear``/``nn.Conv2d`` called once instead adds its part from its input and the [m, ...]
+  output gradients by a closed form (``mtlscope.engine.layer_gramian``) where that holds fewer elements
+  than its block (few rows against many parameters: deep convolution stages), never forming the block.
 
-The largest tensor of the pass is the larger of m x (one module's parameters) and m x (one activation); no
-[K, P] tensor is formed. With ``chunk`` = m < K the tasks are processed in chunks: the pass runs on every pair
-of chunks (both chunks' cotangents at once), giving the diagonal and the off-diagonal blocks of G — about
-K/m times the work of one pass over all K tasks, for m/K of its activation memory.
+The largest tensor of the pass is the larger of m x (one module's parameters) and m x (one activation),
+less where the closed forms replace the largest blocks; no [K, P] tensor is formed. With ``chunk`` = m < K
+the tasks are processed in chunks: the pass runs on every pair of chunks (both chunks' cotangents at once),
+giving the diagonal and the off-diagonal blocks of G — about K/m times the work of one pass over all K
+tasks, for m/K of its activation memory.
 
 Requirements on the model (as TorchJD's ``autogram`` engine): parameters are used only inside the forward of
 the module that owns them (a parent reading a child's weight directly is not seen), module outputs are
@@ -40,6 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from mtlscope.engine.layer_gramian import LAYER_FORMS, LayerForm, has_closed_form, layer_gramian
 from mtlscope.methods.base import Method
 
 
@@ -92,12 +97,20 @@ class _Tap(torch.autograd.Function):
 
 
 class _Call:
-    """One forward call of a hooked module: its outputs (the module's part of the graph hangs on them)."""
+    """One forward call of a hooked module: its outputs (the module's part of the graph hangs on them) and, for
+    a layer with a closed form, its input and the input's version (an input modified in place since the call
+    is not used)."""
 
-    __slots__ = ("outputs",)
+    __slots__ = ("input", "outputs", "version")
 
-    def __init__(self, outputs: list[Tensor]) -> None:
+    def __init__(self, outputs: list[Tensor], layer_input: Tensor | None = None) -> None:
         self.outputs = outputs
+        self.input = layer_input
+        self.version = layer_input._version if layer_input is not None else 0
+
+    def unchanged_input(self) -> Tensor | None:
+        """The call's input, if it has not been modified in place since the call."""
+        return self.input if self.input is not None and self.input._version == self.version else None
 
 
 class _ModuleTap:
@@ -109,6 +122,8 @@ class _ModuleTap:
         self.name = name
         self.module = module
         self.parameters = [p for p in module.parameters() if p.requires_grad]
+        #: a Linear/Conv2d whose weight is trained: its part of the Gramian may come from ``layer_gramian``
+        self.closed_form = has_closed_form(module) and any(p is module.weight for p in self.parameters)
         self.calls = 0
         self.received = 0
         self.pending: list[Tensor] | None = None
@@ -121,7 +136,11 @@ class _ModuleTap:
             return output
         self.calls += 1
         raw = [flat[i] for i in positions]
-        tapped = _Tap.apply(self.engine.anchor, self, _Call(raw), *raw)
+        # the input is kept only where the output is the layer's own (no earlier forward hook changed it)
+        first_hook = next(iter(module._forward_hooks)) == self.handle.id
+        usable = self.closed_form and first_hook and len(args) == 1 and isinstance(args[0], Tensor)
+        layer_input = args[0] if usable else None
+        tapped = _Tap.apply(self.engine.anchor, self, _Call(raw, layer_input), *raw)
         for i, t in zip(positions, tapped):
             flat[i] = t
         return tree_unflatten(flat, spec)
@@ -129,6 +148,13 @@ class _ModuleTap:
     def add(self, grads: list[Tensor], call: _Call) -> None:
         """Add this call's block [m, p] (the gradients ``grads`` [m, *output] pulled back to the parameters)."""
         count = grads[0].shape[0]
+        layer_input = call.unchanged_input()
+        if self.calls == 1 and layer_input is not None and len(grads) == 1:
+            closed = layer_gramian(self.module, layer_input, grads[0], self.engine.layer_form)
+            if closed is not None:
+                self.received += 1
+                self.engine.add(closed)
+                return
         self.engine.inside_block = True
         try:
             parameter_grads = torch.autograd.grad(
@@ -186,9 +212,19 @@ class GramianEngine:
     Args:
         modules: the shared modules (an encoder), hooked once here; ``remove`` takes the hooks off.
         parameters: the shared parameters the Gramian is over: they must be exactly those of the modules.
+        layer_form: how a Linear/Conv2d module called once adds its part: ``auto`` (the closed form from its
+            input and output gradients where it holds fewer elements than the block, ``prefers_closed_form``),
+            ``closed`` or ``block``.
     """
 
-    def __init__(self, modules: Sequence[nn.Module], parameters: Sequence[Tensor]) -> None:
+    def __init__(
+        self, modules: Sequence[nn.Module], parameters: Sequence[Tensor], layer_form: LayerForm = "auto"
+    ) -> None:
+        if layer_form not in LAYER_FORMS:
+            raise ValueError(f"layer_form must be one of {', '.join(LAYER_FORMS)}, got {layer_form!r}")
+        #: How Linear/Conv2d modules add their part (``mtlscope.engine.layer_gramian``): by the size rule,
+        #: always by the closed form, or always by their block.
+        self.layer_form: LayerForm = layer_form
         self.accumulating = False
         self.inside_block = False
         #: Whether the hooks tap the modules' forward calls (the trainer taps only its step's forward).

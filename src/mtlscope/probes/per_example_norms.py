@@ -42,11 +42,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mtlscope.engine.layer_gramian import conv2d_patches
 from mtlscope.probes.per_example import (
     CHUNK_MEMORY_BYTES,
     LossFn,
@@ -147,12 +147,7 @@ def _linear(module: nn.Linear, x: Tensor, g: Tensor) -> dict[str, tuple[Tensor, 
 def _conv2d(module: nn.Conv2d, x: Tensor, g: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
     if x.dim() != 4 or g.dim() != 4:
         raise _Unsupported("Conv2d on an unbatched input")
-    padding = module.padding
-    if module.padding_mode != "zeros" or isinstance(padding, str):  # as Conv2d: pad first, then no padding
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-        padding = (0, 0)
-    patches = F.unfold(x, module.kernel_size, module.dilation, padding, module.stride)  # [B, in*kh*kw, L]
+    patches = conv2d_patches(module, x)  # [B, in*kh*kw, L]
     batch, groups = len(x), module.groups
     positions = g.shape[2] * g.shape[3]
     if patches.shape[2] != positions:
