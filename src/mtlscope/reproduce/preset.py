@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlscope.runs.config import ConfigError, read_yaml
+from mtlscope.sweeps.spec import SWEEP_KEYS
 
 PRESET_KEYS: tuple[str, ...] = (
     "name",
@@ -69,17 +70,7 @@ FROM_KEYS: tuple[str, ...] = ("output", "splits")
 #: Extra groups a stage may train: every task alone, all tasks together.
 BASELINES: tuple[str, ...] = ("single_task", "all_tasks")
 #: Top-level keys of the first stage's sweep that a stage may replace (``base`` stays: same base config).
-STAGE_SWEEP_KEYS: tuple[str, ...] = (
-    "name",
-    "plugins",
-    "overrides",
-    "zip",
-    "grid",
-    "auxiliary_sets",
-    "seeds",
-    "max_runs",
-    "protocol",
-)
+STAGE_SWEEP_KEYS: tuple[str, ...] = (*(key for key in SWEEP_KEYS if key != "base"), "protocol")
 #: Output kinds a stage can derive its runs from (each a grouping per split budget).
 DERIVING_KINDS: tuple[str, ...] = ("task_grouping",)
 _STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")

@@ -29,7 +29,7 @@ expected ``[H, W]`` (128x256 and 288x384, MTAN's sizes; other sizes for your own
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from mtlscope.data.catalog import locate
 from mtlscope.data.sources import mtan
@@ -85,17 +85,19 @@ INSTANCE_SPEC = TaskSpec(
     metrics=[{"name": "instance_offset_error", "invalid": INSTANCE_INVALID}],
     description="offset (dy, dx) of each instance pixel to its instance's centre of mass (Sener & Koltun 2018)",
 )
+#: The surface-normal metrics (MTAN's): mean and median angle error, share of pixels within 11.25, 22.5, 30 degrees.
+NORMAL_METRICS: tuple[str | dict[str, Any], ...] = (
+    "normal_mean_angle",
+    "normal_median_angle",
+    {"name": "normal_within", "degrees": 11.25},
+    {"name": "normal_within", "degrees": 22.5},
+    {"name": "normal_within", "degrees": 30.0},
+)
 NORMAL_SPEC = TaskSpec(
     NORMAL,
     3,
     loss="cosine",
-    metrics=[
-        "normal_mean_angle",
-        "normal_median_angle",
-        {"name": "normal_within", "degrees": 11.25},
-        {"name": "normal_within", "degrees": 22.5},
-        {"name": "normal_within", "degrees": 30.0},
-    ],
+    metrics=list(NORMAL_METRICS),
     description="unit surface normal of each pixel (zero = unknown)",
 )
 

@@ -51,6 +51,7 @@ from mtlscope.data.sources.taskonomy import (
 )
 from mtlscope.options import PositiveInt
 from mtlscope.settings.constructors import TaskSpec, from_datasets
+from mtlscope.settings.dense import NORMAL_METRICS
 from mtlscope.settings.registry import register
 from mtlscope.settings.setting import Setting
 
@@ -87,13 +88,7 @@ SPECS = [
         NORMAL,
         3,
         loss={"name": "l1", "invalid": 0.0, "mean_over": "all"},
-        metrics=[
-            "normal_mean_angle",
-            "normal_median_angle",
-            {"name": "normal_within", "degrees": 11.25},
-            {"name": "normal_within", "degrees": 22.5},
-            {"name": "normal_within", "degrees": 30.0},
-        ],
+        metrics=list(NORMAL_METRICS),
         primary_metric="normal_mean_angle",
         description="surface normals in [-1, 1], masked by the depth mask (zero = masked)",
     ),
