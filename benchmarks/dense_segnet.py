@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from run_costs import step_and_probe_costs  # benchmarks/run_costs.py, beside this script
 
 import mtlscope
 
@@ -69,18 +70,8 @@ def measure(name: str, steps: int, batch: int, subset: int, iterations: int, out
         "seed": 0,
     }
     run = mtlscope.execute(mtlscope.validate_config(config), out / name)
-    results = mtlscope.load(run.path.parent)
-    timing = results.runs["timing_s"].iloc[0]
-    probed = results.records[results.records["split"] == "probe"]
-    step = timing["train_s"] / steps
-    row: dict[str, float | str] = {"setting": name, "batch": batch, "subset": subset, "step_s": step}
-    for key, seconds in timing.items():
-        if key.startswith("probe_s/"):
-            probe = key.split("/", 1)[1]
-            prefix = {"grad_cov_trace": "grad_cov", "grad_similarity": "grad_sim"}.get(probe, probe)
-            measurements = probed[probed["metric"].str.startswith(prefix)]["step"].nunique()
-            row[f"{probe}_s"] = seconds / max(1, measurements)
-            row[f"{probe}_steps"] = seconds / max(1, measurements) / step
+    row: dict[str, float | str] = {"setting": name, "batch": batch, "subset": subset}
+    row.update(step_and_probe_costs(run.path, steps))
     return row
 
 
