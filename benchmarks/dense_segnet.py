@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from run_costs import step_and_probe_costs  # benchmarks/run_costs.py, beside this script
+from run_costs import costs_markdown, step_and_probe_costs  # benchmarks/run_costs.py, beside this script
 
 import mtlscope
 
@@ -75,26 +75,6 @@ def measure(name: str, steps: int, batch: int, subset: int, iterations: int, out
     return row
 
 
-def markdown(table: pd.DataFrame) -> str:
-    """One row per setting and probe: seconds per measurement and its cost in training steps."""
-    lines = [
-        "| setting | batch | probe subset | what | seconds | training steps |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for row in table.to_dict("records"):
-        lines.append(
-            f"| {row['setting']} | {row['batch']} | {row['subset']} | training step | {row['step_s']:.3g} | 1 |"
-        )
-        for key in row:
-            if key.endswith("_steps"):
-                probe = key[: -len("_steps")]
-                lines.append(
-                    f"| {row['setting']} | {row['batch']} | {row['subset']} | {probe} | {row[probe + '_s']:.3g} | "
-                    f"{row[key]:.3g} |"
-                )
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None)
@@ -122,7 +102,7 @@ def main() -> None:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out / "dense_segnet.csv", index=False)
-        (args.out / "dense_segnet.md").write_text(markdown(table))
+        (args.out / "dense_segnet.md").write_text(costs_markdown(table, "setting", "setting"))
 
 
 if __name__ == "__main__":

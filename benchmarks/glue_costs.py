@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from run_costs import step_and_probe_costs  # benchmarks/run_costs.py, beside this script
+from run_costs import costs_markdown, step_and_probe_costs  # benchmarks/run_costs.py, beside this script
 
 import mtlscope
 
@@ -56,22 +56,6 @@ def measure(model: str, tasks: list[str], args: argparse.Namespace, out: Path) -
     return row
 
 
-def markdown(table: pd.DataFrame) -> str:
-    """One row per model and probe: seconds per measurement and its cost in training steps."""
-    lines = [
-        "| model (layers x hidden) | batch | probe subset | what | seconds | training steps |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for row in table.to_dict("records"):
-        head = f"| {row['model']} | {row['batch']} | {row['subset']}"
-        lines.append(f"{head} | training step | {row['step_s']:.3g} | 1 |")
-        for key in row:
-            if key.endswith("_steps"):
-                probe = key[: -len("_steps")]
-                lines.append(f"{head} | {probe} | {row[probe + '_s']:.3g} | {row[key]:.3g} |")
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None)
@@ -102,7 +86,7 @@ def main() -> None:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out / "glue_costs.csv", index=False)
-        (args.out / "glue_costs.md").write_text(markdown(table))
+        (args.out / "glue_costs.md").write_text(costs_markdown(table, "model", "model (layers x hidden)"))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 import mtlscope
 
 #: A probe's name -> the prefix of the metrics it records, where they differ.
@@ -28,3 +30,20 @@ def step_and_probe_costs(run_path: Path, steps: int) -> dict[str, float]:
             costs[f"{probe}_s"] = seconds / max(1, measurements)
             costs[f"{probe}_steps"] = seconds / max(1, measurements) / step
     return costs
+
+
+def costs_markdown(table: pd.DataFrame, label: str, header: str) -> str:
+    """One row per run (named by its ``label`` column, headed ``header``) and probe: seconds per measurement and
+    its cost in training steps."""
+    lines = [
+        f"| {header} | batch | probe subset | what | seconds | training steps |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in table.to_dict("records"):
+        head = f"| {row[label]} | {row['batch']} | {row['subset']}"
+        lines.append(f"{head} | training step | {row['step_s']:.3g} | 1 |")
+        for key in row:
+            if key.endswith("_steps"):
+                probe = key[: -len("_steps")]
+                lines.append(f"{head} | {probe} | {row[probe + '_s']:.3g} | {row[key]:.3g} |")
+    return "\n".join(lines) + "\n"
