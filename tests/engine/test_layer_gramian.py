@@ -22,7 +22,25 @@ LAYERS = {
     "conv_groups": (lambda: nn.Conv2d(4, 6, 3, stride=(1, 2), padding=1, groups=2), (2, 4, 5, 6)),
     "conv_depthwise": (lambda: nn.Conv2d(3, 6, 3, groups=3, padding="same"), (2, 3, 5, 5)),
     "conv_reflect": (lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), (2, 3, 5, 5)),
+    "batchnorm2d": (lambda: _affine(nn.BatchNorm2d(3)), (4, 3, 5, 5)),
+    "batchnorm1d": (lambda: _affine(nn.BatchNorm1d(3)), (5, 3)),
+    "batchnorm1d_sequence": (lambda: _affine(nn.BatchNorm1d(3)), (4, 3, 6)),
+    "batchnorm3d": (lambda: _affine(nn.BatchNorm3d(2)), (3, 2, 3, 4, 2)),
+    "batchnorm2d_running_statistics": (lambda: _affine(nn.BatchNorm2d(3), running=True), (4, 3, 5, 5)),
+    "batchnorm2d_no_running_statistics": (lambda: _affine(nn.BatchNorm2d(3, track_running_stats=False)), (4, 3, 5, 5)),
 }
+
+
+def _affine(layer: nn.Module, running: bool = False) -> nn.Module:
+    """A BatchNorm layer with a weight and bias away from their initial values; with ``running``, in eval mode on
+    running statistics away from theirs (the closed form must take the statistics the forward took)."""
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-1.0, 1.0)
+        if running:
+            layer.running_mean.uniform_(-1.0, 1.0)
+            layer.running_var.uniform_(0.5, 2.0)
+    return layer.eval() if running else layer.train()
 
 
 def _block_gramian(layer: nn.Module, x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -107,7 +125,7 @@ def _encoder() -> nn.Module:
     )
 
 
-@pytest.mark.parametrize(("form", "closed_layers"), [("closed", 4), ("block", 0), ("auto", 2)])
+@pytest.mark.parametrize(("form", "closed_layers"), [("closed", 5), ("block", 0), ("auto", 3)])  # BatchNorm: always
 @pytest.mark.parametrize("chunk", [None, 2])
 def test_engine_gramian_by_either_form_equals_the_jacobians(
     form: str, closed_layers: int, chunk: int | None, monkeypatch: pytest.MonkeyPatch

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from mtlscope.engine.batchnorm_backward import lean_batchnorm
 from mtlscope.engine.layer_gramian import LAYER_FORMS, LayerForm, has_closed_form, layer_gramian
 from mtlscope.methods.base import Method
 
@@ -122,7 +123,7 @@ class _ModuleTap:
         self.name = name
         self.module = module
         self.parameters = [p for p in module.parameters() if p.requires_grad]
-        #: a Linear/Conv2d whose weight is trained: its part of the Gramian may come from ``layer_gramian``
+        #: a Linear/Conv2d/BatchNorm whose weight is trained: its part of the Gramian may come from ``layer_gramian``
         self.closed_form = has_closed_form(module) and any(p is module.weight for p in self.parameters)
         self.calls = 0
         self.received = 0
@@ -140,6 +141,8 @@ class _ModuleTap:
         first_hook = next(iter(module._forward_hooks)) == self.handle.id
         usable = self.closed_form and first_hook and len(args) == 1 and isinstance(args[0], Tensor)
         layer_input = args[0] if usable else None
+        if layer_input is not None and len(raw) == 1 and raw[0] is output:
+            raw = [lean_batchnorm(module, layer_input, output)]  # a BatchNorm's backward that vmap batches leanly
         tapped = _Tap.apply(self.engine.anchor, self, _Call(raw, layer_input), *raw)
         for i, t in zip(positions, tapped):
             flat[i] = t

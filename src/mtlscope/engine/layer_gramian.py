@@ -1,5 +1,5 @@
-"""A Linear or Conv2d layer's part of the K x K Gramian of the task gradients, from the layer's input and the
-task gradients at its output, without forming the [K, parameters] block of task gradients.
+"""A Linear, Conv2d or BatchNorm layer's part of the K x K Gramian of the task gradients, from the layer's input
+and the task gradients at its output, without forming the [K, parameters] block of task gradients by autograd.
 
 For ``nn.Linear`` with inputs X [R, in] (all leading dimensions flattened into R rows) and the gradients of
 task k at the output Y_k [R, out], task k's weight gradient is ``Y_kᵀ X``, so
@@ -13,17 +13,24 @@ The closed form holds the input's Gram matrix X Xᵀ [R, R], the unfolded input 
 ``(X Xᵀ) Y`` [K, R, out]; the block form holds the [K, in·out·kh·kw/groups] block. ``prefers_closed_form``
 picks the smaller: the closed form wins where the rows are few against the parameters (deep convolution
 stages, small batches), the block where the feature maps are large.
+
+BatchNorm (1d/2d/3d) has only 2 x channels parameters, and its gradients have a closed form from the normalized
+input x̂: ``Σ Y_k·x̂`` (weight) and ``Σ Y_k`` (bias) per channel, formed directly as [K, C] blocks. It is always
+taken (except under ``block``): autograd would batch BatchNorm's backward over the K tasks one task at a time.
 """
 
 from __future__ import annotations
 
 from typing import Literal, get_args
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: How a Linear/Conv2d layer's part of the Gramian is computed: ``auto`` by ``prefers_closed_form``,
-#: ``closed`` whenever the layer call allows it, ``block`` never by the closed form.
+from mtlscope.engine.batchnorm_backward import BATCHNORMS, channel_products
+
+#: How a Linear/Conv2d layer's part of the Gramian is computed: ``auto`` by ``prefers_closed_form`` (BatchNorm:
+#: always the closed form), ``closed`` whenever the layer call allows it, ``block`` never by the closed form.
 LayerForm = Literal["auto", "block", "closed"]
 LAYER_FORMS: tuple[str, ...] = get_args(LayerForm)
 
@@ -41,9 +48,9 @@ def conv2d_patches(module: nn.Conv2d, x: Tensor) -> Tensor:
 
 
 def has_closed_form(module: nn.Module) -> bool:
-    """Whether ``module`` is a plain ``nn.Linear`` or ``nn.Conv2d`` (not a subclass, which may override its
-    forward) whose only parameters are its own ``weight`` and ``bias``."""
-    if type(module) not in (nn.Linear, nn.Conv2d):
+    """Whether ``module`` is a plain ``nn.Linear``, ``nn.Conv2d`` or BatchNorm (``BATCHNORMS``; not a subclass,
+    which may override its forward) whose only parameters are its own ``weight`` and ``bias``."""
+    if type(module) not in (nn.Linear, nn.Conv2d, *BATCHNORMS):
         return False
     return {name for name, _ in module.named_parameters()} <= {"weight", "bias"}
 
@@ -80,6 +87,8 @@ def layer_gramian(module: nn.Module, x: Tensor, grads: Tensor, form: LayerForm =
         return None
     bias = module.bias if isinstance(module.bias, Tensor) and module.bias.requires_grad else None
     count, dtype = grads.shape[0], weight.dtype
+    if isinstance(module, BATCHNORMS):
+        return _batchnorm_gramian(module, x.to(dtype), grads.to(dtype))
     if isinstance(module, nn.Conv2d):
         if x.dim() != 4 or grads.dim() != 5:
             return None
@@ -110,5 +119,29 @@ def layer_gramian(module: nn.Module, x: Tensor, grads: Tensor, form: LayerForm =
         bias_grads = per_group[:, 0].sum(1) if bias is not None else None
     gramian = _grouped_gramian(unfolded, per_group)
     if bias_grads is not None:
+        gramian += bias_grads @ bias_grads.T
+    return gramian
+
+
+def _batchnorm_gramian(module: nn.Module, x: Tensor, grads: Tensor) -> Tensor | None:
+    """BatchNorm's part: with x̂ the normalized input (the batch's statistics in training mode or without running
+    statistics, the running ones otherwise, as the forward), task k's gradients are ``Σ Y_k·x̂`` (weight) and
+    ``Σ Y_k`` (bias) per channel, [K, C] each, formed from the [K, B, C, ...] output gradients."""
+    if x.dim() < 2 or grads.dim() != x.dim() + 1:
+        return None
+    dims = [0, *range(2, x.dim())]
+    batch_statistics = module.training or (module.running_mean is None and module.running_var is None)
+    if batch_statistics:
+        var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+    else:
+        assert isinstance(module.running_mean, Tensor) and isinstance(module.running_var, Tensor)
+        mean, var = module.running_mean.to(x.dtype), module.running_var.to(x.dtype)
+    shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+    normalized = (x - mean.view(shape)) * torch.rsqrt(var + module.eps).view(shape)  # type: ignore[operator]
+    weight_grads = channel_products(grads, normalized, examples_dim=1)
+    gramian = weight_grads @ weight_grads.T
+    bias = module.bias
+    if isinstance(bias, Tensor) and bias.requires_grad:
+        bias_grads = grads.sum([d + 1 for d in dims])
         gramian += bias_grads @ bias_grads.T
     return gramian
