@@ -381,10 +381,12 @@ class MultiTaskBackward:
             assert losses is not None
             objective = (weights.to(losses) * losses).sum()
             if combination.head_weights is not None:  # shared: sum_k w_k grad L_k; heads: their own weights
-                objective.backward(inputs=self.shared, retain_graph=True)
                 heads = self._every_head(losses, features)
                 if heads:
-                    (combination.head_weights.to(losses) * losses).sum().backward(inputs=heads)
+                    head_objective = (combination.head_weights.to(losses) * losses).sum()
+                    head_objective.backward(inputs=heads, retain_graph=True)
+                # last, as loss.backward(): frees the graph's saved activations before the optimizer step
+                objective.backward(inputs=self.shared)
             elif self.heads is None:
                 objective.backward()
             else:
