@@ -44,8 +44,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from mtlscope.engine.batchnorm_backward import lean_batchnorm
 from mtlscope.engine.layer_gramian import LAYER_FORMS, LayerForm, has_closed_form, layer_gramian
+from mtlscope.engine.lean_backward import reattach
 from mtlscope.methods.base import Method
 
 
@@ -142,7 +142,7 @@ class _ModuleTap:
         usable = self.closed_form and first_hook and len(args) == 1 and isinstance(args[0], Tensor)
         layer_input = args[0] if usable else None
         if layer_input is not None and len(raw) == 1 and raw[0] is output:
-            raw = [lean_batchnorm(module, layer_input, output)]  # a BatchNorm's backward that vmap batches leanly
+            raw = [reattach(module, layer_input, output, self.engine)]  # backwards that vmap batches leanly
         tapped = _Tap.apply(self.engine.anchor, self, _Call(raw, layer_input), *raw)
         for i, t in zip(positions, tapped):
             flat[i] = t
@@ -247,6 +247,17 @@ class GramianEngine:
         self.anchor = torch.zeros((), dtype=first.dtype, device=first.device, requires_grad=True)
         self._gramian: Tensor | None = None
         self.taps = [_ModuleTap(self, name, module) for name, module in hooked]
+
+    @property
+    def activations_needed(self) -> bool:
+        """For the re-attached backwards (``mtlscope.engine.lean_backward.PassState``): a module's block needs no
+        activation gradient."""
+        return not self.inside_block
+
+    @property
+    def parameters_needed(self) -> bool:
+        """The pass asks autograd for no parameter gradient (only a module's block does)."""
+        return not self.accumulating or self.inside_block
 
     def remove(self) -> None:
         """Take the hooks off the modules."""

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlscope.engine.batchnorm_backward import BATCHNORMS, channel_products
+from mtlscope.engine.lean_backward import BATCHNORMS, channel_products
 
 #: How a Linear/Conv2d layer's part of the Gramian is computed: ``auto`` by ``prefers_closed_form`` (BatchNorm:
 #: always the closed form), ``closed`` whenever the layer call allows it, ``block`` never by the closed form.
