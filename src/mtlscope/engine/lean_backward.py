@@ -35,7 +35,7 @@ from torch import Tensor, nn
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 #: A Conv2d's input gradient under ``vmap`` is computed for chunks of tasks of at most this many elements of
 #: output gradient (chunk x B x out x H x W; at least one task per chunk).
-CONVOLUTION_CHUNK_ELEMENTS = 2**20
+CONVOLUTION_CHUNK_ELEMENTS = 2**18
 
 
 class PassState(Protocol):
