@@ -17,6 +17,7 @@ from mtlscope.engine.probe_budget import (
     plan_probe_schedule,
     step_observations,
     training_units_per_step,
+    warn_sparsest,
 )
 from mtlscope.engine.trainer import Schedule
 from mtlscope.losses import cross_entropy
@@ -120,9 +121,12 @@ def test_a_probe_thinned_to_two_measurements_is_warned_about(caplog: pytest.LogC
         probes = [build_probe("sharpness", options), build_probe("min_train_loss", {})]
         with caplog.at_level("WARNING", logger="mtlscope.engine.probe_budget"):
             caplog.clear()
-            return plan_probe_schedule(
+            planned = plan_probe_schedule(
                 probes, steps=4000, regular_checkpoints=schedule.regular_checkpoints(), setting=setting, batch_size=128
             )
+            assert not caplog.records  # planning alone does not warn: the trainer does, when it starts training
+            warn_sparsest(planned, schedule.regular_checkpoints())
+            return planned
 
     # 2 x 1000 x (100 + 8/3) units per measurement against 4000 x 256 of training: 20% each, over the budget even
     # at the sparsest schedule (2 measurements)

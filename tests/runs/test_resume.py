@@ -56,6 +56,20 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, stop_at: int) -> N
     assert not (resumed.path / STATE_FILE).exists()
 
 
+def test_a_resumed_run_warns_once_about_a_thinned_probe(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # sharpness at its defaults costs more than the budget on the embedded digits: the plan keeps step 0 and the
+    # last checkpoint, and says so once per training (a resumed run also builds a trainer to check its state)
+    config = {**CONFIG, "probes": {"sharpness": {"subset": 256, "iterations": 2}}}
+    with caplog.at_level("WARNING", logger="mtlscope.engine.probe_budget"):
+        with pytest.raises(Stop):
+            execute(validate_config(config), tmp_path / "run", on_step=_stop_at(14))
+        assert len(caplog.records) == 1 and "probe sharpness" in caplog.records[0].getMessage()
+        caplog.clear()
+        resumed = execute(validate_config(config), tmp_path / "run")
+    assert resumed.status == "completed" and not resumed.skipped
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["probe sharpness"]
+
+
 SCHEDULES = {
     "exponential with warm-up": {"name": "exponential", "gamma": 0.7, "warmup_steps": 6},
     "cosine": {"name": "cosine", "min_lr": 0.001},

@@ -49,6 +49,7 @@ __all__ = [
     "plan_probe_schedule",
     "step_observations",
     "training_units_per_step",
+    "warn_sparsest",
 ]
 
 #: Share of training the default probe schedule aims at (probe work / training work), by the estimate below: 20%,
@@ -243,13 +244,13 @@ def plan_probe_schedule(
                 share=item.share(spacing),
             )
         )
-    _warn_sparsest(plan, regular_checkpoints)
     return plan
 
 
-def _warn_sparsest(plan: Sequence[PlannedProbe], regular_checkpoints: int) -> None:
+def warn_sparsest(plan: Sequence[PlannedProbe], regular_checkpoints: int) -> None:
     """One warning per planned checkpoint probe that the budget thinned to step 0 and the last checkpoint, where
-    the run has more checkpoints: its trajectory then has two points, which is easy to miss."""
+    the run has more checkpoints: its trajectory then has two points, which is easy to miss. The trainer warns
+    when it starts training (not when it is built: a resumed run builds one to check its saved state first)."""
     for entry in plan:
         if entry.chosen == "planned" and entry.unit == "checkpoints" and entry.measurements <= 2 < regular_checkpoints:
             logger.warning(

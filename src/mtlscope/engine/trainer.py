@@ -48,7 +48,7 @@ from mtlscope.engine.evaluation import Scores, evaluate
 from mtlscope.engine.gramian import DEFAULT_JACOBIAN_BUDGET_MB
 from mtlscope.engine.hooks import Probe, ProbeContext, StepContext
 from mtlscope.engine.precision import TrainingAutocast
-from mtlscope.engine.probe_budget import plan_probe_schedule
+from mtlscope.engine.probe_budget import plan_probe_schedule, warn_sparsest
 from mtlscope.engine.sampling import Batch, BatchSampler
 from mtlscope.engine.step import TrainingStep
 from mtlscope.methods.base import Method
@@ -302,6 +302,7 @@ class Trainer:
 
     def run(self) -> TrainingOutcome:
         """Train from the current step (0, or the restored one) to the end of the schedule."""
+        warn_sparsest(self.probe_plan, self.schedule.regular_checkpoints())
         self.model.train()
         if not self.restored:
             torch.manual_seed(derived_seed(self.seed, "dropout"))
