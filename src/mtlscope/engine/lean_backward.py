@@ -179,26 +179,27 @@ def lean_batchnorm(module: nn.Module, x: Tensor, output: Tensor, state: PassStat
     return _BatchNormBackward.apply(output.detach(), x, weight, bias, mean, invstd, eps, state)
 
 
+def _convolution_backward(
+    grad: Tensor, x: Tensor, weight: Tensor, bias_sizes: list[int] | None, conv: tuple[Any, ...], mask: tuple[bool, ...]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """PyTorch's ``convolution_backward`` (not transposed) for the saved ``conv`` = (stride, padding, dilation,
+    output padding, groups), the gradients ``mask`` asks for."""
+    stride, padding, dilation, output_padding, groups = conv
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, bias_sizes, stride, padding, dilation, False, output_padding, groups, list(mask)
+    )
+
+
 class _ConvolutionInputGradient(torch.autograd.Function):
     """A Conv2d's input gradient from its output gradient; under ``vmap`` computed chunk of tasks by chunk of
     tasks into one preallocated tensor."""
 
     @staticmethod
     def forward(grad: Tensor, weight: Tensor, input_shape: tuple[int, ...], conv: tuple[Any, ...]) -> Tensor:
-        stride, padding, dilation, output_padding, groups = conv
-        return torch.ops.aten.convolution_backward(
-            grad,
-            grad.new_zeros(()).expand(input_shape),  # only its shape is read for the input gradient
-            weight,
-            None,
-            stride,
-            padding,
-            dilation,
-            False,
-            output_padding,
-            groups,
-            [True, False, False],
-        )[0]
+        dummy = grad.new_zeros(()).expand(input_shape)  # only its shape is read for the input gradient
+        grad_x = _convolution_backward(grad, dummy, weight, None, conv, (True, False, False))[0]
+        assert grad_x is not None
+        return grad_x
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
@@ -245,25 +246,14 @@ class _ConvolutionBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Any:
         x, weight = ctx.saved_tensors
-        stride, padding, dilation, output_padding, groups = ctx.conv
         want_x, want_weight, want_bias = _wanted(ctx, grad)
         want_bias = want_bias and ctx.has_bias
         if _batched(grad) and not (want_weight or want_bias):
             grad_x = _ConvolutionInputGradient.apply(grad, weight, tuple(x.shape), ctx.conv) if want_x else None
             return None, grad_x, None, None, None, None
         bias_sizes = [weight.shape[0]] if ctx.has_bias else None
-        grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad,
-            x,
-            weight,
-            bias_sizes,
-            stride,
-            padding,
-            dilation,
-            False,
-            output_padding,
-            groups,
-            [want_x, want_weight, want_bias],
+        grad_x, grad_weight, grad_bias = _convolution_backward(
+            grad, x, weight, bias_sizes, ctx.conv, (want_x, want_weight, want_bias)
         )
         return None, grad_x, grad_weight, grad_bias, None, None
 
