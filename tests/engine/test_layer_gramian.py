@@ -10,7 +10,7 @@ from torch import nn
 import mtlscope.engine.gramian as gramian_module
 from mtlscope.engine.gradients import jacobian_loop
 from mtlscope.engine.gramian import GramianEngine, _Call
-from mtlscope.engine.layer_gramian import conv2d_patches, layer_gramian, prefers_closed_form
+from mtlscope.engine.layer_gramian import conv2d_block, conv2d_patches, layer_gramian, prefers_closed_form
 
 LAYERS = {
     "linear": (lambda: nn.Linear(7, 5), (6, 7)),
@@ -43,15 +43,34 @@ def _affine(layer: nn.Module, running: bool = False) -> nn.Module:
     return layer.eval() if running else layer.train()
 
 
-def _block_gramian(layer: nn.Module, x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-    """The explicit [K, p] block of task gradients (one backward per task), squared."""
+def _block(layer: nn.Module, x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """The explicit [K, p] block of task gradients (one backward per task)."""
     output = layer(x)
     rows = []
     for task_grad in grads:
         pieces = torch.autograd.grad(output, list(layer.parameters()), task_grad, retain_graph=True)
         rows.append(torch.cat([p.flatten() for p in pieces]))
-    block = torch.stack(rows)
+    return torch.stack(rows)
+
+
+def _block_gramian(layer: nn.Module, x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    block = _block(layer, x, grads)
     return block @ block.T
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 10**9])  # one task per weight-gradient convolution, or all
+@pytest.mark.parametrize("name", sorted(name for name in LAYERS if name.startswith("conv")))
+def test_conv2d_block_equals_the_explicit_block(name: str, chunk_elements: int) -> None:
+    build, shape = LAYERS[name]
+    torch.manual_seed(0)
+    layer = build().double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    with torch.no_grad():
+        output_shape = layer(x).shape
+    grads = torch.randn(5, *output_shape, dtype=torch.float64)
+    pieces = conv2d_block(layer, x, grads, chunk_elements)
+    assert pieces is not None and len(pieces) == len(list(layer.parameters()))
+    assert torch.allclose(torch.cat(pieces, dim=1), _block(layer, x, grads), rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))

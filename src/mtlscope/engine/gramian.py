@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from mtlscope.engine.layer_gramian import LAYER_FORMS, LayerForm, has_closed_form, layer_gramian
+from mtlscope.engine.layer_gramian import LAYER_FORMS, LayerForm, conv2d_block, has_closed_form, layer_gramian
 from mtlscope.engine.lean_backward import reattach
 from mtlscope.methods.base import Method
 
@@ -149,8 +149,8 @@ class _ModuleTap:
         return tree_unflatten(flat, spec)
 
     def add(self, grads: list[Tensor], call: _Call) -> None:
-        """Add this call's block [m, p] (the gradients ``grads`` [m, *output] pulled back to the parameters)."""
-        count = grads[0].shape[0]
+        """Add this call's block [m, p] (the gradients ``grads`` [m, *output] pulled back to the parameters): by the
+        layer's closed form, by ``conv2d_block`` for a Conv2d, or by autograd."""
         layer_input = call.unchanged_input()
         if self.calls == 1 and layer_input is not None and len(grads) == 1:
             closed = layer_gramian(self.module, layer_input, grads[0], self.engine.layer_form)
@@ -158,24 +158,11 @@ class _ModuleTap:
                 self.received += 1
                 self.engine.add(closed)
                 return
-        self.engine.inside_block = True
-        try:
-            parameter_grads = torch.autograd.grad(
-                call.outputs,
-                self.parameters,
-                grads,
-                retain_graph=True,
-                is_grads_batched=True,
-                allow_unused=True,
-            )
-        finally:
-            self.engine.inside_block = False
         # the block [m, p] stays in pieces, one per parameter tensor: no concatenated copy of it
-        pieces = [
-            (g if g is not None else torch.zeros(count, *p.shape, dtype=p.dtype, device=p.device)).reshape(count, -1)
-            for g, p in zip(parameter_grads, self.parameters)
-        ]
-        del parameter_grads
+        direct = None
+        if isinstance(self.module, nn.Conv2d) and layer_input is not None and len(grads) == 1:
+            direct = conv2d_block(self.module, layer_input, grads[0])
+        pieces = direct if direct is not None else self._block_by_autograd(grads, call)
         self.received += 1
         if self.calls > 1:  # the module's gradient is the sum over its calls: square the sum
             if self.pending is not None:
@@ -189,6 +176,26 @@ class _ModuleTap:
             gramian += piece @ piece.T
         del pieces
         self.engine.add(gramian)
+
+    def _block_by_autograd(self, grads: list[Tensor], call: _Call) -> list[Tensor]:
+        """The call's block by a batched backward of its outputs on the module's parameters."""
+        count = grads[0].shape[0]
+        self.engine.inside_block = True
+        try:
+            parameter_grads = torch.autograd.grad(
+                call.outputs,
+                self.parameters,
+                grads,
+                retain_graph=True,
+                is_grads_batched=True,
+                allow_unused=True,
+            )
+        finally:
+            self.engine.inside_block = False
+        return [
+            (g if g is not None else torch.zeros(count, *p.shape, dtype=p.dtype, device=p.device)).reshape(count, -1)
+            for g, p in zip(parameter_grads, self.parameters)
+        ]
 
 
 def owning_modules(modules: Sequence[nn.Module]) -> list[tuple[str, nn.Module]]:

@@ -35,16 +35,69 @@ LayerForm = Literal["auto", "block", "closed"]
 LAYER_FORMS: tuple[str, ...] = get_args(LayerForm)
 
 
+def conv2d_padded(module: nn.Conv2d, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """``x`` as the convolution of ``module`` sees it, and the padding it adds: padded first (and no padding then)
+    for a padding mode other than zeros or a padding given as a string, as ``nn.Conv2d`` does."""
+    padding = module.padding
+    if module.padding_mode != "zeros" or isinstance(padding, str):
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        return F.pad(x, module._reversed_padding_repeated_twice, mode=mode), (0, 0)
+    assert not isinstance(padding, str)
+    return x, (int(padding[0]), int(padding[1]))
+
+
 def conv2d_patches(module: nn.Conv2d, x: Tensor) -> Tensor:
     """The input ``x`` [B, in, H, W] of ``module`` unfolded into its [B, in·kh·kw, L] patches (L output
     positions; any stride, padding, padding mode and dilation): ``module(x)`` is, group by group, the weight
     [out/groups, in/groups·kh·kw] times the patches of the group's input channels, plus the bias."""
-    padding = module.padding
-    if module.padding_mode != "zeros" or isinstance(padding, str):  # as Conv2d: pad first, then no padding
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-        padding = (0, 0)
+    x, padding = conv2d_padded(module, x)
     return F.unfold(x, module.kernel_size, module.dilation, padding, module.stride)
+
+
+def conv2d_block(module: nn.Conv2d, x: Tensor, grads: Tensor, chunk_elements: int = 2**18) -> list[Tensor] | None:
+    """The block of task gradients of ``module`` for one call on ``x`` [B, in, H, W], from the task gradients
+    ``grads`` [K, B, out, H', W'] at its output: one [K, p] piece per trainable parameter (weight, then bias),
+    without autograd. The weight gradients of a chunk of c tasks are one weight-gradient convolution with the
+    tasks stacked as c x out output channels (group by group), so a chunk costs about one backward of the layer
+    with c times its output channels instead of c backwards; chunks hold at most ``chunk_elements`` output
+    gradients (at least one task). ``None`` for a call this does not cover (an unbatched input)."""
+    if x.dim() != 4 or grads.dim() != 5:
+        return None
+    weight, bias = module.weight, module.bias
+    count, batch, outputs, height, width = grads.shape
+    groups = module.groups
+    padded, padding = conv2d_padded(module, x.to(grads.dtype))
+    pieces: list[Tensor] = []
+    if weight.requires_grad:
+        step = max(1, chunk_elements // max(1, grads[0].numel()))
+        rows = []
+        for start in range(0, count, step):
+            part = grads[start : start + step]
+            tasks = part.shape[0]
+            # [c, B, g, out/g, H', W'] -> [B, g, c, out/g, H', W']: task channels inside each group's block
+            stacked = part.reshape(tasks, batch, groups, outputs // groups, height, width).permute(1, 2, 0, 3, 4, 5)
+            stacked = stacked.reshape(batch, groups * tasks * (outputs // groups), height, width)
+            shape = (groups * tasks * (outputs // groups), *weight.shape[1:])
+            dummy = stacked.new_zeros(()).expand(shape)  # only its shape is read for the weight gradient
+            computed = torch.ops.aten.convolution_backward(
+                stacked,
+                padded,
+                dummy,
+                None,
+                module.stride,
+                padding,
+                module.dilation,
+                False,
+                (0, 0),
+                groups,
+                [False, True, False],
+            )[1]
+            per_task = computed.reshape(groups, tasks, outputs // groups, -1).permute(1, 0, 2, 3)
+            rows.append(per_task.reshape(tasks, -1))
+        pieces.append(torch.cat(rows) if len(rows) > 1 else rows[0])
+    if isinstance(bias, Tensor) and bias.requires_grad:
+        pieces.append(grads.sum((1, 3, 4)))
+    return pieces
 
 
 def has_closed_form(module: nn.Module) -> bool:

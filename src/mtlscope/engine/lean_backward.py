@@ -215,8 +215,12 @@ class _ConvolutionInputGradient(torch.autograd.Function):
             return torch.func.vmap(one, in_dims=(in_dims[0], in_dims[1]))(grad, weight), 0
         grad = grad.movedim(in_dims[0], 0)
         count = grad.shape[0]
-        result = grad.new_empty(count, *input_shape)
         step = max(1, CONVOLUTION_CHUNK_ELEMENTS // max(1, grad[0].numel()))
+        if step >= count:  # one chunk: no copy into a preallocated result
+            rows = grad.reshape(-1, *grad.shape[2:])
+            computed = _ConvolutionInputGradient.forward(rows, weight, (rows.shape[0], *input_shape[1:]), conv)
+            return computed.view(count, *input_shape), 0
+        result = grad.new_empty(count, *input_shape)
         for start in range(0, count, step):
             part = grad[start : start + step]
             rows = part.reshape(-1, *part.shape[2:])
