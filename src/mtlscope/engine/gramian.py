@@ -20,7 +20,11 @@ module by module:
   times in one forward gets the sum of its calls' blocks before the product (the cross terms count);
 - a plain ``nn.Linear``/``nn.Conv2d`` called once instead adds its part from its input and the [m, ...]
   output gradients by a closed form (``mtlscope.engine.layer_gramian``) where that holds fewer elements
-  than its block (few rows against many parameters: deep convolution stages), never forming the block.
+  than its block (few rows against many parameters: deep convolution stages), never forming the block; a
+  BatchNorm always does; a plain ``nn.Conv2d`` forms its block without autograd (``conv2d_block``);
+- the hooks re-attach each BatchNorm and Conv2d call's output through backwards that ``vmap`` batches
+  without large copies (``mtlscope.engine.lean_backward``; the engine tells them, as ``PassState``, that
+  the pass needs no parameter gradients and a block no activation gradients).
 
 The largest tensor of the pass is the larger of m x (one module's parameters) and m x (one activation),
 less where the closed forms replace the largest blocks; no [K, P] tensor is formed. With ``chunk`` = m < K
