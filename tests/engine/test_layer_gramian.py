@@ -53,6 +53,17 @@ def _block(layer: nn.Module, x: torch.Tensor, grads: torch.Tensor) -> torch.Tens
     return torch.stack(rows)
 
 
+def _layer_call(name: str, tasks: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Layer ``name`` of ``LAYERS`` in float64, an input and ``tasks`` random gradients at its output."""
+    build, shape = LAYERS[name]
+    torch.manual_seed(0)
+    layer = build().double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    with torch.no_grad():
+        output_shape = layer(x).shape
+    return layer, x, torch.randn(tasks, *output_shape, dtype=torch.float64)
+
+
 def _block_gramian(layer: nn.Module, x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     block = _block(layer, x, grads)
     return block @ block.T
@@ -61,13 +72,7 @@ def _block_gramian(layer: nn.Module, x: torch.Tensor, grads: torch.Tensor) -> to
 @pytest.mark.parametrize("chunk_elements", [1, 10**9])  # one task per weight-gradient convolution, or all
 @pytest.mark.parametrize("name", sorted(name for name in LAYERS if name.startswith("conv")))
 def test_conv2d_block_equals_the_explicit_block(name: str, chunk_elements: int) -> None:
-    build, shape = LAYERS[name]
-    torch.manual_seed(0)
-    layer = build().double()
-    x = torch.randn(*shape, dtype=torch.float64)
-    with torch.no_grad():
-        output_shape = layer(x).shape
-    grads = torch.randn(5, *output_shape, dtype=torch.float64)
+    layer, x, grads = _layer_call(name, 5)
     pieces = conv2d_block(layer, x, grads, chunk_elements)
     assert pieces is not None and len(pieces) == len(list(layer.parameters()))
     assert torch.allclose(torch.cat(pieces, dim=1), _block(layer, x, grads), rtol=0, atol=1e-10)
@@ -75,13 +80,7 @@ def test_conv2d_block_equals_the_explicit_block(name: str, chunk_elements: int) 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_closed_form_equals_the_block(name: str) -> None:
-    build, shape = LAYERS[name]
-    torch.manual_seed(0)
-    layer = build().double()
-    x = torch.randn(*shape, dtype=torch.float64)
-    with torch.no_grad():
-        output_shape = layer(x).shape
-    grads = torch.randn(4, *output_shape, dtype=torch.float64)
+    layer, x, grads = _layer_call(name, 4)
     expected = _block_gramian(layer, x, grads)
     closed = layer_gramian(layer, x, grads, "closed")
     assert closed is not None
@@ -197,3 +196,29 @@ def test_bad_layer_form_is_a_one_line_error() -> None:
     encoder = nn.Linear(3, 3)
     with pytest.raises(ValueError, match="layer_form must be one of auto, block, closed, got 'sometimes'"):
         GramianEngine([encoder], list(encoder.parameters()), layer_form="sometimes")  # type: ignore[arg-type]
+
+
+def test_the_pass_takes_batchnorms_saved_statistics() -> None:
+    # BatchNorm's closed form normalizes with the statistics its forward saved: none are computed again
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Reductions(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            Reductions.calls += func in (torch.ops.aten.var_mean.correction, torch.ops.aten.var_mean.dim)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    encoder = _encoder().double().train()
+    heads = nn.ModuleList([nn.Linear(6, 1) for _ in range(3)]).double()
+    shared = list(encoder.parameters())
+    engine = GramianEngine([encoder], shared)
+    features = encoder(torch.randn(3, 2, 8, 8, dtype=torch.float64))
+    losses = torch.stack([(head(features) ** 2).mean() for head in heads])
+    jacobian = jacobian_loop(losses, shared)
+    with Reductions():
+        gramian = engine.gramian(losses, torch.eye(3, dtype=torch.float64))
+    assert Reductions.calls == 0
+    assert torch.allclose(gramian, jacobian @ jacobian.T, rtol=0, atol=1e-10)
+    engine.remove()

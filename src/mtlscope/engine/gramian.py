@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from mtlscope.engine.layer_gramian import LAYER_FORMS, LayerForm, conv2d_block, has_closed_form, layer_gramian
-from mtlscope.engine.lean_backward import reattach
+from mtlscope.engine.lean_backward import batchnorm_statistics, reattach
 from mtlscope.methods.base import Method
 
 
@@ -104,13 +104,19 @@ class _Tap(torch.autograd.Function):
 class _Call:
     """One forward call of a hooked module: its outputs (the module's part of the graph hangs on them) and, for
     a layer with a closed form, its input and the input's version (an input modified in place since the call
-    is not used)."""
+    is not used), and for a BatchNorm in training mode the batch statistics it normalized with."""
 
-    __slots__ = ("input", "outputs", "version")
+    __slots__ = ("input", "outputs", "statistics", "version")
 
-    def __init__(self, outputs: list[Tensor], layer_input: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        outputs: list[Tensor],
+        layer_input: Tensor | None = None,
+        statistics: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
         self.outputs = outputs
         self.input = layer_input
+        self.statistics = statistics
         self.version = layer_input._version if layer_input is not None else 0
 
     def unchanged_input(self) -> Tensor | None:
@@ -145,9 +151,11 @@ class _ModuleTap:
         first_hook = next(iter(module._forward_hooks)) == self.handle.id
         usable = self.closed_form and first_hook and len(args) == 1 and isinstance(args[0], Tensor)
         layer_input = args[0] if usable else None
+        statistics = None
         if layer_input is not None and len(raw) == 1 and raw[0] is output:
+            statistics = batchnorm_statistics(module, output)
             raw = [reattach(module, layer_input, output, self.engine)]  # backwards that vmap batches leanly
-        tapped = _Tap.apply(self.engine.anchor, self, _Call(raw, layer_input), *raw)
+        tapped = _Tap.apply(self.engine.anchor, self, _Call(raw, layer_input, statistics), *raw)
         for i, t in zip(positions, tapped):
             flat[i] = t
         return tree_unflatten(flat, spec)
@@ -157,7 +165,7 @@ class _ModuleTap:
         layer's closed form, by ``conv2d_block`` for a Conv2d, or by autograd."""
         layer_input = call.unchanged_input()
         if self.calls == 1 and layer_input is not None and len(grads) == 1:
-            closed = layer_gramian(self.module, layer_input, grads[0], self.engine.layer_form)
+            closed = layer_gramian(self.module, layer_input, grads[0], self.engine.layer_form, call.statistics)
             if closed is not None:
                 self.received += 1
                 self.engine.add(closed)

@@ -128,12 +128,19 @@ def _grouped_gramian(x: Tensor, y: Tensor) -> Tensor:
     return gramian
 
 
-def layer_gramian(module: nn.Module, x: Tensor, grads: Tensor, form: LayerForm = "auto") -> Tensor | None:
+def layer_gramian(
+    module: nn.Module,
+    x: Tensor,
+    grads: Tensor,
+    form: LayerForm = "auto",
+    statistics: tuple[Tensor, Tensor] | None = None,
+) -> Tensor | None:
     """The [K, K] Gramian of the task gradients on the weight (and bias) of ``module`` (``has_closed_form``)
     for one call on input ``x``, from the task gradients ``grads`` [K, *output] at its output — or ``None``
     where the block form is to be used instead (``form`` ``block``, the size rule under ``auto``, or a call the
     closed form does not cover: an unbatched Conv2d input, a weight that requires no gradient). The bias counts
-    where it requires gradients; the result is in the weight's dtype."""
+    where it requires gradients; the result is in the weight's dtype. ``statistics``: for a BatchNorm in training
+    mode, the batch (mean, inverse standard deviation) its forward saved (``batchnorm_statistics``), if known."""
     weight = module.weight
     assert isinstance(weight, Tensor)
     if form == "block" or not weight.requires_grad:
@@ -141,7 +148,7 @@ def layer_gramian(module: nn.Module, x: Tensor, grads: Tensor, form: LayerForm =
     bias = module.bias if isinstance(module.bias, Tensor) and module.bias.requires_grad else None
     count, dtype = grads.shape[0], weight.dtype
     if isinstance(module, BATCHNORMS):
-        return _batchnorm_gramian(module, x.to(dtype), grads.to(dtype))
+        return _batchnorm_gramian(module, x.to(dtype), grads.to(dtype), statistics)
     if isinstance(module, nn.Conv2d):
         if x.dim() != 4 or grads.dim() != 5:
             return None
@@ -176,21 +183,27 @@ def layer_gramian(module: nn.Module, x: Tensor, grads: Tensor, form: LayerForm =
     return gramian
 
 
-def _batchnorm_gramian(module: nn.Module, x: Tensor, grads: Tensor) -> Tensor | None:
+def _batchnorm_gramian(
+    module: nn.Module, x: Tensor, grads: Tensor, statistics: tuple[Tensor, Tensor] | None = None
+) -> Tensor | None:
     """BatchNorm's part: with x̂ the normalized input (the batch's statistics in training mode or without running
     statistics, the running ones otherwise, as the forward), task k's gradients are ``Σ Y_k·x̂`` (weight) and
-    ``Σ Y_k`` (bias) per channel, [K, C] each, formed from the [K, B, C, ...] output gradients."""
+    ``Σ Y_k`` (bias) per channel, [K, C] each, formed from the [K, B, C, ...] output gradients. ``statistics``:
+    the batch (mean, inverse standard deviation) the forward saved, if known (then not computed again)."""
     if x.dim() < 2 or grads.dim() != x.dim() + 1:
         return None
     dims = [0, *range(2, x.dim())]
-    batch_statistics = module.training or (module.running_mean is None and module.running_var is None)
-    if batch_statistics:
+    if statistics is not None:
+        mean, invstd = (t.to(x.dtype) for t in statistics)
+    elif module.training or (module.running_mean is None and module.running_var is None):
         var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+        invstd = torch.rsqrt(var + module.eps)  # type: ignore[operator]
     else:
         assert isinstance(module.running_mean, Tensor) and isinstance(module.running_var, Tensor)
-        mean, var = module.running_mean.to(x.dtype), module.running_var.to(x.dtype)
+        mean = module.running_mean.to(x.dtype)
+        invstd = torch.rsqrt(module.running_var.to(x.dtype) + module.eps)  # type: ignore[operator]
     shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
-    normalized = (x - mean.view(shape)) * torch.rsqrt(var + module.eps).view(shape)  # type: ignore[operator]
+    normalized = (x - mean.view(shape)) * invstd.view(shape)
     weight_grads = channel_products(grads, normalized, examples_dim=1)
     gramian = weight_grads @ weight_grads.T
     bias = module.bias

@@ -164,6 +164,18 @@ def lean_batchnorm(module: nn.Module, x: Tensor, output: Tensor, state: PassStat
     """``output`` of a call of ``module`` on ``x`` re-attached through ``_BatchNormBackward`` where the call is a plain
     BatchNorm in training mode with an affine weight (``output`` itself otherwise, e.g. in eval mode, where
     BatchNorm's backward couples no examples and its batching rule copies nothing large)."""
+    statistics = batchnorm_statistics(module, output)
+    weight, bias = module.weight, module.bias
+    if statistics is None or not isinstance(weight, Tensor) or not isinstance(bias, Tensor):
+        return output
+    mean, invstd = statistics
+    eps = output.grad_fn._saved_eps  # type: ignore[union-attr]
+    return _BatchNormBackward.apply(output.detach(), x, weight, bias, mean, invstd, eps, state)
+
+
+def batchnorm_statistics(module: nn.Module, output: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The batch mean and inverse standard deviation a plain BatchNorm call in training mode normalized with
+    (saved by PyTorch's native kernel on ``output``'s node), or ``None`` for any other call."""
     node = output.grad_fn
     if (
         type(module) not in BATCHNORMS
@@ -171,12 +183,8 @@ def lean_batchnorm(module: nn.Module, x: Tensor, output: Tensor, state: PassStat
         or type(node).__name__ != "NativeBatchNormBackward0"
         or not getattr(node, "_saved_training", False)
     ):
-        return output
-    weight, bias = module.weight, module.bias
-    if not isinstance(weight, Tensor) or not isinstance(bias, Tensor):
-        return output
-    mean, invstd, eps = node._saved_result1, node._saved_result2, node._saved_eps  # type: ignore[attr-defined]
-    return _BatchNormBackward.apply(output.detach(), x, weight, bias, mean, invstd, eps, state)
+        return None
+    return node._saved_result1, node._saved_result2  # type: ignore[attr-defined]
 
 
 def _convolution_backward(
